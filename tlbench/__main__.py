@@ -1,0 +1,79 @@
+"""``python -m tlbench``: Lightning subcommands go to LightningCLI, every other command to a typed function.
+
+Commands are registered by import path so that ``python -m tlbench fit`` never imports the web server and
+``python -m tlbench data info`` never imports Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from tlbench.errors import TLBenchError
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+# command -> "module:function"; a nested dict is a command group (``tlbench data audit``).
+COMMANDS: dict[str, str | dict[str, str]] = {
+    "data": {
+        "split": "tlbench.commands.data:split",
+        "info": "tlbench.commands.data:info",
+    },
+}
+
+
+def _usage() -> str:
+    lines = ["usage: python -m tlbench COMMAND [ARGS]", "", "Lightning commands (LightningCLI, --help for options):"]
+    lines += [f"  {name}" for name in LIGHTNING_SUBCOMMANDS]
+    lines += ["", "Other commands:"]
+    for name, target in COMMANDS.items():
+        if isinstance(target, dict):
+            lines += [f"  {name} {sub}" for sub in target]
+        else:
+            lines.append(f"  {name}")
+    return "\n".join(lines)
+
+
+def _resolve(argv: Sequence[str]) -> tuple[Callable, list[str]] | None:
+    target = COMMANDS.get(argv[0])
+    rest = list(argv[1:])
+    if isinstance(target, dict):
+        if not rest or rest[0] not in target:
+            raise TLBenchError(f"'{argv[0]}' needs one of: {', '.join(target)} (e.g. python -m tlbench {argv[0]} {next(iter(target))} --help)")
+        target, rest = target[rest[0]], rest[1:]
+    if target is None:
+        return None
+    module_name, function_name = target.split(":")
+    return getattr(importlib.import_module(module_name), function_name), rest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    try:
+        if argv[0] in LIGHTNING_SUBCOMMANDS:
+            from tlbench.cli import run_lightning_cli
+
+            run_lightning_cli(argv)
+            return 0
+        resolved = _resolve(argv)
+        if resolved is None:
+            raise TLBenchError(f"unknown command '{argv[0]}'; run 'python -m tlbench --help' for the list")
+        function, rest = resolved
+        from jsonargparse import auto_cli
+
+        result = auto_cli(function, args=rest, as_positional=True)
+        return result if isinstance(result, int) else 0
+    except TLBenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Callbacks: the two-phase schedule, phase checkpoints, and the run recorder that writes metrics.json."""

@@ -1,0 +1,138 @@
+"""``ImageFolderDataModule``: a class-folder dataset, split once, served to Lightning.
+
+The datamodule takes its preprocessing from the LightningModule it is trained with (the backbone decides
+input size and normalisation), so a config never repeats what the weights already know.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tlbench.data.discover import check_root
+from tlbench.data.images import find_unreadable, load_rgb
+from tlbench.data.split import make_split, read_split, split_summary
+from tlbench.data.transforms import Preprocessing, eval_transform, train_transform
+from tlbench.errors import TLBenchError
+
+
+class ImageTableDataset(Dataset):
+    """Rows of a split table as ``(image_tensor, class_index, row_index)``; the row index maps predictions back to files."""
+
+    def __init__(self, root: Path, table: pd.DataFrame, classes: list[str], transform) -> None:
+        self.root = root
+        self.paths = list(table.path)
+        index = {name: i for i, name in enumerate(classes)}
+        self.targets = [index[label] for label in table.label]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        image = load_rgb(self.root / self.paths[i])
+        return self.transform(image), self.targets[i], i
+
+
+def default_num_workers() -> int:
+    """Leave one core to the training process; loader workers beyond the cores only contend with it."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(8, cores - 1))
+
+
+class ImageFolderDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        root: str = "data/birds",
+        split_seed: int = 0,
+        split_file: str | None = None,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        augment: bool = True,
+    ) -> None:
+        """
+        Args:
+            root: folder of class sub-folders, or of ``train/ val/ [test/]`` folders used as given.
+            split_seed: seed of the stratified 70/20/10 split; the same seed gives the same split for every model.
+            split_file: reuse a ``split.csv`` (path,label,split) instead of splitting.
+            batch_size: images per batch for every split.
+            num_workers: data-loading processes; default: one less than the available cores.
+            augment: random crop/flip/rotation/shift for training images.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self.split_seed = split_seed
+        self.split_file = split_file
+        self.batch_size = batch_size
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.augment = augment
+        self.preprocessing: Preprocessing | None = None
+        self.table: pd.DataFrame | None = None
+        self.classes: list[str] = []
+
+    @property
+    def dataset_name(self) -> str:
+        return self.root.resolve().name
+
+    @property
+    def test_on(self) -> str:
+        """'test', or 'val' for a pre-split dataset without a test folder (reported as such)."""
+        return "test" if (self.table.split == "test").any() else "val"
+
+    def prepare_split(self) -> pd.DataFrame:
+        """Discover and split the data (idempotent); fails before training on unreadable files."""
+        if self.table is not None:
+            return self.table
+        root = check_root(self.root)
+        table = read_split(self.split_file) if self.split_file else make_split(root, self.split_seed)
+        bad = find_unreadable(root, list(table.path))
+        if bad:
+            listing = "; ".join(f"{root / path}: {reason}" for path, reason in bad)
+            raise TLBenchError(f"{len(bad)} unreadable image file(s), remove or replace them before training: {listing}")
+        self.table = table
+        self.classes = sorted(set(table.label))
+        return table
+
+    def split_sizes(self) -> dict[str, int]:
+        return split_summary(self.prepare_split())
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_split()
+        if self.preprocessing is None:
+            module = self.trainer.lightning_module if self.trainer is not None else None
+            self.preprocessing = getattr(module, "preprocessing", None) or Preprocessing()
+
+    def dataset(self, split: str, train_transforms: bool = False) -> ImageTableDataset:
+        table = self.prepare_split()
+        rows = table[table.split == split].reset_index(drop=True)
+        pre = self.preprocessing or Preprocessing()
+        transform = train_transform(pre, self.augment) if train_transforms else eval_transform(pre)
+        return ImageTableDataset(check_root(self.root), rows, self.classes, transform)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("train", train_transforms=True), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset(self.test_on), shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

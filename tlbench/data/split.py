@@ -1,0 +1,111 @@
+"""The stratified train/val/test split and its ``split.csv`` manifest.
+
+Every model trained on the same data root with the same ``split_seed`` sees the identical split: samples are
+sorted by path before a seeded shuffle per class, so the split depends only on the file names and the seed,
+not on the file system's listing order or on the backbone.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tlbench.data.discover import Sample, check_root, find_split_folders, scan_class_folders
+from tlbench.errors import TLBenchError
+
+SPLITS = ("train", "val", "test")
+DEFAULT_FRACTIONS = (0.7, 0.2, 0.1)
+MIN_IMAGES_PER_CLASS = 3
+
+
+def split_counts(n: int, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> tuple[int, int, int]:
+    """Train/val/test counts for a class of ``n`` images: at least one image in each split, rounding to nearest."""
+    if n < MIN_IMAGES_PER_CLASS:
+        raise ValueError(f"a class needs at least {MIN_IMAGES_PER_CLASS} images, got {n}")
+    n_test = max(1, round(n * fractions[2]))
+    n_val = max(1, round(n * fractions[1]))
+    return n - n_val - n_test, n_val, n_test
+
+
+def stratified_split(
+    samples: list[Sample], seed: int = 0, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+) -> pd.DataFrame:
+    """Assign every sample to train/val/test, class by class, reproducibly for ``seed``."""
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for sample in samples:
+        by_class[sample.label].append(sample.path)
+    check_class_sizes({label: len(paths) for label, paths in by_class.items()})
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label in sorted(by_class):
+        paths = sorted(by_class[label])
+        order = rng.permutation(len(paths))
+        n_train, n_val, _ = split_counts(len(paths), fractions)
+        for rank, index in enumerate(order):
+            split = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+            rows.append((paths[index], label, split))
+    return pd.DataFrame(rows, columns=["path", "label", "split"]).sort_values(["split", "label", "path"], ignore_index=True)
+
+
+def check_class_sizes(counts: dict[str, int]) -> None:
+    """Refuse data that cannot give every class a train, a val and a test image."""
+    if len(counts) < 2:
+        found = f"only class '{next(iter(counts))}'" if counts else "no class folders with images"
+        raise TLBenchError(f"need at least 2 classes (one sub-folder of images per class), found {found}")
+    small = {label: n for label, n in counts.items() if n < MIN_IMAGES_PER_CLASS}
+    if small:
+        listing = ", ".join(f"'{label}' ({n})" for label, n in sorted(small.items()))
+        raise TLBenchError(
+            f"classes with fewer than {MIN_IMAGES_PER_CLASS} images cannot be split into train/val/test: {listing};"
+            " add images or remove those folders"
+        )
+
+
+def presplit_table(root: Path, folders: dict[str, Path]) -> pd.DataFrame:
+    """Use an already split ``train/ val/ [test/]`` layout as given."""
+    rows = []
+    for split, folder in folders.items():
+        rows += [(s.path, s.label, split) for s in scan_class_folders(folder, base=root)]
+    table = pd.DataFrame(rows, columns=["path", "label", "split"])
+    train_classes = set(table.loc[table.split == "train", "label"])
+    if len(train_classes) < 2:
+        raise TLBenchError(f"{folders['train']} needs at least 2 class folders with images")
+    unknown = set(table.label) - train_classes
+    if unknown:
+        raise TLBenchError(f"classes {sorted(unknown)} appear in val/test but not in {folders['train']}; add training images")
+    return table.sort_values(["split", "label", "path"], ignore_index=True)
+
+
+def make_split(root: str | Path, seed: int = 0) -> pd.DataFrame:
+    """The split table (path, label, split) for a data root: pre-split folders as given, else stratified 70/20/10."""
+    root = check_root(root)
+    folders = find_split_folders(root)
+    if folders:
+        return presplit_table(root, folders)
+    samples = scan_class_folders(root)
+    if not samples:
+        raise TLBenchError(f"no images found under {root}; expected {root}/<class>/<image>.jpg (jpg, png, bmp, webp, tif)")
+    return stratified_split(samples, seed)
+
+
+def split_summary(table: pd.DataFrame) -> dict[str, int]:
+    counts = Counter(table.split)
+    return {split: int(counts.get(split, 0)) for split in SPLITS}
+
+
+def write_split(table: pd.DataFrame, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    return path
+
+
+def read_split(path: str | Path) -> pd.DataFrame:
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = {"path", "label", "split"} - set(table.columns)
+    if missing:
+        raise TLBenchError(f"{path} is not a split file: missing columns {sorted(missing)}")
+    return table

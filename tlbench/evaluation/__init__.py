@@ -1,0 +1,1 @@
+"""Evaluation: statistics with confidence intervals, artefacts (reports, plots) from prediction tables."""

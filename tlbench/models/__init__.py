@@ -1,0 +1,1 @@
+"""Models: backbones and their weights, heads, from-scratch baselines, and the LightningModule."""

@@ -1,0 +1,104 @@
+"""Backbones by timm name, with weights resolved offline-first and grouped into blocks for fine-tuning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import timm
+import torch
+from timm.models import group_parameters
+from torch import nn
+
+from tlbench.data.transforms import Preprocessing
+from tlbench.errors import TLBenchError
+from tlbench.models import baselines  # noqa: F401  registers cnn6/cnn1 with timm
+from tlbench.models.weights import EMBEDDED_WEIGHTS, load_into, read_state_dict
+
+BACKBONE_ALIASES = {"xception": "legacy_xception"}
+
+
+def canonical_name(name: str) -> str:
+    return BACKBONE_ALIASES.get(name, name)
+
+
+def create_classifier(name: str, pretrained: bool = True, weights: str | None = None, num_classes: int = 1000) -> tuple[nn.Module, str]:
+    """A timm model with its ``num_classes`` classifier and the description of the weights it got.
+
+    Preference: explicit ``weights`` file, embedded offline weights, timm hub download. ``pretrained=False``
+    (or a from-scratch baseline) gives random initialisation.
+    """
+    name = canonical_name(name)
+    if name not in timm.list_models() and name not in baselines.BASELINES:
+        raise TLBenchError(f"unknown backbone '{name}'; use a timm model name (timm.list_models()), or cnn6 / cnn1")
+    if weights:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+        load_into(model, read_state_dict(weights), f"weights file {weights}")
+        return model, f"file:{weights}"
+    if not pretrained or name in baselines.BASELINES:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes), "random"
+    if name in EMBEDDED_WEIGHTS:
+        embedded = EMBEDDED_WEIGHTS[name]
+        model = timm.create_model(name, pretrained=False, num_classes=1000)
+        load_into(model, read_state_dict(embedded.path()), f"embedded weights of {embedded.package}")
+        model.pretrained_cfg = {**model.pretrained_cfg, **embedded.preprocessing}
+        if num_classes != 1000:
+            model.reset_classifier(num_classes)
+        return model, f"embedded:{embedded.package}"
+    try:
+        model = timm.create_model(name, pretrained=True, num_classes=num_classes)
+    except Exception as error:  # hub failures surface as many exception types (socket, HTTP, huggingface_hub)
+        raise TLBenchError(
+            f"could not download ImageNet weights for '{name}' from the timm hub ({type(error).__name__}); on a machine with"
+            f" network run once: python -c \"import timm; timm.create_model('{name}', pretrained=True)\" (it caches them),"
+            " or save them and pass --model.weights PATH (.pth/.safetensors), or --model.pretrained false"
+        ) from None
+    return model, f"timm-hub:{model.pretrained_cfg.get('hf_hub_id') or name}"
+
+
+class FeatureExtractor(nn.Module):
+    """A timm model without its classifier, returning one pooled feature vector per image."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        model.reset_classifier(0)
+        self.model = model
+        size = model.pretrained_cfg.get("input_size", (3, 224, 224))
+        was_training = model.training
+        with torch.no_grad():
+            self.num_features = int(self.eval()(torch.zeros(1, *size)).shape[1])
+        model.train(was_training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.model.forward_features(x)
+        if features.ndim == 4:
+            return features.mean(dim=(2, 3))
+        return self.model.forward_head(features, pre_logits=True)
+
+    def block_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters grouped bottom (stem) to top, using timm's own block grouping when the model has one."""
+        if hasattr(self.model, "group_matcher"):
+            groups = group_parameters(self.model, self.model.group_matcher(coarse=True))
+            named = dict(self.model.named_parameters())
+            return [[named[n] for n in names] for _, names in sorted(groups.items())]
+        return [list(child.parameters()) for child in self.model.children() if any(True for _ in child.parameters())]
+
+    def top_blocks(self, count: int) -> list[nn.Parameter]:
+        """Parameters of the top ``count`` blocks; -1 means every block."""
+        groups = self.block_groups()
+        chosen = groups if count < 0 else groups[len(groups) - count :] if count > 0 else []
+        return [p for group in chosen for p in group]
+
+
+@dataclass
+class Backbone:
+    extractor: FeatureExtractor
+    preprocessing: Preprocessing
+    weights: str
+
+
+def create_backbone(name: str, pretrained: bool = True, weights: str | None = None, input_size: int | None = None) -> Backbone:
+    model, source = create_classifier(name, pretrained, weights, num_classes=1000 if pretrained else 0)
+    preprocessing = Preprocessing.from_timm_config(model.pretrained_cfg)
+    if input_size:
+        preprocessing = Preprocessing(input_size, preprocessing.interpolation, preprocessing.mean, preprocessing.std, preprocessing.crop_pct)
+    return Backbone(FeatureExtractor(model), preprocessing, source)
