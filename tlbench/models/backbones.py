@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import timm
@@ -45,7 +47,8 @@ def create_classifier(name: str, pretrained: bool = True, weights: str | None = 
             model.reset_classifier(num_classes)
         return model, f"embedded:{embedded.package}"
     try:
-        model = timm.create_model(name, pretrained=True, num_classes=num_classes)
+        with _offline_unless_reachable():
+            model = timm.create_model(name, pretrained=True, num_classes=num_classes)
     except Exception as error:  # hub failures surface as many exception types (socket, HTTP, huggingface_hub)
         raise TLBenchError(
             f"could not download ImageNet weights for '{name}' from the timm hub ({type(error).__name__}); on a machine with"
@@ -53,6 +56,22 @@ def create_classifier(name: str, pretrained: bool = True, weights: str | None = 
             " or save them and pass --model.weights PATH (.pth/.safetensors), or --model.pretrained false"
         ) from None
     return model, f"timm-hub:{model.pretrained_cfg.get('hf_hub_id') or name}"
+
+
+@contextmanager
+def _offline_unless_reachable(host: str = "huggingface.co"):
+    """Without DNS for the hub, use only the local cache: a clear error now beats a minute of retries."""
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
 
 
 class FeatureExtractor(nn.Module):

@@ -1,0 +1,96 @@
+"""Freezing, BatchNorm behaviour and unfreezing of the two-phase module."""
+
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from tlbench.models.backbones import create_backbone
+from tlbench.models.module import TransferLearningModule
+
+
+def module(**overrides) -> TransferLearningModule:
+    settings = dict(backbone="cnn6", pretrained=False, input_size=32, head_hidden=8, head_epochs=1, finetune_epochs=1, unfreeze_blocks=1)
+    return TransferLearningModule(**{**settings, **overrides}, classes=["a", "b", "c"])
+
+
+def test_head_phase_freezes_backbone_and_keeps_batchnorm_in_eval():
+    model = module().train()
+    assert model.phase == "head"
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
+    assert all(not m.training for m in model.backbone.modules() if isinstance(m, _BatchNorm))
+
+
+def test_head_phase_training_leaves_running_statistics_bit_identical():
+    model = module().train()
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(3):
+        loss = model.loss_fn(model(torch.randn(4, 3, 32, 32) * 3 + 1), torch.tensor([0, 1, 2, 0]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_finetune_unfreezes_only_the_top_blocks():
+    model = module(unfreeze_blocks=1)
+    model.apply_phase("finetune")
+    groups = model.backbone.block_groups()
+    assert all(p.requires_grad for p in groups[-1])
+    assert not any(p.requires_grad for g in groups[:-1] for p in g)
+    model.apply_phase("head")
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_unfreeze_all_and_batchnorm_policy():
+    frozen_bn = module(unfreeze_blocks=-1, train_bn=False)
+    frozen_bn.apply_phase("finetune")
+    frozen_bn.train()
+    assert all(p.requires_grad for p in frozen_bn.backbone.parameters())
+    assert not any(m.training for m in frozen_bn.backbone.modules() if isinstance(m, _BatchNorm))
+    training_bn = module(unfreeze_blocks=-1, train_bn=True)
+    training_bn.apply_phase("finetune")
+    training_bn.train()
+    assert all(m.training for m in training_bn.backbone.modules() if isinstance(m, _BatchNorm))
+
+
+def test_phase_specific_optimizers():
+    model = module(head_optimizer="rmsprop", finetune_optimizer="sgd", finetune_lr=1e-4, lr_schedule="constant")
+    head_optimizer = model.configure_optimizers()
+    assert isinstance(head_optimizer, torch.optim.RMSprop)
+    assert {id(p) for g in head_optimizer.param_groups for p in g["params"]} == {id(p) for p in model.head.parameters()}
+    model.apply_phase("finetune")
+    finetune_optimizer = model.configure_optimizers()
+    assert isinstance(finetune_optimizer, torch.optim.SGD) and finetune_optimizer.param_groups[0]["lr"] == 1e-4
+
+
+def test_phase_survives_a_checkpoint_round_trip():
+    model = module()
+    model.apply_phase("finetune")
+    checkpoint = {"hyper_parameters": dict(model.hparams)}
+    model.on_save_checkpoint(checkpoint)
+    restored = module()
+    restored.on_load_checkpoint(checkpoint)
+    assert restored.phase == "finetune"
+    assert any(p.requires_grad for p in restored.backbone.parameters())
+
+
+IMAGENET_BIRDS = set(range(7, 25)) | set(range(80, 101)) | set(range(127, 147))
+
+
+def test_embedded_weights_recognise_real_birds_offline(shared_data):
+    """The embedded EfficientNet-Lite0 weights are real ImageNet weights: real bird photos get bird labels."""
+    from tlbench.data.images import load_rgb
+    from tlbench.data.transforms import eval_transform
+    from tlbench.models.backbones import create_classifier
+
+    model, source = create_classifier("efficientnet_lite0")
+    assert source.startswith("embedded:")
+    pre = create_backbone("efficientnet_lite0").preprocessing
+    paths = sorted((shared_data / "birds10").glob("*/*"))[::10]
+    batch = torch.stack([eval_transform(pre)(load_rgb(p)) for p in paths])
+    with torch.no_grad():
+        top5 = model.eval()(batch).topk(5, dim=1).indices
+    hits = sum(bool(set(row.tolist()) & IMAGENET_BIRDS) for row in top5)
+    assert hits >= 0.8 * len(paths)

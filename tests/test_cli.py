@@ -1,0 +1,146 @@
+"""``python -m tlbench fit/test`` end to end on tiny generated images, as a user types them."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import REPO, TINY_FIT_ARGS, make_dataset, run_tlbench
+
+
+def fit(data: Path, cwd: Path, *extra: str, env: dict | None = None):
+    return run_tlbench("fit", "--data.root", str(data), *TINY_FIT_ARGS, *extra, cwd=cwd, env=env)
+
+
+def test_fit_writes_the_run_contract_and_prints_a_summary(tiny_dataset, tmp_path):
+    result = fit(tiny_dataset, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "lightning_logs" / "tiny_cnn1" / "version_0"
+    ckpts = tmp_path / "checkpoints" / "tiny_cnn1" / "version_0"
+    for name in ("config.yaml", "split.csv", "history.csv", "metrics.json", "predictions_head.csv", "predictions_finetune.csv"):
+        assert (run / name).is_file(), name
+    assert list(run.glob("events.out.tfevents.*"))
+    assert (ckpts / "last.ckpt").is_file()
+    assert len(list(ckpts.glob("head-best-*.ckpt"))) == 1 and len(list(ckpts.glob("finetune-best-*.ckpt"))) == 1
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["dataset"] == "tiny" and metrics["backbone"] == "cnn1" and metrics["weights"] == "random"
+    assert metrics["classes"] == ["class_0", "class_1", "class_2"]
+    assert metrics["split_sizes"] == {"train": 21, "val": 6, "test": 3}
+    assert metrics["test_on"] == "test"
+    for phase in ("head", "finetune"):
+        values = metrics["phases"][phase]
+        lo, hi = values["test_acc_ci95"]
+        assert 0 <= lo <= values["test_acc"] <= hi <= 1
+        assert values["epochs"] == 1 and values["train_seconds"] > 0 and Path(values["best_ckpt"]).is_file()
+
+    predictions = pd.read_csv(run / "predictions_finetune.csv")
+    split = pd.read_csv(run / "split.csv")
+    assert sorted(predictions.path) == sorted(split[split.split == "test"].path)
+    assert {"true_label", "pred_label", "top1_label", "top1_prob", "prob_class_0", "split"} <= set(predictions.columns)
+    assert predictions.filter(like="prob_class").sum(axis=1).round(4).eq(1).all()
+    assert "head" in result.stdout and "finetune" in result.stdout and "95% CI" in result.stdout
+
+    tested = run_tlbench("test", "--config", str(run / "config.yaml"), "--ckpt_path", values["best_ckpt"], cwd=tmp_path)
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    retest = json.loads((tmp_path / "lightning_logs" / "tiny_cnn1" / "version_1" / "metrics.json").read_text())
+    assert retest["phases"]["finetune"]["test_acc"] == metrics["phases"]["finetune"]["test_acc"]
+
+
+def test_head_only_run_and_default_root_dir(tiny_dataset, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    result = fit(tiny_dataset, cwd, "--model.finetune_epochs", "0", "--trainer.default_root_dir", str(elsewhere), "--experiment", "probe")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(cwd.iterdir()) == []
+    metrics = json.loads((elsewhere / "lightning_logs" / "probe" / "version_0" / "metrics.json").read_text())
+    assert list(metrics["phases"]) == ["head"]
+
+
+def test_same_seed_gives_identical_split_and_predictions(tiny_dataset, tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        assert fit(tiny_dataset, tmp_path / name).returncode == 0
+    run_a, run_b = (tmp_path / n / "lightning_logs" / "tiny_cnn1" / "version_0" for n in "ab")
+    assert (run_a / "split.csv").read_text() == (run_b / "split.csv").read_text()
+    assert (run_a / "predictions_finetune.csv").read_text() == (run_b / "predictions_finetune.csv").read_text()
+
+
+@pytest.mark.parametrize("kill_epoch, resumed_phase", [(2, "head"), (3, "finetune")])
+def test_resume_after_kill_continues_in_the_right_phase(tiny_dataset, tmp_path, kill_epoch, resumed_phase):
+    """Killed with SIGKILL at the phase boundary or inside fine-tuning, ``--ckpt_path last`` finishes the run
+    fine-tuning the right parameters (Lightning #21901 re-freezes them)."""
+    args = ["--model.head_epochs", "2", "--model.finetune_epochs", "2", "--model.unfreeze_blocks", "1",
+            "--model.finetune_optimizer", "sgd"]
+    killed = fit(tiny_dataset, tmp_path, *args, "--trainer.callbacks+=tests.helpers.KillAtEpochStart", f"--trainer.callbacks.epoch={kill_epoch}")
+    assert killed.returncode == -9
+    last = tmp_path / "checkpoints" / "tiny_cnn1" / "version_0" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["epoch"] == kill_epoch - 1 and state["tlbench_phase"] == resumed_phase
+
+    resumed = fit(tiny_dataset, tmp_path, *args, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = torch.load(last, map_location="cpu", weights_only=False)
+    assert final["epoch"] == 3 and final["tlbench_phase"] == "finetune"
+    head_params = 4  # two Linear layers
+    optimizer_params = len(final["optimizer_states"][0]["state"])
+    assert optimizer_params > head_params, "the fine-tune optimizer must train backbone blocks after resume"
+    assert final["optimizer_states"][0]["param_groups"][0]["momentum"] == 0.9
+    metrics = json.loads((tmp_path / "lightning_logs" / "tiny_cnn1" / "version_0" / "metrics.json").read_text())
+    assert metrics["phases"]["head"]["epochs"] == 2 and metrics["phases"]["finetune"]["epochs"] == 2
+    assert not (tmp_path / "lightning_logs" / "tiny_cnn1" / "version_1").exists()
+
+
+def test_bare_config_names_resolve_in_configs(tmp_path):
+    result = run_tlbench("fit", "--config", "dogs_vgg19.yaml", "--print_config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "backbone: vgg19" in result.stdout and "root: data/dogs" in result.stdout and "finetune_optimizer: sgd" in result.stdout
+    assert "\noptimizer:" not in result.stdout, "a top-level optimizer would replace the per-phase optimizers"
+    missing = run_tlbench("fit", "--config", "nope_nothing.yaml", cwd=tmp_path)
+    assert missing.returncode == 2 and missing.stderr.strip().startswith("error: config 'nope_nothing.yaml' not found")
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*_*.yaml")))
+def test_every_shipped_config_parses_with_its_dataset_and_backbone(config):
+    from tlbench.cli import TLBenchCLI, resolve_config_args
+
+    class ParseOnly(TLBenchCLI):
+        def instantiate_classes(self) -> None:
+            """Validate every key and type of the config without building models."""
+
+    dataset, backbone = Path(config).stem.split("_", 1)
+    cli = ParseOnly(args=resolve_config_args(["--config", config]), run=False)
+    assert cli.config.model.backbone == backbone and cli.config.data.root == f"data/{dataset}"
+    assert cli.config.trainer.max_epochs == cli.config.model.head_epochs + cli.config.model.finetune_epochs
+
+
+def test_user_errors_are_one_line_without_traceback(tiny_dataset, tmp_path):
+    missing = fit(tmp_path / "no_such_folder", tmp_path)
+    assert missing.returncode == 2
+    assert "Traceback" not in missing.stderr and "is not a folder" in missing.stderr.strip().splitlines()[-1]
+    (tiny_dataset / "class_1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (tiny_dataset / "class_2" / "empty.png").write_bytes(b"")
+    bad = fit(tiny_dataset, tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    line = bad.stderr.strip().splitlines()[-1]
+    assert "broken.jpg" in line and "empty.png" in line
+
+
+def test_hub_weights_without_network_give_one_clear_line(tiny_dataset, tmp_path):
+    result = fit(tiny_dataset, tmp_path, "--model.backbone", "resnet18", "--model.pretrained", "true", env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--model.weights PATH" in result.stderr.strip().splitlines()[-1]
+
+
+def test_console_script_and_help():
+    script = shutil.which("tlbench")
+    if script is None:
+        pytest.skip("tlbench is not installed as a console script in this environment")
+    from subprocess import run
+
+    result = run([script, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "fit" in result.stdout and "data split" in result.stdout

@@ -1,0 +1,88 @@
+"""The phase boundary and per-phase checkpoints.
+
+Lightning's ``BaseFinetuning`` adds parameter groups to the running optimizer and leaves frozen BatchNorm in
+training mode; the study's recipe instead changes optimizer and learning rate at the boundary. So the
+boundary here swaps in a fresh optimizer built by the module for the new phase, and the module owns which
+parameters and BatchNorm layers train (see ``TransferLearningModule.apply_phase``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from weakref import proxy
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.strategies import DDPStrategy
+
+from tlbench.errors import TLBenchError
+
+
+def checkpoint_dir(trainer: pl.Trainer) -> Path:
+    """``<root>/checkpoints/<experiment>/version_N``, mirroring the logger's ``lightning_logs/<experiment>/version_N``."""
+    logger = trainer.logger
+    if logger is None:
+        return Path(trainer.default_root_dir) / "checkpoints"
+    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+    return Path(trainer.default_root_dir) / "checkpoints" / str(logger.name) / version
+
+
+class PhaseSchedule(pl.Callback):
+    """Switch from the head phase to the fine-tune phase after ``head_epochs`` epochs."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if pl_module.phase == "head" and trainer.current_epoch >= pl_module.hparams.head_epochs:
+            pl_module.apply_phase("finetune")
+            if isinstance(trainer.strategy, DDPStrategy):
+                # DDP registers the parameters that need gradients when it wraps the model: wrap again.
+                trainer.strategy.model = trainer.strategy._setup_model(trainer.strategy.lightning_module)
+            trainer.strategy.setup_optimizers(trainer)
+
+
+class PhaseCheckpoint(ModelCheckpoint):
+    """Best checkpoint (lowest val_loss) of one phase, or, with ``phase=None``, ``last.ckpt`` after every epoch.
+
+    Selection uses validation only; the test split is evaluated once per phase after training. A non-finite
+    val_loss is never "best" (ModelCheckpoint ranks NaN last). Files are written under a temporary name and
+    renamed, so a kill during the write leaves the previous checkpoint loadable.
+    """
+
+    def __init__(self, phase: str | None, dirpath: str | None = None) -> None:
+        if phase is None:
+            super().__init__(dirpath=dirpath, filename="last", save_top_k=1, monitor=None, enable_version_counter=False)
+        else:
+            super().__init__(dirpath=dirpath, filename=f"{phase}-best-epoch{{epoch:02d}}", monitor="val_loss", mode="min",
+                             save_top_k=1, auto_insert_metric_name=False)
+        self.phase = phase
+
+    @property
+    def state_key(self) -> str:
+        return f"PhaseCheckpoint[{self.phase or 'last'}]"
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.dirpath is None:
+            self.dirpath = str(checkpoint_dir(trainer))
+        super().setup(trainer, pl_module, stage)
+
+    def _should_skip_saving_checkpoint(self, trainer: pl.Trainer) -> bool:
+        wrong_phase = self.phase is not None and trainer.lightning_module.phase != self.phase
+        return wrong_phase or super()._should_skip_saving_checkpoint(trainer)
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        partial = f"{filepath}.partial"
+        try:
+            trainer.save_checkpoint(partial, self.save_weights_only)
+            if trainer.is_global_zero:
+                with open(partial, "rb+") as stream:
+                    os.fsync(stream.fileno())
+                os.replace(partial, filepath)
+        except OSError as error:
+            Path(partial).unlink(missing_ok=True)
+            raise TLBenchError(f"could not write checkpoint {filepath}: {error.strerror or error}; free disk space and resume with --ckpt_path last") from None
+        trainer.strategy.barrier("tlbench_checkpoint_rename")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))

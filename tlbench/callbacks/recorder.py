@@ -1,0 +1,147 @@
+"""``RunRecorder``: the run directory contract (split.csv, history.csv, predictions_<phase>.csv, metrics.json).
+
+Phase times and the epoch history are part of the callback state, so a resumed run reports the time and
+curves of the whole run, not of the part after the restart.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+
+from tlbench.callbacks.finetuning import checkpoint_dir
+from tlbench.evaluation.stats import wilson_interval
+from tlbench.io import read_json, write_csv, write_json
+
+HISTORY_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
+
+
+def run_dir(trainer: pl.Trainer) -> Path:
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def predictions_table(probs: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, split_rows: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """One row per image: true and predicted label, top-k labels with probabilities, every class probability."""
+    k = min(5, len(classes))
+    top_probs, top_index = probs.topk(k, dim=1)
+    table = pd.DataFrame({"path": split_rows.path.iloc[rows.tolist()].tolist(), "split": split_rows.split.iloc[rows.tolist()].tolist()})
+    table["true_label"] = [classes[i] for i in targets.tolist()]
+    table["pred_label"] = [classes[i] for i in top_index[:, 0].tolist()]
+    table["correct"] = (table.true_label == table.pred_label).astype(int)
+    for rank in range(k):
+        table[f"top{rank + 1}_label"] = [classes[i] for i in top_index[:, rank].tolist()]
+        table[f"top{rank + 1}_prob"] = top_probs[:, rank].tolist()
+    for index, name in enumerate(classes):
+        table[f"prob_{name}"] = probs[:, index].tolist()
+    return table
+
+
+def macro_f1(predictions: pd.DataFrame, classes: list[str]) -> float:
+    from torchmetrics.functional.classification import multiclass_f1_score
+
+    index = {name: i for i, name in enumerate(classes)}
+    preds = torch.tensor([index[v] for v in predictions.pred_label])
+    target = torch.tensor([index[v] for v in predictions.true_label])
+    return float(multiclass_f1_score(preds, target, num_classes=len(classes), average="macro"))
+
+
+class RunRecorder(pl.Callback):
+    def __init__(self) -> None:
+        self.phase_seconds: dict[str, float] = {}
+        self.phase_epochs: dict[str, int] = {}
+        self.history: list[dict] = []
+        self._epoch_start = 0.0
+
+    def state_dict(self) -> dict:
+        return {"phase_seconds": self.phase_seconds, "phase_epochs": self.phase_epochs, "history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.phase_seconds = dict(state_dict.get("phase_seconds", {}))
+        self.phase_epochs = dict(state_dict.get("phase_epochs", {}))
+        self.history = list(state_dict.get("history", []))
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            write_csv(run_dir(trainer) / "split.csv", trainer.datamodule.table)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        phase = pl_module.phase
+        self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + time.perf_counter() - self._epoch_start
+        self.phase_epochs[phase] = self.phase_epochs.get(phase, 0) + 1
+        metrics = trainer.callback_metrics
+        entry = {"epoch": trainer.current_epoch, "phase": phase}
+        entry.update({key: float(metrics[key]) for key in HISTORY_KEYS if key in metrics})
+        self.history.append(entry)
+        if trainer.is_global_zero:
+            write_csv(run_dir(trainer) / "history.csv", pd.DataFrame(self.history))
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        datamodule = trainer.datamodule
+        history = pd.DataFrame(self.history)
+        phases = {}
+        for callback in trainer.checkpoint_callbacks:
+            phase = getattr(callback, "phase", None)
+            if phase is None or not callback.best_model_path:
+                continue
+            in_phase = history[history.phase == phase]
+            best_epoch = int(in_phase.epoch[in_phase.val_loss.idxmin()]) if in_phase.val_loss.notna().any() else int(in_phase.epoch.iloc[-1])
+            at_best = history[history.epoch == best_epoch]
+            phases[phase] = {
+                "epochs": self.phase_epochs.get(phase, 0),
+                "train_seconds": round(self.phase_seconds.get(phase, 0.0), 2),
+                "best_epoch": best_epoch,
+                "val_acc": float(at_best.val_acc.iloc[0]) if len(at_best) and "val_acc" in at_best else None,
+                "val_loss": float(at_best.val_loss.iloc[0]) if len(at_best) and "val_loss" in at_best else None,
+                "best_ckpt": str(Path(callback.best_model_path).resolve()),
+            }
+        metrics = {
+            "dataset": datamodule.dataset_name,
+            "data_root": str(Path(datamodule.root).resolve()),
+            "split_seed": datamodule.split_seed,
+            "backbone": pl_module.hparams.backbone,
+            "weights": pl_module.weights_source,
+            "preprocessing": pl_module.preprocessing.to_dict(),
+            "classes": pl_module.classes,
+            "split_sizes": datamodule.split_sizes(),
+            "test_on": datamodule.test_on,
+            "run_dir": str(run_dir(trainer).resolve()),
+            "checkpoint_dir": str(checkpoint_dir(trainer).resolve()),
+            "phases": phases,
+        }
+        write_json(run_dir(trainer) / "metrics.json", metrics)
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        outputs = pl_module.gathered_test_outputs()
+        if not trainer.is_global_zero:
+            return
+        datamodule = trainer.datamodule
+        table = datamodule.prepare_split()
+        split_rows = table[table.split == datamodule.test_on].reset_index(drop=True)
+        predictions = predictions_table(outputs["probs"].cpu(), outputs["targets"].cpu(), outputs["rows"].cpu(), split_rows, pl_module.classes)
+        phase = pl_module.phase
+        out = run_dir(trainer)
+        write_csv(out / f"predictions_{phase}.csv", predictions)
+        correct = int(predictions.correct.sum())
+        lo, hi = wilson_interval(correct, len(predictions))
+        metrics_path = out / "metrics.json"
+        metrics = read_json(metrics_path) if metrics_path.exists() else {"phases": {}}
+        phase_metrics = metrics["phases"].setdefault(phase, {})
+        phase_metrics.update({
+            "test_acc": correct / max(1, len(predictions)),
+            "test_acc_ci95": [lo, hi],
+            "test_acc_ci_method": "wilson",
+            "test_n": len(predictions),
+            "test_macro_f1": macro_f1(predictions, pl_module.classes),
+            "predictions": f"predictions_{phase}.csv",
+        })
+        metrics.setdefault("test_on", datamodule.test_on)
+        write_json(metrics_path, metrics)

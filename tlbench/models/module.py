@@ -1,0 +1,236 @@
+"""``TransferLearningModule``: a timm backbone, a new head, and the two-phase recipe of the 2017 study.
+
+Phase "head" trains the head on a frozen backbone whose BatchNorm layers stay in eval mode, so running
+statistics are bit-identical before and after. Phase "finetune" unfreezes the top ``unfreeze_blocks`` blocks
+with its own optimizer and learning rate. The phase is stored in every checkpoint and re-applied before the
+optimizer is built on resume, so a run killed after the boundary resumes fine-tuning, not frozen (PL #21901).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from tlbench.models.backbones import create_backbone
+from tlbench.models.heads import ClassifierHead
+
+Phase = Literal["head", "finetune"]
+OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop"]
+
+
+def build_optimizer(name: OptimizerName, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    metrics = {
+        "acc": MulticlassAccuracy(num_classes, average="micro"),
+        "macro_f1": MulticlassF1Score(num_classes, average="macro"),
+    }
+    if num_classes > 2:
+        k = min(5, num_classes - 1)
+        metrics[f"top{k}_acc"] = MulticlassAccuracy(num_classes, top_k=k, average="micro")
+    return MetricCollection(metrics, prefix=prefix)
+
+
+class TransferLearningModule(pl.LightningModule):
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        pretrained: bool = True,
+        weights: str | None = None,
+        input_size: int | None = None,
+        head_hidden: int = 1024,
+        head_dropout: float = 0.5,
+        head_epochs: int = 10,
+        finetune_epochs: int = 5,
+        unfreeze_blocks: int = 2,
+        train_bn: bool = False,
+        head_optimizer: OptimizerName = "adamw",
+        head_lr: float = 1e-3,
+        finetune_optimizer: OptimizerName = "adamw",
+        finetune_lr: float = 1e-4,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        lr_schedule: Literal["constant", "cosine"] = "cosine",
+        label_smoothing: float = 0.0,
+        classes: list[str] | None = None,
+    ) -> None:
+        """
+        Args:
+            backbone: timm model name (vgg16, inception_v3, xception, resnet50, efficientnet_lite0, ...) or cnn6/cnn1.
+            pretrained: start from ImageNet weights (embedded for efficientnet_lite0/1/2, else the timm hub).
+            weights: a local .pth/.safetensors file with backbone weights; wins over ``pretrained``.
+            input_size: override the backbone's native input resolution (pixels).
+            head_hidden: width of the head's hidden layer; 0 for a linear head.
+            head_dropout: dropout before the head's last layer.
+            head_epochs: epochs training the head on the frozen backbone; 0 skips the phase.
+            finetune_epochs: epochs fine-tuning the top blocks; 0 gives a head-only (linear-probe style) run.
+            unfreeze_blocks: top blocks (timm's block grouping) trained while fine-tuning; -1 for all.
+            train_bn: let BatchNorm layers of unfrozen blocks update their statistics while fine-tuning;
+                off by default because small batches of a few hundred images give noisy statistics.
+            head_optimizer: optimizer of the head phase.
+            head_lr: learning rate of the head phase.
+            finetune_optimizer: optimizer of the fine-tune phase (a fresh one at the boundary).
+            finetune_lr: learning rate of the fine-tune phase.
+            momentum: momentum for SGD.
+            weight_decay: weight decay of both phases.
+            lr_schedule: per-phase learning-rate schedule, cosine decay over the phase's epochs or constant.
+            label_smoothing: cross-entropy label smoothing.
+            classes: class names in label order; filled in from the data at fit time and stored with the model.
+        """
+        super().__init__()
+        if head_epochs < 0 or finetune_epochs < 0 or head_epochs + finetune_epochs == 0:
+            raise ValueError("head_epochs and finetune_epochs must be >= 0 and not both 0")
+        self.save_hyperparameters()
+        built = create_backbone(backbone, pretrained, weights, input_size)
+        self.backbone = built.extractor
+        self.preprocessing = built.preprocessing
+        self.weights_source = built.weights
+        self.head: nn.Module | None = None
+        self.phase: Phase = "head" if head_epochs > 0 else "finetune"
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.test_outputs: list[dict[str, torch.Tensor]] = []
+        if classes:
+            self.set_classes(classes)
+
+    # -- construction -------------------------------------------------------------------------------------------
+    def set_classes(self, classes: list[str]) -> None:
+        """Build the head and metrics for ``classes``; called once the data is known."""
+        self.hparams.classes = list(classes)
+        self.head = ClassifierHead(self.backbone.num_features, len(classes), self.hparams.head_hidden, self.hparams.head_dropout)
+        self.train_metrics = classification_metrics(len(classes), "train_")
+        self.val_metrics = classification_metrics(len(classes), "val_")
+        self.test_metrics = classification_metrics(len(classes), "test_")
+        self.apply_phase(self.phase)
+
+    def setup(self, stage: str) -> None:
+        if self.head is None:
+            datamodule = self.trainer.datamodule
+            datamodule.prepare_split()
+            self.set_classes(datamodule.classes)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.hparams.classes or [])
+
+    @property
+    def total_epochs(self) -> int:
+        return self.hparams.head_epochs + self.hparams.finetune_epochs
+
+    # -- phases -------------------------------------------------------------------------------------------------
+    def apply_phase(self, phase: Phase) -> None:
+        """Set which parameters train in ``phase`` and put frozen BatchNorm layers in eval mode."""
+        self.phase = phase
+        trainable = set(self.backbone.top_blocks(self.hparams.unfreeze_blocks)) if phase == "finetune" else set()
+        for parameter in self.backbone.parameters():
+            parameter.requires_grad_(parameter in trainable)
+        if self.head is not None:
+            self.head.requires_grad_(True)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "TransferLearningModule":
+        """Lightning calls ``train()`` every epoch; frozen layers must not drift back into training mode."""
+        super().train(mode)
+        if mode:
+            if self.phase == "head":
+                self.backbone.eval()
+            else:
+                for module in self.backbone.modules():
+                    if isinstance(module, _BatchNorm):
+                        params = list(module.parameters(recurse=False))
+                        trainable = bool(params) and all(p.requires_grad for p in params)
+                        module.train(self.hparams.train_bn and trainable)
+        return self
+
+    def backbone_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.backbone.parameters())
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tlbench_phase"] = self.phase
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        classes = checkpoint.get("hyper_parameters", {}).get("classes")
+        if self.head is None and classes:
+            self.set_classes(classes)
+        self.apply_phase(checkpoint.get("tlbench_phase", self.phase))
+
+    # -- forward and steps ----------------------------------------------------------------------------------------
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features; no autograd graph while the whole backbone is frozen."""
+        if self.backbone_frozen():
+            with torch.no_grad():
+                return self.backbone(images)
+        return self.backbone(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encode(images))
+
+    def _shared_step(self, batch, metrics: MetricCollection, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        images, targets = batch[0], batch[1]
+        logits = self(images)
+        loss = self.loss_fn(logits, targets)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{stage} loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}")
+        metrics.update(logits, targets)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(targets), sync_dist=True)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", sync_dist=True)
+        return loss, logits
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, self.train_metrics, "train")[0]
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, self.val_metrics, "val")
+
+    def on_test_epoch_start(self) -> None:
+        self.test_outputs = []
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        _, logits = self._shared_step(batch, self.test_metrics, "test")
+        self.test_outputs.append({"probs": logits.softmax(dim=1).float(), "targets": batch[1], "rows": batch[2]})
+
+    def gathered_test_outputs(self) -> dict[str, torch.Tensor]:
+        """Test probabilities, targets and row indices from every process, each row once (samplers pad under DDP)."""
+        local = {key: torch.cat([out[key] for out in self.test_outputs]) for key in ("probs", "targets", "rows")}
+        if self.trainer.world_size > 1:
+            local = {key: value.flatten(0, 1) if value.ndim > 1 and key != "probs" else value for key, value in self.all_gather(local).items()}
+            local["probs"] = local["probs"].reshape(-1, local["probs"].shape[-1])
+        order = torch.argsort(local["rows"])
+        rows = local["rows"][order]
+        keep = torch.ones_like(rows, dtype=torch.bool)
+        keep[1:] = rows[1:] != rows[:-1]
+        return {key: value[order][keep] for key, value in local.items()}
+
+    # -- optimisation ---------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        """The optimizer of the current phase, over the parameters that phase trains."""
+        hp = self.hparams
+        name, lr = (hp.head_optimizer, hp.head_lr) if self.phase == "head" else (hp.finetune_optimizer, hp.finetune_lr)
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = build_optimizer(name, params, lr, hp.momentum, hp.weight_decay)
+        if hp.lr_schedule == "constant":
+            return optimizer
+        epochs = max(1, hp.head_epochs if self.phase == "head" else hp.finetune_epochs)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / epochs))))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        from tlbench.callbacks.finetuning import PhaseCheckpoint, PhaseSchedule
+        from tlbench.callbacks.recorder import RunRecorder
+
+        phases = [phase for phase, epochs in (("head", self.hparams.head_epochs), ("finetune", self.hparams.finetune_epochs)) if epochs > 0]
+        return [PhaseSchedule(), RunRecorder(), *(PhaseCheckpoint(phase) for phase in phases), PhaseCheckpoint(None)]
