@@ -1,0 +1,44 @@
+"""``tlbench data split`` and ``tlbench data info``: look at a dataset without training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from tlbench.data.split import make_split, split_summary, write_split
+
+
+def split(root: str, split_seed: int = 0, output: str | None = None) -> None:
+    """Write the split manifest a ``fit`` with the same root and seed would use.
+
+    Args:
+        root: dataset folder (class sub-folders, or train/val[/test]).
+        split_seed: seed of the stratified 70/20/10 split.
+        output: where to write the CSV (default: ROOT_split_seedN.csv in the current folder).
+    """
+    table = make_split(root, split_seed)
+    path = write_split(table, output or f"{Path(root).resolve().name}_split_seed{split_seed}.csv")
+    sizes = split_summary(table)
+    print(f"{path}: {len(table)} images, train/val/test = {sizes['train']}/{sizes['val']}/{sizes['test']}")
+
+
+def info(root: str, split_seed: int = 0) -> None:
+    """Classes, image counts per split and image size statistics.
+
+    Args:
+        root: dataset folder (class sub-folders, or train/val[/test]).
+        split_seed: seed of the split whose counts are shown.
+    """
+    table = make_split(root, split_seed)
+    counts = table.groupby(["label", "split"]).size().unstack(fill_value=0).reindex(columns=["train", "val", "test"], fill_value=0)
+    counts["total"] = counts.sum(axis=1)
+    sizes = []
+    for relative in table.path:
+        with Image.open(Path(root) / relative) as image:
+            sizes.append(image.size)
+    frame = pd.DataFrame(sizes, columns=["width", "height"])
+    print(f"{Path(root).resolve()}: {len(counts)} classes, {len(table)} images")
+    print(counts.to_string())
+    print(frame.describe().loc[["min", "50%", "max"]].astype(int).rename(index={"50%": "median"}).to_string())
