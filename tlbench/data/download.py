@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import difflib
 import hashlib
+import http.client
 import re
 import shutil
 import sys
@@ -342,7 +343,7 @@ def fetch(
         except urllib.error.HTTPError as error:
             if error.code not in RETRYABLE_STATUS or attempt == retries:
                 raise TLBenchError(f"{url}: HTTP {error.code} {error.reason} (check the URL or --mirror)") from None
-        except (urllib.error.URLError, OSError) as error:  # refused, reset, timed out, truncated
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:  # refused, reset, timed out, truncated
             if attempt == retries:
                 reason = getattr(error, "reason", error)
                 raise TLBenchError(f"{url}: {reason}; rerun the command to resume {part}") from None
