@@ -348,3 +348,11 @@ def test_open_images_missing_display_name_names_closest(tmp_path):
     descriptions.write_text("LabelName,DisplayName\n/m/1,Border Collie\n/m/2,Bernese mountain dog\n")
     with pytest.raises(TLBenchError, match="closest names: border collie"):
         dl.resolve_open_images_labels(descriptions, [dl.OpenImagesClass("border_collie", ("Border colly",))])
+
+
+def test_fetch_replaces_damaged_cached_file(server, tmp_path):
+    data = b"archive bytes" * 100
+    url = serve(server, "https://example.org/a.tar", data)
+    (tmp_path / "a.tar").write_bytes(b"corrupted")
+    assert dl.fetch(url, tmp_path / "a.tar", sha256=hashlib.sha256(data).hexdigest(), progress=False)
+    assert (tmp_path / "a.tar").read_bytes() == data

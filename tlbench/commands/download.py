@@ -41,12 +41,13 @@ def _from_open_images(
     source: Source, cache: Path, staging: Path, mirror: str | None, per_class: int
 ) -> tuple[dict[str, str], dict[str, int]]:
     files = OPEN_IMAGES_FILES
+    shared = cache.parent / "open_images"  # metadata shared by noodles and dogs, kept by --force (hundreds of MB)
     downloads = {}
     for archive in (files.class_descriptions, files.image_labels):
         url = apply_mirror(archive.url, mirror)
-        downloads[url] = fetch(url, cache.parent / "open_images" / archive.filename, sha256=archive.sha256)
-    label_to_folder = resolve_open_images_labels(cache.parent / "open_images" / files.class_descriptions.filename, source.open_images)
-    candidates = select_open_images(cache.parent / "open_images" / files.image_labels.filename, label_to_folder)
+        downloads[url] = fetch(url, shared / archive.filename, sha256=archive.sha256, md5=archive.md5, size=archive.size)
+    label_to_folder = resolve_open_images_labels(shared / files.class_descriptions.filename, source.open_images)
+    candidates = select_open_images(shared / files.image_labels.filename, label_to_folder)
     result = download_open_images(candidates, files.image_url, staging, cache / "images", per_class, mirror=mirror)
     staging.mkdir(parents=True, exist_ok=True)
     write_failure_report(staging / FAILURE_REPORT, result.failures)
