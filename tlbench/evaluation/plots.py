@@ -1,0 +1,154 @@
+"""Evaluation plots as PNG files: confusion matrix, reliability diagram, learning curves, top losses.
+
+Figures are built on ``matplotlib.figure.Figure`` and rendered by the Agg canvas, never through ``pyplot``:
+no global figure registry to leak memory across runs, no display backend needed on a headless server.
+Every function writes its PNG atomically (see ``files.atomic_path``) and returns the path it wrote.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from tlbench.data.images import ImageLoadError, load_rgb
+from tlbench.evaluation.files import atomic_path
+
+THUMBNAIL_SIZE = (256, 256)
+DPI = 120
+
+
+def _save(figure: Figure, path: str | Path) -> Path:
+    """Render ``figure`` with Agg into ``path`` atomically."""
+    path = Path(path)
+    FigureCanvasAgg(figure)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=DPI)
+    return path
+
+
+def plot_confusion_matrix(cm: np.ndarray, classes: list[str], path: str | Path, title: str = "Confusion matrix") -> Path:
+    """Counts heat map (rows true, columns predicted) with each count written in its cell.
+
+    Counts rather than row-normalised rates, because on small test sets "1 of 3" and "33%" read very
+    differently; the colour scale still shows where the mass is.
+    """
+    cm = np.asarray(cm)
+    n = len(classes)
+    if cm.shape != (n, n):
+        raise ValueError(f"confusion matrix shape {cm.shape} does not match {n} classes")
+    side = max(4.0, 0.45 * n + 2.5)
+    figure = Figure(figsize=(side + 1.0, side))
+    ax = figure.add_subplot()
+    image = ax.imshow(cm, cmap="Blues", vmin=0)
+    figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    font_size = max(4.0, min(10.0, 160.0 / max(n, 1)))
+    threshold = cm.max() / 2 if cm.size else 0
+    for (row, column), count in np.ndenumerate(cm):
+        ax.text(column, row, str(count), ha="center", va="center", fontsize=font_size,
+                color="white" if count > threshold else "black")
+    ax.set_xticks(range(n), labels=classes, rotation=45, ha="right", fontsize=font_size)
+    ax.set_yticks(range(n), labels=classes, fontsize=font_size)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_reliability_diagram(bin_table: pd.DataFrame, ece: float, path: str | Path) -> Path:
+    """Accuracy against confidence per bin (from ``expected_calibration_error``), with sample counts below.
+
+    Bars below the diagonal mean over-confidence. The count panel matters: a bar far off the diagonal built
+    on two images is not evidence of miscalibration.
+    """
+    filled = bin_table[bin_table["count"] > 0]
+    widths = (filled.bin_hi - filled.bin_lo).to_numpy()
+    figure = Figure(figsize=(5.0, 6.0))
+    top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.bar(filled.bin_lo, filled.accuracy, width=widths, align="edge", edgecolor="black", label="accuracy")
+    top.bar(filled.bin_lo, filled.confidence - filled.accuracy, bottom=filled.accuracy, width=widths,
+            align="edge", color="red", alpha=0.3, label="gap to confidence")
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=f"Reliability (ECE = {ece:.3f})")
+    top.legend(loc="upper left", fontsize=8)
+    bottom.bar(filled.bin_lo, filled["count"], width=widths, align="edge", edgecolor="black", color="grey")
+    bottom.set(xlabel="confidence (top-1 probability)", ylabel="images")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+LEARNING_CURVE_PANELS = {"loss": ("train_loss", "val_loss"), "accuracy": ("train_acc", "val_acc")}
+
+
+def plot_learning_curves(history: pd.DataFrame, path: str | Path, boundary_epoch: float | None = None) -> Path:
+    """Loss and accuracy per epoch for train and validation, both phases on one epoch axis.
+
+    ``history`` has columns ``epoch, phase, train_loss, val_loss, train_acc, val_acc`` with ``epoch``
+    counted across phases; missing values (a metric not logged that epoch) are skipped. Points are the raw
+    logged values joined by straight lines: smoothing would invent values between epochs and hide the
+    jump at the phase change that this plot exists to show. A dashed vertical line marks
+    ``boundary_epoch`` (where fine-tuning starts), and each phase is named above its epochs.
+    """
+    history = history.sort_values("epoch")
+    figure = Figure(figsize=(10.0, 4.0))
+    axes = figure.subplots(1, 2)
+    for ax, (quantity, columns) in zip(axes, LEARNING_CURVE_PANELS.items()):
+        for column in columns:
+            if column in history:
+                points = history[["epoch", column]].dropna()
+                ax.plot(points.epoch, points[column], marker="o", markersize=3, linestyle="-",
+                        label=column.split("_")[0])
+        if boundary_epoch is not None:
+            ax.axvline(boundary_epoch, linestyle="--", color="grey")
+        for phase, rows in history.groupby("phase", sort=False):
+            ax.text(rows.epoch.mean(), 1.01, str(phase), transform=ax.get_xaxis_transform(),
+                    ha="center", va="bottom", fontsize=8, color="dimgrey")
+        ax.set(xlabel="epoch", ylabel=quantity)
+        ax.set_title(quantity, pad=14)
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def _wrong_by_confidence(table: pd.DataFrame) -> pd.DataFrame:
+    """Misclassified rows, most confident first (probability given to the wrong predicted class)."""
+    wrong = table[table.pred_label.astype(str) != table.true_label.astype(str)]
+    confidence = [wrong.at[index, f"prob_{label}"] for index, label in wrong.pred_label.items()]
+    return wrong.assign(wrong_prob=confidence).sort_values("wrong_prob", ascending=False, kind="stable")
+
+
+def plot_top_losses(table: pd.DataFrame, data_root: str | Path, path: str | Path, n: int = 12) -> Path:
+    """Gallery of the ``n`` most confidently wrong images, captioned ``true / predicted (p)``.
+
+    Confident mistakes are where label errors, near-duplicate classes and shortcut features show up; a
+    low-probability mistake is usually just a hard image. Paths in ``table`` are relative to ``data_root``;
+    an image that no longer decodes is shown as a captioned blank rather than failing the whole report.
+    With no mistakes the PNG says so, so the artefact always exists.
+    """
+    worst = _wrong_by_confidence(table).head(n)
+    if worst.empty:
+        figure = Figure(figsize=(4.0, 1.5))
+        figure.text(0.5, 0.5, "no misclassified images", ha="center", va="center", fontsize=12)
+        return _save(figure, path)
+    columns = min(4, len(worst))
+    rows = math.ceil(len(worst) / columns)
+    figure = Figure(figsize=(3.0 * columns, 3.2 * rows))
+    axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
+    for ax, row in zip(axes, worst.itertuples(index=False)):
+        try:
+            image = load_rgb(Path(data_root) / row.path)
+            image.thumbnail(THUMBNAIL_SIZE)
+            ax.imshow(image)
+        except ImageLoadError as error:
+            ax.text(0.5, 0.5, f"unreadable:\n{error}", ha="center", va="center", fontsize=7, wrap=True)
+        ax.set_title(f"{row.true_label} / {row.pred_label} ({row.wrong_prob:.2f})", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    figure.suptitle("Most confidently wrong: true / predicted (p)")
+    figure.tight_layout()
+    return _save(figure, path)
