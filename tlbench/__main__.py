@@ -19,6 +19,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "data": {
         "split": "tlbench.commands.data:split",
         "info": "tlbench.commands.data:info",
+        "audit": "tlbench.commands.audit:audit",
     },
 }
 
