@@ -117,6 +117,8 @@ def test_symlinks_inside_the_root_are_followed_outside_refused_and_loops_end(dat
     (dataset / "cat" / "outdir").symlink_to(outside.parent, target_is_directory=True)
     (dataset / "cat" / "loop").symlink_to(dataset / "cat", target_is_directory=True)
     (dataset / "cat" / "gone.jpg").symlink_to(dataset / "missing.jpg")
+    (dataset / "cat" / "ring1.jpg").symlink_to(dataset / "cat" / "ring2.jpg")
+    (dataset / "cat" / "ring2.jpg").symlink_to(dataset / "cat" / "ring1.jpg")
     result = audit(dataset)
     paths = {f.path for f in result.files}
     assert {"cat/linked.jpg", "cat/alias/s.jpg"} <= paths
@@ -125,6 +127,7 @@ def test_symlinks_inside_the_root_are_followed_outside_refused_and_loops_end(dat
     assert reasons["cat/outdir"].startswith("symlink to a folder outside the data root")
     assert reasons["cat/loop"].startswith("symlink loop")
     assert reasons["cat/gone.jpg"] == "broken symlink (target missing)"
+    assert reasons["cat/ring1.jpg"] == reasons["cat/ring2.jpg"] == "symlink loop"
     assert {tuple(m.path for m in g.members) for g in result.duplicates} == {("cat/alias/s.jpg", "dog/sub/s.jpg"), ("cat/linked.jpg", "dog/3.jpg")}
 
 

@@ -144,11 +144,12 @@ def pixel_allocations(monkeypatch) -> list[tuple[int, int]]:
 
 
 @pytest.mark.parametrize("side", [40000, 10000])  # beyond PIL's hard limit, and where PIL only warns
-def test_decompression_bomb_is_refused_before_allocating(tmp_path, pixel_allocations, side):
+def test_decompression_bomb_is_refused_before_allocating(tmp_path, pixel_allocations, recwarn, side):
     path = bomb_png(tmp_path / "bomb.png", side, side)
     assert path.stat().st_size < 100
     assert refused(path).startswith("possible decompression bomb")
     assert pixel_allocations == []
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]  # an error, not a warning
 
 
 def test_bomb_is_refused_even_when_another_library_disabled_pils_check(tmp_path, pixel_allocations, monkeypatch):

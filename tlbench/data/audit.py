@@ -149,9 +149,14 @@ def _relative(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
+def _real(path: Path) -> Path:
+    """Where ``path`` really is; unlike ``Path.resolve`` on Python 3.11 it does not raise on a symlink loop."""
+    return Path(os.path.realpath(path))
+
+
 def _walk(root: Path, real_root: Path, folder: Path, label: str, split: str, ancestors: frozenset[Path], found: Listing) -> None:
     """Collect the images below ``folder``, following symlinks that stay inside the root and never a loop."""
-    real = folder.resolve()
+    real = _real(folder)
     if not real.is_relative_to(real_root):
         found.bad.append((_relative(root, folder), f"symlink to a folder outside the data root ({real})"))
         return
@@ -171,7 +176,7 @@ def _walk(root: Path, real_root: Path, folder: Path, label: str, split: str, anc
 
 def list_dataset(root: Path) -> Listing:
     """Every image below the class folders of ``root`` (or of its train/val/test folders), labelled and split."""
-    real_root = root.resolve()
+    real_root = _real(root)
     found = Listing()
     split_folders = find_split_folders(root)
     if split_folders:
@@ -183,7 +188,7 @@ def list_dataset(root: Path) -> Listing:
             if is_ignored(entry.name):
                 continue
             if entry.is_dir():
-                _walk(root, real_root, entry, entry.name, split, frozenset({real_root, top.resolve()}), found)
+                _walk(root, real_root, entry, entry.name, split, frozenset({real_root, _real(top)}), found)
             else:
                 found.ignored.append((_relative(root, entry), "not in a class folder"))
     return found
@@ -192,7 +197,7 @@ def list_dataset(root: Path) -> Listing:
 def cache_path(root: Path) -> Path:
     """Where the scans of ``root`` are cached: outside the data, which may be read-only or shared."""
     base = os.environ.get("TLBENCH_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tlbench"
-    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(str(_real(root)).encode()).hexdigest()[:16]
     return Path(base) / "audit" / f"{digest}.json"
 
 
@@ -222,8 +227,9 @@ def _write_cache(path: Path, min_side: int, entries: dict[str, list]) -> None:
 
 def _unreachable(full: Path, real_root: Path) -> str | None:
     """Why ``full`` must not be read although it is listed: it leaves the root, dangles or loops."""
-    if not full.resolve().is_relative_to(real_root):
-        return f"symlink to a file outside the data root ({full.resolve()})"
+    real = _real(full)
+    if not real.is_relative_to(real_root):
+        return f"symlink to a file outside the data root ({real})"
     try:
         full.stat()
     except OSError as error:
@@ -245,7 +251,7 @@ def _scan_file(full: Path, min_side: int) -> Scan:
 
 def scan_files(root: Path, paths: list[str], min_side: int = MIN_SIDE) -> dict[str, Scan]:
     """``{path: Scan}`` for files relative to ``root``, decoding only those changed since the cached scan."""
-    real_root = root.resolve()
+    real_root = _real(root)
     cache_file = cache_path(root)
     cached = _read_cache(cache_file, min_side)
     scans: dict[str, Scan] = {}
