@@ -231,3 +231,11 @@ def test_preflight_refuses_to_lose_a_whole_class(dataset):
 def test_real_leaves_dataset_is_clean():
     result = audit(LEAVES)
     assert result.clean and len(result.files) == 52, (result.bad, [g.describe() for g in result.duplicates])
+
+
+def test_audit_command_refuses_a_folder_without_images(tmp_path):
+    from tlbench.commands.audit import audit as audit_command
+
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    with pytest.raises(TLBenchError, match="no image files under"):
+        audit_command(str(tmp_path / "empty"), output=str(tmp_path))

@@ -54,6 +54,8 @@ def audit(root: str, output: str | None = None, split_seed: int = 0, near_thresh
         except TLBenchError as error:
             split_note = f"not splittable, leakage not checked: {error}"
     result = audit_dataset(root_path, table, near_threshold, min_side)
+    if not result.files:
+        raise TLBenchError(f"no image files under {root_path}; expected {root_path}/<class>/<image>.jpg (jpg, png, bmp, webp, tif)")
     _print_summary(result, split_note)
     out = Path(output or ".")
     written = [write_bad_files(result.bad, out / "bad_files.csv"), write_duplicates(result.duplicates, out / "duplicates.csv")]

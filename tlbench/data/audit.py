@@ -48,7 +48,7 @@ DECODE_SIDE = 256
 HASH_SIDE = 32
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 CACHE_VERSION = 1
-# Rows of the distance matrix computed at once: bounds memory to CHUNK x n x 16 bytes for large datasets.
+# Rows of the distance matrix computed at once: memory stays near CHUNK x n x 24 bytes however large the dataset.
 CHUNK = 64
 
 _POPCOUNT8 = np.array([bin(value).count("1") for value in range(256)], dtype=np.uint8)
