@@ -20,6 +20,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "split": "tlbench.commands.data:split",
         "info": "tlbench.commands.data:info",
         "download": "tlbench.commands.download:download",
+        "audit": "tlbench.commands.audit:audit",
     },
 }
 

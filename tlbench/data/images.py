@@ -1,17 +1,48 @@
-"""The one image conversion every command uses (train, evaluate, check, classify, serve).
+"""The one image conversion every command uses (train, evaluate, audit, classify, serve).
 
-Keeping it in one place means a photo is seen the same way everywhere: EXIF orientation applied, the first
-frame of animated or multi-page files, transparency composited on white, every mode converted to 8-bit RGB.
+Keeping it in one place means a photo is seen the same way everywhere:
+
+* EXIF orientation is applied, so a phone photo stored sideways is seen upright.
+* Animated or multi-page files (GIF, APNG, WebP, TIFF) give their first frame: ``Image.open`` positions there
+  and nothing here seeks further.
+* Transparency (RGBA, LA, PA, palette or RGB/L with a transparent colour) is composited on white
+  (``TRANSPARENCY_BACKGROUND``): the usual page background of product and clip-art images, and what a viewer
+  shows. Dropping the alpha channel instead would reveal whatever colour the transparent pixels happen to store,
+  often black.
+* Every mode becomes 8-bit RGB by its full range: 16-bit greyscale ``I;16`` maps 0..65535 to 0..255 (PIL's own
+  ``convert`` clips ``I`` at 255, which turns a mid-grey 16-bit scan white); ``I`` (32-bit integer) is read as
+  16-bit when its values fit, else stretched from its min to its max; ``F`` (float) is read as 0..1 when its
+  values fit, else stretched; CMYK, YCbCr, 1-bit and greyscale go through PIL's conversions.
+
+Files are refused with an ``ImageLoadError`` whose message is a one-line reason: empty, not an image, a format
+outside ``SUPPORTED_FORMATS``, a possible decompression bomb (more than ``MAX_PIXELS`` pixels claimed by the
+header, refused before any pixel memory is allocated), smaller than ``min_side``, or not decodable (truncated,
+corrupt).
 """
 
 from __future__ import annotations
 
+import math
+import struct
+import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+# Identified by content, not extension: cameras write JPEGs that PIL names MPO, and web downloads called .jpg are
+# often GIF. Other formats PIL can parse (EPS runs Ghostscript, PSD, ICO...) are refused rather than trusted.
+SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF", "GIF"})
 TRANSPARENCY_BACKGROUND = (255, 255, 255)
+# PIL's own default limit (about 9500 x 9500, 256 MiB as RGB), enforced here too because other libraries set
+# ``Image.MAX_IMAGE_PIXELS = None`` to silence PIL, which would let a 100-byte file claim 40000 x 40000 pixels.
+MAX_PIXELS = 89_478_485
+# Below this side a photo carries too little to classify and is usually a thumbnail, icon or tracking pixel.
+MIN_SIDE = 16
+# What PIL raises for damaged files besides OSError: plugins parse headers with struct and raise SyntaxError,
+# ValueError or EOFError on nonsense.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
 
 
 class ImageLoadError(Exception):
@@ -22,35 +53,87 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def _to_8bit(values: np.ndarray, full_scale: float | None) -> Image.Image:
+    """Greyscale ``L`` from raw values: divided by ``full_scale``, or stretched min..max when that is ``None``."""
+    values = np.nan_to_num(values.astype(np.float64))
+    if full_scale is None:
+        low, high = float(values.min()), float(values.max())
+        values, full_scale = values - low, (high - low) or 1.0
+    return Image.fromarray(np.clip(np.rint(values * (255 / full_scale)), 0, 255).astype(np.uint8))
+
+
+def _wide_to_l(image: Image.Image) -> Image.Image:
+    """``I;16*``, ``I`` and ``F`` greyscale to 8-bit by their full range, never clipped at 255 as ``convert`` does."""
+    values = np.asarray(image)
+    full_scale = 65535 if image.mode.startswith("I") else 1
+    fits = 0 <= float(np.nanmin(values)) and float(np.nanmax(values)) <= full_scale
+    return _to_8bit(values, full_scale if fits else None)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB without saturating 16-bit or dropping transparency onto black."""
+    """A new 8-bit RGB image of ``image``: upright, first frame, transparency on white, wide modes scaled not clipped."""
     image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, TRANSPARENCY_BACKGROUND)
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        image = image.point(lambda value: value / 256).convert("L") if image.mode != "I" else image.convert("L")
+    if image.has_transparency_data:
+        background = Image.new("RGBA", image.size, (*TRANSPARENCY_BACKGROUND, 255))
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _wide_to_l(image)
     return image.convert("RGB")
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode ``path`` fully into an RGB image, raising ``ImageLoadError`` with a short reason on failure."""
+def _check_size(size: tuple[int, int], min_side: int) -> None:
+    """Refuse from the header alone, before ``load`` allocates pixels: bombs and images too small to use."""
+    width, height = size
+    if width * height > MAX_PIXELS:
+        raise ImageLoadError(f"possible decompression bomb: Image size ({width}x{height} pixels) exceeds limit of {MAX_PIXELS} pixels")
+    if min(width, height) < min_side:
+        raise ImageLoadError(f"too small ({width}x{height} px; minimum side {min_side} px)")
+
+
+def _draft_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """The smallest size a JPEG may be decoded at (1/2, 1/4, 1/8 scale) and still give ``max_side`` on its long side."""
+    scale = max_side / max(size)
+    return max(1, math.ceil(size[0] * scale)), max(1, math.ceil(size[1] * scale))
+
+
+def load_rgb(path: str | Path, max_side: int | None = None, min_side: int = MIN_SIDE) -> Image.Image:
+    """Decode ``path`` fully into an RGB image, raising ``ImageLoadError`` with a short reason on failure.
+
+    Args:
+        path: the image file; its content decides the format, not its extension.
+        max_side: when given, the result's longer side is at most this: JPEGs are decoded at a reduced scale
+            (``Image.draft``) and everything is shrunk right after decoding, so a 4000x3000 photo never stays in
+            memory at full size.
+        min_side: images whose shorter side is below this are refused as too small.
+    """
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise ImageLoadError("empty file (0 bytes)")
-        with Image.open(path) as image:
-            image.seek(0)
-            image.load()
-            return to_rgb(image)
+        # PIL only warns between MAX_IMAGE_PIXELS and twice that and would then allocate; make it refuse instead.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.format not in SUPPORTED_FORMATS:
+                    raise ImageLoadError(f"unsupported format {image.format}")
+                _check_size(image.size, min_side)
+                if max_side is not None and max(image.size) > max_side:
+                    image.draft(None, _draft_size(image.size, max_side))
+                image.load()
+                rgb = to_rgb(image)
     except ImageLoadError:
         raise
+    except FileNotFoundError:
+        raise ImageLoadError("file not found") from None
     except UnidentifiedImageError:
         raise ImageLoadError("not an image (unrecognised format)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageLoadError(f"possible decompression bomb: {error}") from None
+    except DECODE_ERRORS as error:
         raise ImageLoadError(f"cannot decode: {error}") from None
+    if max_side is not None:
+        rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return rgb
 
 
 def find_unreadable(root: Path, relative_paths: list[str]) -> list[tuple[str, str]]:

@@ -1,0 +1,64 @@
+"""``python -m tlbench data audit DIR``: find bad files and duplicates before they cost a training run.
+
+Exit status: 0 when every image decodes and no duplicates were found, 1 when problems were found (listed on
+screen and in ``bad_files.csv`` / ``duplicates.csv``), 2 when the command itself cannot run (no such folder).
+Scripts can therefore gate training on ``python -m tlbench data audit DIR``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tlbench.data.audit import NEAR_THRESHOLD, AuditResult, write_bad_files, write_duplicates
+from tlbench.data.audit import audit as audit_dataset
+from tlbench.data.discover import check_root, find_split_folders
+from tlbench.data.images import MIN_SIDE
+from tlbench.data.split import make_split
+from tlbench.errors import TLBenchError
+
+
+def _print_summary(result: AuditResult, split_note: str) -> None:
+    counts = result.usable_counts()
+    print(f"{result.root}: {len(result.files)} image files in {len(counts)} classes ({split_note})")
+    for label in sorted(counts):
+        by_split = counts[label]
+        detail = ", ".join(f"{split} {by_split[split]}" for split in ("train", "val", "test") if by_split.get(split))
+        print(f"  {label}: {sum(by_split.values())} usable" + (f" ({detail})" if detail else ""))
+    if result.ignored:
+        examples = ", ".join(path for path, _ in result.ignored[:3])
+        print(f"ignored {len(result.ignored)} non-image or misplaced entries (e.g. {examples})")
+    print(f"bad files: {len(result.bad)}")
+    for path, reason in result.bad:
+        print(f"  {path}: {reason}")
+    print(f"duplicate groups: {len(result.duplicates)}")
+    for number, group in enumerate(result.duplicates, 1):
+        print(f"  {number}. {group.describe()}")
+
+
+def audit(root: str, output: str | None = None, split_seed: int = 0, near_threshold: int = NEAR_THRESHOLD, min_side: int = MIN_SIDE) -> int:
+    """Decode every image under ROOT once and report bad files and duplicates; exit 0 clean, 1 problems found.
+
+    Args:
+        root: data root: class folders, or train/val[/test] folders of class folders.
+        output: folder for bad_files.csv and duplicates.csv (default: the current folder); always written, so an
+            old report never outlives its fix.
+        split_seed: seed of the stratified split whose train/val/test leakage is checked (as in fit).
+        near_threshold: pHash bits (of 64) within which two images count as the same picture; -1: exact only.
+        min_side: images whose shorter side is below this many pixels are bad ("too small").
+    """
+    root_path = check_root(root)
+    table, split_note = None, "pre-split folders"
+    if not find_split_folders(root_path):
+        try:
+            table, split_note = make_split(root_path, split_seed), f"split seed {split_seed}"
+        except TLBenchError as error:
+            split_note = f"not splittable, leakage not checked: {error}"
+    result = audit_dataset(root_path, table, near_threshold, min_side)
+    if not result.files:
+        raise TLBenchError(f"no image files under {root_path}; expected {root_path}/<class>/<image>.jpg (jpg, png, bmp, webp, tif)")
+    _print_summary(result, split_note)
+    out = Path(output or ".")
+    written = [write_bad_files(result.bad, out / "bad_files.csv"), write_duplicates(result.duplicates, out / "duplicates.csv")]
+    print(f"wrote {written[0]} and {written[1]}")
+    print("clean" if result.clean else f"problems found: {len(result.bad)} bad files, {len(result.duplicates)} duplicate groups")
+    return 0 if result.clean else 1

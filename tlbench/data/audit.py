@@ -1,0 +1,411 @@
+"""Dataset audit: every file decoded once, bad files and duplicates reported, nothing dropped silently.
+
+``audit(root)`` walks a data root the way discovery does (class folders, or ``train/ val/ [test/]`` folders of
+class folders; hidden and OS files ignored) and reports
+
+* bad files ``(path, reason)``: the reasons of ``load_rgb`` (empty, not an image, unsupported format, possible
+  decompression bomb, too small, cannot decode), plus symlinks that leave the data root, broken symlinks and
+  symlink loops. Symlinks inside the root are followed, because linking images into class folders is a common
+  way to build a dataset; links out of it are refused, because a dataset must not reach into the rest of the
+  disk; a folder that links to one of its own parents is reported once and not walked again, so loops end.
+* duplicate groups: byte-identical files (sha256) and near-duplicates (64-bit DCT perceptual hash within
+  ``near_threshold`` bits: a resized or recompressed copy), each group's ``kind`` saying whether it stays in one
+  class, spans classes (conflicting labels) or spans train/val/test (leakage that inflates scores).
+
+``preflight(root, table, ...)`` runs the same checks on a split table right before training and either refuses
+with a one-line fix or drops what it was told to drop and lists it.
+
+Scan results are cached per data root in ``$TLBENCH_CACHE_DIR/audit/`` (default ``~/.cache/tlbench/audit/``;
+never inside the data root, which may be read-only), keyed by each file's (path, size, mtime_ns), so auditing
+an unchanged dataset again decodes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import hashlib
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from tlbench.data.discover import check_root, find_split_folders, is_ignored
+from tlbench.data.images import MIN_SIDE, ImageLoadError, is_image_file, load_rgb
+from tlbench.errors import TLBenchError
+
+# Hamming distance (of 64 bits) at or below which two images count as near-duplicates. On the bundled photo sets
+# a resized, recompressed or burst-shot copy is 0-4 bits away while different photos of the same species start
+# at 6 (leaves on a white background).
+NEAR_THRESHOLD = 4
+# The audit decodes at most this size: the whole file is still read (truncation is found), JPEGs at 1/8 scale.
+DECODE_SIDE = 256
+HASH_SIDE = 32
+SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+CACHE_VERSION = 1
+# Rows of the distance matrix computed at once: memory stays near CHUNK x n x 24 bytes however large the dataset.
+CHUNK = 64
+
+_POPCOUNT8 = np.array([bin(value).count("1") for value in range(256)], dtype=np.uint8)
+_DCT = np.cos(np.pi * (2 * np.arange(HASH_SIDE)[None, :] + 1) * np.arange(HASH_SIDE)[:, None] / (2 * HASH_SIDE))
+
+
+@dataclass(frozen=True)
+class AuditedFile:
+    """One image file of the dataset; ``split`` is ``""`` when no split is known."""
+
+    path: str
+    label: str
+    split: str = ""
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What decoding one file found: its hashes when usable, else the reason it is not."""
+
+    sha256: str | None = None
+    phash: int | None = None
+    reason: str | None = None
+
+
+@dataclass
+class DuplicateGroup:
+    """Files that are the same picture; ``members`` sorted so the first is the copy to keep (train first)."""
+
+    match: str  # "exact" (same bytes) or "near" (same picture, different bytes)
+    members: list[AuditedFile]
+
+    @property
+    def kind(self) -> str:
+        """``within-class``, or ``across-classes`` and/or ``across-splits`` joined by ``+``."""
+        kinds = []
+        if len({m.label for m in self.members}) > 1:
+            kinds.append("across-classes")
+        if len({m.split for m in self.members} - {""}) > 1:
+            kinds.append("across-splits")
+        return "+".join(kinds) or "within-class"
+
+    def describe(self) -> str:
+        listing = ", ".join(f"{m.path} ({m.label}{', ' + m.split if m.split else ''})" for m in self.members)
+        return f"{self.match} {self.kind}: {listing}"
+
+
+@dataclass
+class Listing:
+    """What a walk of the data root found: image files, entries refused outright, and files that are not data."""
+
+    files: list[AuditedFile] = field(default_factory=list)
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class AuditResult:
+    root: Path
+    files: list[AuditedFile]
+    bad: list[tuple[str, str]]
+    duplicates: list[DuplicateGroup]
+    ignored: list[tuple[str, str]]
+
+    @property
+    def clean(self) -> bool:
+        return not self.bad and not self.duplicates
+
+    def usable_counts(self) -> dict[str, dict[str, int]]:
+        """``{label: {split: n}}`` of files that decoded, for the per-class summary."""
+        bad = {path for path, _ in self.bad}
+        counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for file in self.files:
+            if file.path not in bad:
+                counts[file.label][file.split] += 1
+        return counts
+
+
+@dataclass
+class PreflightResult:
+    table: pd.DataFrame
+    skipped: list[tuple[str, str]]
+    problems: list[str]
+
+
+def perceptual_hash(image: Image.Image) -> int:
+    """64-bit pHash: signs of the 8x8 lowest DCT frequencies of a 32x32 grey thumbnail against their median.
+
+    Low frequencies survive resizing and JPEG recompression, which change the bytes (and the sha256) but not the
+    picture; on real photo sets it separates different photos better than the simpler dHash.
+    """
+    grey = np.asarray(image.convert("L").resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BOX), dtype=np.float64)
+    low = (_DCT @ grey @ _DCT.T)[:8, :8].ravel()
+    bits = low > np.median(low[1:])  # the DC term is the mean brightness, not structure
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def _relative(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _real(path: Path) -> Path:
+    """Where ``path`` really is; unlike ``Path.resolve`` on Python 3.11 it does not raise on a symlink loop."""
+    return Path(os.path.realpath(path))
+
+
+def _walk(root: Path, real_root: Path, folder: Path, label: str, split: str, ancestors: frozenset[Path], found: Listing) -> None:
+    """Collect the images below ``folder``, following symlinks that stay inside the root and never a loop."""
+    real = _real(folder)
+    if not real.is_relative_to(real_root):
+        found.bad.append((_relative(root, folder), f"symlink to a folder outside the data root ({real})"))
+        return
+    if real in ancestors:
+        found.bad.append((_relative(root, folder), "symlink loop (links to a folder that contains it)"))
+        return
+    for entry in sorted(folder.iterdir()):
+        if is_ignored(entry.name):
+            continue
+        if entry.is_dir():
+            _walk(root, real_root, entry, label, split, ancestors | {real}, found)
+        elif is_image_file(entry):
+            found.files.append(AuditedFile(_relative(root, entry), label, split))
+        else:
+            found.ignored.append((_relative(root, entry), "not an image file extension"))
+
+
+def list_dataset(root: Path) -> Listing:
+    """Every image below the class folders of ``root`` (or of its train/val/test folders), labelled and split."""
+    real_root = _real(root)
+    found = Listing()
+    split_folders = find_split_folders(root)
+    if split_folders:
+        for entry in sorted(root.iterdir()):
+            if not is_ignored(entry.name) and entry not in split_folders.values():
+                found.ignored.append((_relative(root, entry), "outside the train/val/test folders"))
+    for split, top in split_folders.items() or [("", root)]:
+        for entry in sorted(top.iterdir()):
+            if is_ignored(entry.name):
+                continue
+            if entry.is_dir():
+                _walk(root, real_root, entry, entry.name, split, frozenset({real_root, _real(top)}), found)
+            else:
+                found.ignored.append((_relative(root, entry), "not in a class folder"))
+    return found
+
+
+def cache_path(root: Path) -> Path:
+    """Where the scans of ``root`` are cached: outside the data, which may be read-only or shared."""
+    base = os.environ.get("TLBENCH_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tlbench"
+    digest = hashlib.sha256(str(_real(root)).encode()).hexdigest()[:16]
+    return Path(base) / "audit" / f"{digest}.json"
+
+
+def _cache_settings(min_side: int) -> dict:
+    """Everything besides the file that a cached scan depends on; a change invalidates the whole cache."""
+    return {"version": CACHE_VERSION, "min_side": min_side, "decode_side": DECODE_SIDE}
+
+
+def _read_cache(path: Path, min_side: int) -> dict[str, list]:
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return cached.get("files", {}) if cached.get("settings") == _cache_settings(min_side) else {}
+
+
+def _write_cache(path: Path, min_side: int, entries: dict[str, list]) -> None:
+    """Best effort and atomic: a read-only home or a concurrent audit costs a rescan, never a wrong result."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps({"settings": _cache_settings(min_side), "files": entries}))
+        os.replace(temporary, path)
+    except OSError:
+        pass
+
+
+def _unreachable(full: Path, real_root: Path) -> str | None:
+    """Why ``full`` must not be read although it is listed: it leaves the root, dangles or loops."""
+    real = _real(full)
+    if not real.is_relative_to(real_root):
+        return f"symlink to a file outside the data root ({real})"
+    try:
+        full.stat()
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symlink loop"
+        return "broken symlink (target missing)" if full.is_symlink() else "file not found"
+    return None
+
+
+def _scan_file(full: Path, min_side: int) -> Scan:
+    try:
+        image = load_rgb(full, max_side=DECODE_SIDE, min_side=min_side)
+    except ImageLoadError as error:
+        return Scan(reason=str(error))
+    with full.open("rb") as stream:
+        sha256 = hashlib.file_digest(stream, "sha256").hexdigest()
+    return Scan(sha256, perceptual_hash(image))
+
+
+def scan_files(root: Path, paths: list[str], min_side: int = MIN_SIDE) -> dict[str, Scan]:
+    """``{path: Scan}`` for files relative to ``root``, decoding only those changed since the cached scan."""
+    real_root = _real(root)
+    cache_file = cache_path(root)
+    cached = _read_cache(cache_file, min_side)
+    scans: dict[str, Scan] = {}
+    for path in paths:
+        full = root / path
+        reason = _unreachable(full, real_root)
+        if reason:
+            scans[path] = Scan(reason=reason)
+            continue
+        stat = full.stat()
+        entry = cached.get(path)
+        if entry and entry[:2] == [stat.st_size, stat.st_mtime_ns]:
+            sha256, phash, reason = entry[2:]
+            scans[path] = Scan(sha256, None if phash is None else int(phash, 16), reason)
+            continue
+        scan = _scan_file(full, min_side)
+        scans[path] = scan
+        phash = None if scan.phash is None else f"{scan.phash:016x}"
+        cached[path] = [stat.st_size, stat.st_mtime_ns, scan.sha256, phash, scan.reason]
+    _write_cache(cache_file, min_side, {path: entry for path, entry in cached.items() if os.path.lexists(root / path)})
+    return scans
+
+
+def _near_pairs(hashes: np.ndarray, threshold: int) -> list[tuple[int, int]]:
+    """Index pairs ``i < j`` whose hashes differ in at most ``threshold`` bits, in row chunks to bound memory."""
+    pairs = []
+    for start in range(0, len(hashes), CHUNK):
+        xor = hashes[start : start + CHUNK, None] ^ hashes[None, :]
+        distance = _POPCOUNT8[xor.view(np.uint8)].reshape(*xor.shape, 8).sum(axis=-1)
+        rows, columns = np.nonzero(distance <= threshold)
+        pairs += [(start + i, j) for i, j in zip(rows.tolist(), columns.tolist()) if start + i < j]
+    return pairs
+
+
+def _split_rank(file: AuditedFile) -> tuple[int, str]:
+    return SPLIT_ORDER.get(file.split, len(SPLIT_ORDER)), file.path
+
+
+def find_duplicates(files: list[AuditedFile], scans: dict[str, Scan], near_threshold: int = NEAR_THRESHOLD) -> list[DuplicateGroup]:
+    """Groups of usable files joined by equal sha256 or by pHashes within ``near_threshold`` bits (< 0: exact only)."""
+    usable = [file for file in files if scans[file.path].reason is None]
+    parent = list(range(len(usable)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_with_sha: dict[str, int] = {}
+    pairs = [(first_with_sha.setdefault(scans[file.path].sha256, i), i) for i, file in enumerate(usable)]
+    if near_threshold >= 0 and usable:
+        pairs += _near_pairs(np.array([scans[file.path].phash for file in usable], dtype=np.uint64), near_threshold)
+    for i, j in pairs:
+        parent[find(j)] = find(i)
+    components: dict[int, list[AuditedFile]] = defaultdict(list)
+    for i, file in enumerate(usable):
+        components[find(i)].append(file)
+    groups = []
+    for members in components.values():
+        if len(members) > 1:
+            match = "exact" if len({scans[m.path].sha256 for m in members}) == 1 else "near"
+            groups.append(DuplicateGroup(match, sorted(members, key=_split_rank)))
+    return sorted(groups, key=lambda group: _split_rank(group.members[0]))
+
+
+def audit(root: str | Path, table: pd.DataFrame | None = None, near_threshold: int = NEAR_THRESHOLD, min_side: int = MIN_SIDE) -> AuditResult:
+    """Walk, decode and hash every image of ``root``; ``table`` (path, label, split) supplies the splits to check."""
+    root = check_root(root)
+    found = list_dataset(root)
+    files = found.files
+    if table is not None:
+        split_of = dict(zip(table.path, table.split))
+        files = [replace(file, split=split_of.get(file.path, file.split)) for file in files]
+    scans = scan_files(root, [file.path for file in files], min_side)
+    bad = found.bad + [(file.path, scans[file.path].reason) for file in files if scans[file.path].reason]
+    return AuditResult(root, files, bad, find_duplicates(files, scans, near_threshold), found.ignored)
+
+
+def write_bad_files(bad: list[tuple[str, str]], path: str | Path) -> Path:
+    """``path,reason`` rows; written even when empty so an old report never outlives the fix."""
+    return _write_csv(path, ["path", "reason"], bad)
+
+
+def write_duplicates(groups: list[DuplicateGroup], path: str | Path) -> Path:
+    """``group,kind,match,path,label,split`` rows, one per member; the first row of a group is the copy kept."""
+    rows = [(number, g.kind, g.match, m.path, m.label, m.split) for number, g in enumerate(groups, 1) for m in g.members]
+    return _write_csv(path, ["group", "kind", "match", "path", "label", "split"], rows)
+
+
+def _write_csv(path: str | Path, header: list[str], rows: list[tuple]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def _first(items: list[str], n: int = 3) -> str:
+    return "; ".join(items[:n]) + (f"; ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def preflight(
+    root: str | Path,
+    table: pd.DataFrame,
+    skip_bad: bool = False,
+    dedupe: bool = False,
+    near_threshold: int = NEAR_THRESHOLD,
+    min_side: int = MIN_SIDE,
+    report_dir: str | Path | None = None,
+) -> PreflightResult:
+    """Check the files of a split table before training; refuse with the fix, or drop and list what was asked.
+
+    Args:
+        root: the data root the table's paths are relative to.
+        table: the split table (path, label, split).
+        skip_bad: drop unusable files (returned in ``skipped``) instead of refusing to train.
+        dedupe: for duplicate groups spanning train/val/test, keep the first copy (train, val, test, then path)
+            and drop the others (returned in ``skipped``) instead of refusing to train.
+        near_threshold: pHash bits within which two images are the same picture; below 0, exact copies only.
+        min_side: shorter side below which an image is unusable.
+        report_dir: when given, ``bad_files.csv`` and ``duplicates.csv`` are written there and named in errors.
+
+    Duplicates within one split (including ones with conflicting labels) do not leak and are returned as
+    ``problems`` for the log.
+    """
+    root = check_root(root)
+    files = [AuditedFile(str(p), str(l), str(s)) for p, l, s in table[["path", "label", "split"]].itertuples(index=False)]
+    scans = scan_files(root, [file.path for file in files], min_side)
+    bad = [(file.path, scans[file.path].reason) for file in files if scans[file.path].reason]
+    groups = find_duplicates(files, scans, near_threshold)
+    report = "bad_files.csv from 'python -m tlbench data audit ROOT'"
+    if report_dir is not None:
+        report = str(write_bad_files(bad, Path(report_dir) / "bad_files.csv"))
+        write_duplicates(groups, Path(report_dir) / "duplicates.csv")
+    if bad and not skip_bad:
+        raise TLBenchError(
+            f"{len(bad)} unusable image file(s): {_first([f'{path} ({reason})' for path, reason in bad])};"
+            f" see {report} or pass --data.skip_bad_images true to train without them"
+        )
+    leaks = [group for group in groups if "across-splits" in group.kind]
+    if leaks and not dedupe:
+        raise TLBenchError(
+            f"{len(leaks)} group(s) of duplicate images span train/val/test, which inflates val/test scores:"
+            f" {_first([' = '.join(m.path for m in group.members) + f' ({group.match})' for group in leaks])};"
+            " pass --data.dedupe true to keep only the first copy (train before val before test)"
+        )
+    dropped = [(m.path, f"{g.match} duplicate of {g.members[0].path}") for g in leaks for m in g.members[1:]]
+    skipped = bad + dropped
+    kept = table[~table.path.isin({path for path, _ in skipped})].reset_index(drop=True)
+    lost = set(table.label[table.split == "train"]) - set(kept.label[kept.split == "train"])
+    if lost:
+        raise TLBenchError(f"classes {sorted(lost)} have no usable training image left after skipping {len(skipped)} file(s)")
+    problems = [f"duplicate images, {group.describe()}" for group in groups if group not in leaks]
+    return PreflightResult(kept, skipped, problems)
