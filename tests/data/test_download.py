@@ -90,7 +90,7 @@ def serve(server, original_url: str, data: bytes) -> str:
 
 def image_bytes(fmt: str = "JPEG", color=(200, 30, 30)) -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (8, 6), color).save(buffer, fmt)
+    Image.new("RGB", (24, 18), color).save(buffer, fmt)
     return buffer.getvalue()
 
 

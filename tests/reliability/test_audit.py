@@ -16,7 +16,7 @@ from tlbench.data import audit as audit_module
 from tlbench.data.audit import AuditResult, audit, cache_path, preflight
 from tlbench.errors import TLBenchError
 
-from conftest import smooth_image
+from tests.reliability.conftest import smooth_image
 
 REPO = Path(__file__).resolve().parents[2]
 LEAVES = Path("/work/shared/data/leaves3")
