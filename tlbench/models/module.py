@@ -161,6 +161,8 @@ class TransferLearningModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tlbench_phase"] = self.phase
+        checkpoint["tlbench_preprocessing"] = self.preprocessing.to_dict()
+        checkpoint["tlbench_weights"] = self.weights_source
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         classes = checkpoint.get("hyper_parameters", {}).get("classes")
