@@ -3,8 +3,8 @@
 Every knob is a LightningCLI option (``--model.backbone resnet50``, ``--data.batch_size 16``). On top of
 plain LightningCLI this adds: bare config names resolved in ``configs/``, a TensorBoard logger at
 ``lightning_logs/<experiment>/version_N`` (checkpoints mirror it under ``checkpoints/``), ``--ckpt_path last``
-meaning "the latest run of this experiment", and, after ``fit``, a test of each phase's best checkpoint and a
-printed summary.
+meaning "the latest run of this experiment", and, after ``fit``, a test of each phase's best checkpoint (with
+its evaluation report), learning curves, a paired head-vs-finetune comparison and a printed summary.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from tlbench.data.datamodule import ImageFolderDataModule
 from tlbench.errors import TLBenchError
+from tlbench.evaluation.runs import finish_run
 from tlbench.evaluation.summary import format_summary
-from tlbench.io import read_json
 from tlbench.models.module import TransferLearningModule
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -114,7 +114,7 @@ class TLBenchCLI(LightningCLI):
             if getattr(callback, "phase", None) and callback.best_model_path:
                 trainer.test(self.model, datamodule=self.datamodule, ckpt_path=callback.best_model_path, verbose=False)
         if trainer.is_global_zero:
-            print(format_summary(read_json(Path(trainer.log_dir) / "metrics.json")))
+            print(format_summary(finish_run(trainer.log_dir)))
 
 
 def run_lightning_cli(argv: list[str]) -> TLBenchCLI:

@@ -1,5 +1,9 @@
 """``RunRecorder``: the run directory contract (split.csv, history.csv, predictions_<phase>.csv, metrics.json).
 
+Each tested phase also gets its evaluation report (``evaluation.runs.evaluate_phase``: classification report,
+confusion matrix, reliability diagram, top losses), and with ``--model.tta true`` a second, separately named
+set for the test-time-augmented predictions.
+
 Phase times and the epoch history are part of the callback state, so a resumed run reports the time and
 curves of the whole run, not of the part after the restart.
 """
@@ -9,12 +13,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
 
+from PIL import Image
+from pytorch_lightning.loggers import TensorBoardLogger
+
 from tlbench.callbacks.finetuning import checkpoint_dir
-from tlbench.evaluation.stats import wilson_interval
+from tlbench.evaluation.runs import evaluate_phase
 from tlbench.io import read_json, write_csv, write_json
 
 HISTORY_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
@@ -38,15 +46,6 @@ def predictions_table(probs: torch.Tensor, targets: torch.Tensor, rows: torch.Te
     for index, name in enumerate(classes):
         table[f"prob_{name}"] = probs[:, index].tolist()
     return table
-
-
-def macro_f1(predictions: pd.DataFrame, classes: list[str]) -> float:
-    from torchmetrics.functional.classification import multiclass_f1_score
-
-    index = {name: i for i, name in enumerate(classes)}
-    preds = torch.tensor([index[v] for v in predictions.pred_label])
-    target = torch.tensor([index[v] for v in predictions.true_label])
-    return float(multiclass_f1_score(preds, target, num_classes=len(classes), average="macro"))
 
 
 class RunRecorder(pl.Callback):
@@ -126,22 +125,33 @@ class RunRecorder(pl.Callback):
         datamodule = trainer.datamodule
         table = datamodule.prepare_split()
         split_rows = table[table.split == datamodule.test_on].reset_index(drop=True)
-        predictions = predictions_table(outputs["probs"].cpu(), outputs["targets"].cpu(), outputs["rows"].cpu(), split_rows, pl_module.classes)
         phase = pl_module.phase
         out = run_dir(trainer)
-        write_csv(out / f"predictions_{phase}.csv", predictions)
-        correct = int(predictions.correct.sum())
-        lo, hi = wilson_interval(correct, len(predictions))
         metrics_path = out / "metrics.json"
         metrics = read_json(metrics_path) if metrics_path.exists() else {"phases": {}}
         phase_metrics = metrics["phases"].setdefault(phase, {})
-        phase_metrics.update({
-            "test_acc": correct / max(1, len(predictions)),
-            "test_acc_ci95": [lo, hi],
-            "test_acc_ci_method": "wilson",
-            "test_n": len(predictions),
-            "test_macro_f1": macro_f1(predictions, pl_module.classes),
-            "predictions": f"predictions_{phase}.csv",
-        })
+        phase_metrics.update(self._evaluate(trainer, outputs["probs"], outputs, split_rows, pl_module.classes, phase))
+        phase_metrics["test_acc_ci_method"] = "wilson"
+        if "tta_probs" in outputs:
+            phase_metrics["tta"] = self._evaluate(trainer, outputs["tta_probs"], outputs, split_rows, pl_module.classes, f"{phase}_tta")
         metrics.setdefault("test_on", datamodule.test_on)
         write_json(metrics_path, metrics)
+        self._log_confusion(trainer, out / phase_metrics["artifacts"]["confusion_plot"], phase)
+
+    @staticmethod
+    def _evaluate(trainer: pl.Trainer, probs: torch.Tensor, outputs: dict[str, torch.Tensor], split_rows: pd.DataFrame, classes: list[str], name: str) -> dict:
+        """Write ``predictions_<name>.csv`` and its report files; the metrics, with the CSV's name under ``predictions``."""
+        datamodule = trainer.datamodule
+        predictions = predictions_table(probs.cpu(), outputs["targets"].cpu(), outputs["rows"].cpu(), split_rows, classes)
+        out = run_dir(trainer)
+        write_csv(out / f"predictions_{name}.csv", predictions)
+        result = evaluate_phase(predictions, classes, out, name, datamodule.root, datamodule.test_on)
+        return {**result, "predictions": f"predictions_{name}.csv"}
+
+    @staticmethod
+    def _log_confusion(trainer: pl.Trainer, png: Path, phase: str) -> None:
+        """The confusion matrix in TensorBoard's Images tab, beside the scalars (only with a TensorBoard logger)."""
+        if isinstance(trainer.logger, TensorBoardLogger):
+            with Image.open(png) as image:
+                pixels = np.asarray(image.convert("RGB"))
+            trainer.logger.experiment.add_image(f"confusion/{phase}", pixels, global_step=trainer.global_step, dataformats="HWC")

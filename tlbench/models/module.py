@@ -68,6 +68,7 @@ class TransferLearningModule(pl.LightningModule):
         lr_schedule: Literal["constant", "cosine"] = "cosine",
         label_smoothing: float = 0.0,
         classes: list[str] | None = None,
+        tta: bool = False,
     ) -> None:
         """
         Args:
@@ -91,6 +92,8 @@ class TransferLearningModule(pl.LightningModule):
             lr_schedule: per-phase learning-rate schedule, cosine decay over the phase's epochs or constant.
             label_smoothing: cross-entropy label smoothing.
             classes: class names in label order; filled in from the data at fit time and stored with the model.
+            tta: also test with test-time augmentation (mean softmax of the centre crop and its horizontal
+                flip), reported separately as ``tta`` beside, never instead of, the plain test metrics.
         """
         super().__init__()
         if head_epochs < 0 or finetune_epochs < 0 or head_epochs + finetune_epochs == 0:
@@ -203,14 +206,16 @@ class TransferLearningModule(pl.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         _, logits = self._shared_step(batch, self.test_metrics, "test")
-        self.test_outputs.append({"probs": logits.softmax(dim=1).float(), "targets": batch[1], "rows": batch[2]})
+        outputs = {"probs": logits.softmax(dim=1).float(), "targets": batch[1], "rows": batch[2]}
+        if self.hparams.tta:
+            outputs["tta_probs"] = (outputs["probs"] + self(batch[0].flip(dims=[3])).softmax(dim=1).float()) / 2
+        self.test_outputs.append(outputs)
 
     def gathered_test_outputs(self) -> dict[str, torch.Tensor]:
         """Test probabilities, targets and row indices from every process, each row once (samplers pad under DDP)."""
-        local = {key: torch.cat([out[key] for out in self.test_outputs]) for key in ("probs", "targets", "rows")}
+        local = {key: torch.cat([out[key] for out in self.test_outputs]) for key in self.test_outputs[0]}
         if self.trainer.world_size > 1:
-            local = {key: value.flatten(0, 1) if value.ndim > 1 and key != "probs" else value for key, value in self.all_gather(local).items()}
-            local["probs"] = local["probs"].reshape(-1, local["probs"].shape[-1])
+            local = {key: value.reshape(-1, value.shape[-1]) if key.endswith("probs") else value.flatten() for key, value in self.all_gather(local).items()}
         order = torch.argsort(local["rows"])
         rows = local["rows"][order]
         keep = torch.ones_like(rows, dtype=torch.bool)
