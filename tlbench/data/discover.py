@@ -33,7 +33,7 @@ def _class_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not is_ignored(p.name))
 
 
-def _images_under(folder: Path) -> list[Path]:
+def images_under(folder: Path) -> list[Path]:
     found = []
     for path in sorted(folder.rglob("*")):
         relative_parts = path.relative_to(folder).parts
@@ -49,7 +49,7 @@ def scan_class_folders(root: Path, base: Path | None = None) -> list[Sample]:
     base = base or root
     samples = []
     for folder in _class_folders(root):
-        samples += [Sample(path.relative_to(base).as_posix(), folder.name) for path in _images_under(folder)]
+        samples += [Sample(path.relative_to(base).as_posix(), folder.name) for path in images_under(folder)]
     return samples
 
 
