@@ -152,3 +152,28 @@ def plot_top_losses(table: pd.DataFrame, data_root: str | Path, path: str | Path
     figure.suptitle("Most confidently wrong: true / predicted (p)")
     figure.tight_layout()
     return _save(figure, path)
+
+
+def plot_contact_sheet(paths: list[Path], titles: list[str], captions: list[str], path: str | Path, columns: int = 4) -> Path:
+    """Thumbnails in a grid, each with a bold ``title`` and a multi-line ``caption`` under it.
+
+    Used by ``check`` to show what ImageNet sees in each class; an unreadable file gets a captioned blank,
+    as in ``plot_top_losses``.
+    """
+    columns = max(1, min(columns, len(paths)))
+    rows = max(1, math.ceil(len(paths) / columns))
+    figure = Figure(figsize=(3.2 * columns, 3.8 * rows))
+    axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
+    for ax, image_path, title, caption in zip(axes, paths, titles, captions):
+        try:
+            image = load_rgb(image_path)
+            image.thumbnail(THUMBNAIL_SIZE)
+            ax.imshow(image)
+        except ImageLoadError as error:
+            ax.text(0.5, 0.5, f"unreadable:\n{error}", ha="center", va="center", fontsize=7, wrap=True)
+        ax.set_title(title, fontsize=9, fontweight="bold")
+        ax.text(0.5, -0.03, caption, transform=ax.transAxes, ha="center", va="top", fontsize=7)
+    for ax in axes:
+        ax.axis("off")
+    figure.tight_layout()
+    return _save(figure, path)
