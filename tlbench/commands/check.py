@@ -117,6 +117,8 @@ def check(
     for row in results.itertuples(index=False):
         row = pd.Series(row._asdict())
         print(f"  {row.label}/{Path(row.path).name}: {row.error or _format_labels(row, top_k)}")
+    if (results.error != "").all():
+        raise TLBenchError(f"none of the {len(results)} sampled images could be read; run 'python -m tlbench data audit {root}'")
     summary = class_summary(results)
     print("per class: confidence = mean top-1 probability; consistency = share with the class's most common top-1 label")
     for row in summary.itertuples(index=False):
