@@ -69,6 +69,14 @@ class PhaseCheckpoint(ModelCheckpoint):
         wrong_phase = self.phase is not None and trainer.lightning_module.phase != self.phase
         return wrong_phase or super()._should_skip_saving_checkpoint(trainer)
 
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """On Ctrl-C, write ``last.ckpt`` with the progress so far (Lightning then exits with status 1).
+
+        Other exceptions (a NaN loss, a full disk) keep the previous ``last.ckpt``: it is the last good state.
+        """
+        if self.phase is None and isinstance(exception, KeyboardInterrupt):
+            self._save_checkpoint(trainer, self.format_checkpoint_name(self._monitor_candidates(trainer)))
+
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         partial = f"{filepath}.partial"
         try:

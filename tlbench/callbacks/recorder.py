@@ -115,6 +115,7 @@ class RunRecorder(pl.Callback):
             "test_on": datamodule.test_on,
             "run_dir": str(run_dir(trainer).resolve()),
             "checkpoint_dir": str(checkpoint_dir(trainer).resolve()),
+            "skipped": [{"path": path, "reason": reason} for path, reason in datamodule.skipped],
             "phases": phases,
         }
         write_json(run_dir(trainer) / "metrics.json", metrics)

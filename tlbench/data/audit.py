@@ -128,6 +128,8 @@ class AuditResult:
 
 @dataclass
 class PreflightResult:
+    """``table`` is what trains, with a ``sha256`` column: the run's manifest, compared again on resume."""
+
     table: pd.DataFrame
     skipped: list[tuple[str, str]]
     problems: list[str]
@@ -404,6 +406,7 @@ def preflight(
     dropped = [(m.path, f"{g.match} duplicate of {g.members[0].path}") for g in leaks for m in g.members[1:]]
     skipped = bad + dropped
     kept = table[~table.path.isin({path for path, _ in skipped})].reset_index(drop=True)
+    kept["sha256"] = [scans[path].sha256 for path in kept.path]
     lost = set(table.label[table.split == "train"]) - set(kept.label[kept.split == "train"])
     if lost:
         raise TLBenchError(f"classes {sorted(lost)} have no usable training image left after skipping {len(skipped)} file(s)")

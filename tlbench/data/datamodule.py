@@ -14,8 +14,11 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pytorch_lightning.utilities import rank_zero_warn
+
+from tlbench.data.audit import preflight
 from tlbench.data.discover import check_root
-from tlbench.data.images import find_unreadable, load_rgb
+from tlbench.data.images import load_rgb
 from tlbench.data.split import make_split, read_split, split_summary
 from tlbench.data.transforms import Preprocessing, eval_transform, train_transform
 from tlbench.errors import TLBenchError
@@ -54,6 +57,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         num_workers: int | None = None,
         augment: bool = True,
+        skip_bad_images: bool = False,
+        dedupe: bool = False,
     ) -> None:
         """
         Args:
@@ -63,6 +68,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
             batch_size: images per batch for every split.
             num_workers: data-loading processes; default: one less than the available cores.
             augment: random crop/flip/rotation/shift for training images.
+            skip_bad_images: train without unusable files (listed in metrics.json "skipped") instead of stopping.
+            dedupe: drop later copies of images duplicated across train/val/test instead of stopping.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -72,6 +79,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.augment = augment
+        self.skip_bad_images = skip_bad_images
+        self.dedupe = dedupe
+        self.skipped: list[tuple[str, str]] = []
         self.preprocessing: Preprocessing | None = None
         self.table: pd.DataFrame | None = None
         self.classes: list[str] = []
@@ -86,18 +96,20 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return "test" if (self.table.split == "test").any() else "val"
 
     def prepare_split(self) -> pd.DataFrame:
-        """Discover and split the data (idempotent); fails before training on unreadable files."""
+        """Discover, split and pre-flight the data once: every file decoded before training, duplicates across
+        splits caught; the resulting table (with content hashes) is the run's manifest."""
         if self.table is not None:
             return self.table
         root = check_root(self.root)
         table = read_split(self.split_file) if self.split_file else make_split(root, self.split_seed)
-        bad = find_unreadable(root, list(table.path))
-        if bad:
-            listing = "; ".join(f"{root / path}: {reason}" for path, reason in bad)
-            raise TLBenchError(f"{len(bad)} unreadable image file(s), remove or replace them before training: {listing}")
-        self.table = table
+        report_dir = self.trainer.log_dir if self.trainer is not None else None
+        checked = preflight(root, table, skip_bad=self.skip_bad_images, dedupe=self.dedupe, report_dir=report_dir)
+        for problem in checked.problems:
+            rank_zero_warn(f"{root}: {problem}")
+        self.skipped = checked.skipped
+        self.table = checked.table
         self.classes = sorted(set(table.label))
-        return table
+        return self.table
 
     def split_sizes(self) -> dict[str, int]:
         return split_summary(self.prepare_split())

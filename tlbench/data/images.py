@@ -134,14 +134,3 @@ def load_rgb(path: str | Path, max_side: int | None = None, min_side: int = MIN_
     if max_side is not None:
         rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return rgb
-
-
-def find_unreadable(root: Path, relative_paths: list[str]) -> list[tuple[str, str]]:
-    """``(path, reason)`` for every file under ``root`` that does not decode, checked before any training starts."""
-    bad = []
-    for relative in relative_paths:
-        try:
-            load_rgb(root / relative)
-        except ImageLoadError as error:
-            bad.append((relative, str(error)))
-    return bad

@@ -18,6 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from tlbench.errors import TLBenchError
 from tlbench.models.backbones import create_backbone
 from tlbench.models.heads import ClassifierHead
 
@@ -186,7 +187,10 @@ class TransferLearningModule(pl.LightningModule):
         logits = self(images)
         loss = self.loss_fn(logits, targets)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{stage} loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}")
+            raise TLBenchError(
+                f"training diverged: {stage} loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step};"
+                " lower --model.head_lr / --model.finetune_lr (last.ckpt holds the last finite state)"
+            )
         metrics.update(logits, targets)
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(targets), sync_dist=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", sync_dist=True)
