@@ -29,9 +29,19 @@ def checkpoint_dir(trainer: pl.Trainer) -> Path:
 
 
 class PhaseSchedule(pl.Callback):
-    """Switch from the head phase to the fine-tune phase after ``head_epochs`` epochs."""
+    """Switch from the head phase to the fine-tune phase after ``head_epochs`` epochs.
+
+    While the head trains on cached features, dataloaders are rebuilt every epoch (each epoch may use another
+    cached view, and the first fine-tune epoch needs images again); afterwards they are kept.
+    """
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if pl_module.uses_feature_cache(trainer.current_epoch):
+            trainer.reload_dataloaders_every_n_epochs = 1
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not pl_module.uses_feature_cache(trainer.current_epoch):
+            trainer.reload_dataloaders_every_n_epochs = 0
         if pl_module.phase == "head" and trainer.current_epoch >= pl_module.hparams.head_epochs:
             pl_module.apply_phase("finetune")
             if isinstance(trainer.strategy, DDPStrategy):

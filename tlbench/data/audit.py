@@ -38,6 +38,7 @@ from PIL import Image
 from tlbench.data.discover import check_root, find_split_folders, is_ignored
 from tlbench.data.images import MIN_SIDE, ImageLoadError, is_image_file, load_rgb
 from tlbench.errors import TLBenchError
+from tlbench.io import cache_dir
 
 # Hamming distance (of 64 bits) at or below which two images count as near-duplicates. On the bundled photo sets
 # a resized, recompressed or burst-shot copy is 0-4 bits away while different photos of the same species start
@@ -198,9 +199,8 @@ def list_dataset(root: Path) -> Listing:
 
 def cache_path(root: Path) -> Path:
     """Where the scans of ``root`` are cached: outside the data, which may be read-only or shared."""
-    base = os.environ.get("TLBENCH_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tlbench"
     digest = hashlib.sha256(str(_real(root)).encode()).hexdigest()[:16]
-    return Path(base) / "audit" / f"{digest}.json"
+    return cache_dir("audit") / f"{digest}.json"
 
 
 def _cache_settings(min_side: int) -> dict:

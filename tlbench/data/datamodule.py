@@ -22,6 +22,7 @@ from tlbench.data.images import load_rgb
 from tlbench.data.split import make_split, read_split, split_summary
 from tlbench.data.transforms import Preprocessing, eval_transform, train_transform
 from tlbench.errors import TLBenchError
+from tlbench.models.feature_cache import CachedFeatureDataset
 
 
 class ImageTableDataset(Dataset):
@@ -137,10 +138,24 @@ class ImageFolderDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
+    def _cached_features(self, split: str) -> Dataset | None:
+        """Cached backbone features when the module trains its head on them this epoch, else None."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        if module is None or not hasattr(module, "uses_feature_cache") or not module.uses_feature_cache(epoch):
+            return None
+        return CachedFeatureDataset(module.feature_set(split, self), view=epoch if split == "train" else 0)
+
     def train_dataloader(self) -> DataLoader:
+        features = self._cached_features("train")
+        if features is not None:
+            return DataLoader(features, batch_size=self.batch_size, shuffle=True)
         return self._loader(self.dataset("train", train_transforms=True), shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
+        features = self._cached_features("val")
+        if features is not None:
+            return DataLoader(features, batch_size=self.batch_size, shuffle=False)
         return self._loader(self.dataset("val"), shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
