@@ -65,15 +65,16 @@ class RunRecorder(pl.Callback):
         self.history = list(state_dict.get("history", []))
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
         if trainer.is_global_zero:
             write_csv(run_dir(trainer) / "split.csv", trainer.datamodule.table)
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._epoch_start = time.perf_counter()
-
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Epoch time runs from the previous epoch's end, so dataloader (re)building and feature caching count."""
         phase = pl_module.phase
-        self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + time.perf_counter() - self._epoch_start
+        now = time.perf_counter()
+        self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + now - self._epoch_start
+        self._epoch_start = now
         self.phase_epochs[phase] = self.phase_epochs.get(phase, 0) + 1
         metrics = trainer.callback_metrics
         entry = {"epoch": trainer.current_epoch, "phase": phase}
