@@ -17,6 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 from pytorch_lightning.utilities import rank_zero_warn
 
 from tlbench.data.audit import preflight
+from tlbench.data.decode_cache import DecodedImageCache
+from tlbench.data.decode_cache import prune as prune_decoded
 from tlbench.data.discover import check_root
 from tlbench.data.images import load_rgb
 from tlbench.data.split import make_split, read_split, split_summary
@@ -28,18 +30,21 @@ from tlbench.models.feature_cache import CachedFeatureDataset
 class ImageTableDataset(Dataset):
     """Rows of a split table as ``(image_tensor, class_index, row_index)``; the row index maps predictions back to files."""
 
-    def __init__(self, root: Path, table: pd.DataFrame, classes: list[str], transform) -> None:
+    def __init__(self, root: Path, table: pd.DataFrame, classes: list[str], transform, decoded: DecodedImageCache | None = None) -> None:
         self.root = root
         self.paths = list(table.path)
+        self.hashes = list(table.sha256) if decoded is not None and "sha256" in table else None
         index = {name: i for i, name in enumerate(classes)}
         self.targets = [index[label] for label in table.label]
         self.transform = transform
+        self.decoded = decoded
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        image = load_rgb(self.root / self.paths[i])
+        path = self.root / self.paths[i]
+        image = self.decoded.load(path, self.hashes[i]) if self.hashes is not None else load_rgb(path)
         return self.transform(image), self.targets[i], i
 
 
@@ -60,6 +65,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         augment: bool = True,
         skip_bad_images: bool = False,
         dedupe: bool = False,
+        decode_cache: bool = True,
     ) -> None:
         """
         Args:
@@ -71,6 +77,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
             augment: random crop/flip/rotation/shift for training images.
             skip_bad_images: train without unusable files (listed in metrics.json "skipped") instead of stopping.
             dedupe: drop later copies of images duplicated across train/val/test instead of stopping.
+            decode_cache: keep images decoded and shrunk to the training resolution on disk, so later epochs and
+                runs skip JPEG decoding (see data/decode_cache.py).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -82,6 +90,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.augment = augment
         self.skip_bad_images = skip_bad_images
         self.dedupe = dedupe
+        self.decode_cache = decode_cache
         self.skipped: list[tuple[str, str]] = []
         self.preprocessing: Preprocessing | None = None
         self.table: pd.DataFrame | None = None
@@ -117,6 +126,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_split()
+        if self.decode_cache:
+            prune_decoded()
         if self.preprocessing is None:
             module = self.trainer.lightning_module if self.trainer is not None else None
             self.preprocessing = getattr(module, "preprocessing", None) or Preprocessing()
@@ -126,7 +137,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         rows = table[table.split == split].reset_index(drop=True)
         pre = self.preprocessing or Preprocessing()
         transform = train_transform(pre, self.augment) if train_transforms else eval_transform(pre)
-        return ImageTableDataset(check_root(self.root), rows, self.classes, transform)
+        decoded = DecodedImageCache(pre.resize_size, pre.interpolation) if self.decode_cache else None
+        return ImageTableDataset(check_root(self.root), rows, self.classes, transform, decoded)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(
