@@ -72,12 +72,12 @@ class RunRecorder(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Epoch time runs from the previous epoch's end, so dataloader (re)building and feature caching count."""
         phase = pl_module.phase
-        now = time.perf_counter()
-        self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + now - self._epoch_start
+        start, now = self._epoch_start, time.perf_counter()
+        self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + now - start
         self._epoch_start = now
         self.phase_epochs[phase] = self.phase_epochs.get(phase, 0) + 1
         metrics = trainer.callback_metrics
-        entry = {"epoch": trainer.current_epoch, "phase": phase}
+        entry = {"epoch": trainer.current_epoch, "phase": phase, "seconds": round(now - start, 3)}
         entry.update({key: float(metrics[key]) for key in HISTORY_KEYS if key in metrics})
         self.history.append(entry)
         if trainer.is_global_zero:
