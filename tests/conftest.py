@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The study data beside the checkout; TLBENCH_SHARED_DATA points elsewhere (a git worktree lives one level deeper).
+SHARED_DATA = Path(os.environ.get("TLBENCH_SHARED_DATA", REPO.parent / "shared" / "data"))
 COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 200, 40)]
 
 

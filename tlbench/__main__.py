@@ -22,6 +22,8 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "download": "tlbench.commands.download:download",
         "audit": "tlbench.commands.audit:audit",
     },
+    "export": "tlbench.commands.export:export",
+    "serve": "tlbench.commands.serve:serve",
 }
 
 
