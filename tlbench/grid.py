@@ -213,7 +213,7 @@ def run_grid(spec: GridSpec, output: str | Path, echo: Callable[[str], None] = p
     for cell in cells:
         metrics = finished_metrics(output, cell.experiment)
         if metrics:
-            cell.status, cell.metrics = "skipped", str(metrics)
+            cell.status, cell.metrics = "skipped", str(metrics.resolve())
     to_run = [cell for cell in cells if cell.status == "pending"]
     echo(f"grid: {len(cells)} cells, {len(cells) - len(to_run)} already finished, {len(to_run)} to run -> {output}")
     write_status(output, spec, cells)
@@ -230,7 +230,7 @@ def run_grid(spec: GridSpec, output: str | Path, echo: Callable[[str], None] = p
         durations.append(cell.seconds)
         metrics = finished_metrics(output, cell.experiment)
         if cell.returncode == 0 and metrics:
-            cell.status, cell.metrics = "done", str(metrics)
+            cell.status, cell.metrics = "done", str(metrics.resolve())
             outcome = f"done in {_clock(cell.seconds)}"
         else:
             cell.status = "failed"
