@@ -86,22 +86,3 @@ def test_grid_rejects_overrides_it_sets_itself_and_stray_pass_through(tmp_path, 
     assert "sets --experiment itself" in capsys.readouterr().err
     assert main(["report", str(tmp_path), "--", "--model.head_epochs", "1"]) == 2
     assert "no arguments after '--'" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_quick_grid_on_real_data(shared_data, tmp_path):
-    """efficientnet_lite0 head-only 1 epoch and cnn6 1 epoch on birds10 and leaves3, one seed, one report.
-
-    Two grid invocations into one output: the epoch overrides differ per backbone, and a grid's overrides
-    apply to all its cells.
-    """
-    common = ["--datasets", "birds10,leaves3", "--data_dir", str(shared_data), "--seeds", "0", "--output", "runs", "--",
-              "--data.num_workers", "0", "--trainer.enable_progress_bar", "false", "--model.finetune_epochs"]
-    for backbone, epochs in (("efficientnet_lite0", ["0", "--model.head_epochs", "1"]), ("cnn6", ["1"])):
-        result = run_tlbench("grid", "--backbones", backbone, *common, *epochs, cwd=tmp_path, env={"OMP_NUM_THREADS": "2"})
-        assert result.returncode == 0, result.stdout[-3000:]
-    report = run_tlbench("report", "runs", "--output", "report", cwd=tmp_path)
-    assert report.returncode == 0, report.stderr[-2000:]
-    summary = pd.read_csv(tmp_path / "report" / "report.csv")
-    assert len(summary) == 4 and set(summary.phase) == {"head", "finetune"}
-    assert "75 (birds)" in (tmp_path / "report" / "report.md").read_text()
