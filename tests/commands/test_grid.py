@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from tests.commands.conftest import CELL_OVERRIDES, DATASETS, EXPERIMENTS, SEEDS, cell_metrics, finished_cells
 from tests.conftest import make_dataset, run_tlbench
