@@ -7,6 +7,8 @@ Commands are registered by import path so that ``python -m tlbench fit`` never i
 from __future__ import annotations
 
 import importlib
+import inspect
+import json
 import sys
 from collections.abc import Callable, Sequence
 
@@ -24,7 +26,12 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     },
     "export": "tlbench.commands.export:export",
     "serve": "tlbench.commands.serve:serve",
+    "grid": "tlbench.commands.grid:grid",
+    "report": "tlbench.commands.report:report",
 }
+# Arguments after a bare ``--`` are handed, untouched, to a command's ``fit_args`` parameter (``tlbench grid
+# ... -- --model.head_epochs 2``): jsonargparse has no pass-through of its own.
+PASSTHROUGH_PARAMETER = "fit_args"
 
 
 def _usage() -> str:
@@ -52,6 +59,16 @@ def _resolve(argv: Sequence[str]) -> tuple[Callable, list[str]] | None:
     return getattr(importlib.import_module(module_name), function_name), rest
 
 
+def _pass_through(function: Callable, rest: list[str]) -> list[str]:
+    """``A -- B`` -> ``A --fit_args <B as a JSON list>``, so B's values stay strings (``"2"`` not ``2``)."""
+    if "--" not in rest:
+        return rest
+    if PASSTHROUGH_PARAMETER not in inspect.signature(function).parameters:
+        raise TLBenchError("this command takes no arguments after '--'")
+    split = rest.index("--")
+    return [*rest[:split], f"--{PASSTHROUGH_PARAMETER}", json.dumps(rest[split + 1:])]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -67,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if resolved is None:
             raise TLBenchError(f"unknown command '{argv[0]}'; run 'python -m tlbench --help' for the list")
         function, rest = resolved
+        rest = _pass_through(function, rest)
         from jsonargparse import auto_cli
 
         result = auto_cli(function, args=rest, as_positional=True)
