@@ -15,3 +15,42 @@ class KillAtEpochStart(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch == self.epoch:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class InterruptAtStep(pl.Callback):
+    """Deliver a real SIGINT (Ctrl-C) to this process after training step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+class PoisonHeadAtEpoch(pl.Callback):
+    """Fill the head's weights with NaN when epoch ``epoch`` starts: a diverged run."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            for parameter in pl_module.head.parameters():
+                parameter.data.fill_(float("nan"))
+
+
+class DiskFullAtEpoch(pl.Callback):
+    """From epoch ``epoch`` on, every checkpoint write fails with ENOSPC, as on a full disk."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            import errno
+
+            def full(*args, **kwargs):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            trainer.save_checkpoint = full

@@ -7,10 +7,7 @@ Commands are registered by import path so that ``python -m tlbench fit`` never i
 from __future__ import annotations
 
 import importlib
-import inspect
-import json
 import sys
-import typing
 from collections.abc import Callable, Sequence
 
 from tlbench.errors import TLBenchError
@@ -27,7 +24,13 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "download": "tlbench.commands.download:download",
         "audit": "tlbench.commands.audit:audit",
     },
+    "export": "tlbench.commands.export:export",
+    "serve": "tlbench.commands.serve:serve",
+    "grid": "tlbench.commands.grid:grid",
+    "report": "tlbench.commands.report:report",
 }
+# Arguments after a bare ``--`` are handed, untouched, to a command's ``fit_args`` parameter (``tlbench grid
+# ... -- --model.head_epochs 2``): jsonargparse has no pass-through of its own.
 
 
 def _usage() -> str:
@@ -55,48 +58,7 @@ def _resolve(argv: Sequence[str]) -> tuple[Callable, list[str]] | None:
     return getattr(importlib.import_module(module_name), function_name), rest
 
 
-def _undot(function: Callable, args: list[str]) -> list[str]:
-    """LightningCLI-style ``--group.name`` as the function's ``group_name`` or ``name`` parameter.
-
-    So ``check --data.root DIR --model.backbone X`` is typed exactly like ``fit``; a dotted flag matching
-    neither is left for jsonargparse to reject with its usual message.
-    """
-    parameters = inspect.signature(function).parameters
-    result = []
-    for arg in args:
-        flag, equals, value = arg.partition("=")
-        group, dot, name = flag[2:].partition(".")
-        if arg.startswith("--") and dot:
-            match = next((c for c in (f"{group}_{name}", name) if c in parameters), None)
-            arg = f"--{match}{equals}{value}" if match else arg
-        result.append(arg)
-    return result
-
-
-def _gather_list_positional(function: Callable, args: list[str]) -> list[str]:
-    """Positional words beyond the other required parameters, as one list for a trailing ``list[...]`` parameter.
-
-    jsonargparse takes a positional list only as one JSON value; people type ``classify RUN a.jpg b.png dir/``.
-    Every ``--flag`` here takes a value (``--flag VALUE`` or ``--flag=VALUE``).
-    """
-    hints = typing.get_type_hints(function)
-    required = [name for name, p in inspect.signature(function).parameters.items() if p.default is p.empty]
-    if not required or typing.get_origin(hints.get(required[-1])) is not list or {"-h", "--help"} & set(args):
-        return args
-    positional, i = [], 0
-    while i < len(args):
-        if args[i].startswith("--"):
-            i += 1 if "=" in args[i] else 2
-            continue
-        positional.append(i)
-        i += 1
-    items = positional[len(required) - 1 :]
-    if not items:
-        return args
-    return [arg for i, arg in enumerate(args) if i not in items] + [json.dumps([args[i] for i in items])]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
+def _undot(function: Callable, args = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -111,10 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if resolved is None:
             raise TLBenchError(f"unknown command '{argv[0]}'; run 'python -m tlbench --help' for the list")
         function, rest = resolved
-        from jsonargparse import auto_cli
+        from tlbench.commands import run_command
 
-        result = auto_cli(function, args=_gather_list_positional(function, _undot(function, rest)), as_positional=True)
-        return result if isinstance(result, int) else 0
+        return run_command(function, rest)
     except TLBenchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -13,10 +13,12 @@ import re
 import sys
 from pathlib import Path
 
+import pandas as pd
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from tlbench.data.datamodule import ImageFolderDataModule
+from tlbench.data.split import read_split
 from tlbench.errors import TLBenchError
 from tlbench.evaluation.runs import finish_run
 from tlbench.evaluation.summary import format_summary
@@ -66,6 +68,17 @@ def latest_checkpoint(root: Path, experiment: str) -> tuple[int, Path]:
     return max(runs)
 
 
+def describe_data_change(previous: pd.DataFrame, current: pd.DataFrame) -> str:
+    """'' when both manifests list the same files, labels, splits and contents, else what changed."""
+    columns = [c for c in ("path", "label", "split", "sha256") if c in previous.columns and c in current.columns]
+    before = {tuple(row) for row in previous[columns].astype(str).itertuples(index=False)}
+    after = {tuple(row) for row in current[columns].astype(str).itertuples(index=False)}
+    old_paths, new_paths = {row[0] for row in before}, {row[0] for row in after}
+    changed = {row[0] for row in before ^ after} & old_paths & new_paths
+    parts = [f"{len(new_paths - old_paths)} added", f"{len(old_paths - new_paths)} removed", f"{len(changed)} changed in content, label or split"]
+    return ", ".join(parts) if before != after else ""
+
+
 class TLBenchCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         self.resume_version: int | None = None
@@ -83,6 +96,8 @@ class TLBenchCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--experiment", type=str | None, default=None,
                             help="run name under lightning_logs/ and checkpoints/ (default: <dataset folder>_<backbone>)")
+        parser.add_argument("--force", type=bool, default=False,
+                            help="with --ckpt_path last: resume even if the data changed since the checkpoint")
         parser.link_arguments(("model.head_epochs", "model.finetune_epochs"), "trainer.max_epochs", compute_fn=lambda head, finetune: head + finetune)
 
     def _active_config(self):
@@ -99,6 +114,15 @@ class TLBenchCLI(LightningCLI):
             root = Path(config.trainer.default_root_dir or ".")
             self.resume_version, path = latest_checkpoint(root, self.experiment_name())
             config.ckpt_path = str(path)
+
+    def before_fit(self) -> None:
+        if self.resume_version is None:
+            return
+        previous = read_split(Path(self.trainer.log_dir) / "split.csv")
+        current = self.datamodule.prepare_split()
+        change = describe_data_change(previous, current)
+        if change and not self._active_config().get("force"):
+            raise TLBenchError(f"the data under {self.datamodule.root} changed since the checkpoint ({change}); resuming would mix datasets: pass --force to resume anyway, or start a new run without --ckpt_path")
 
     def _instantiate_trainer(self, config: dict, callbacks: list):
         if config.get("logger") in (None, True):

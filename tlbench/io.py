@@ -17,6 +17,13 @@ import pandas as pd
 from tlbench.errors import TLBenchError
 
 
+def cache_dir(kind: str) -> Path:
+    """``$TLBENCH_CACHE_DIR/<kind>`` (default ``~/.cache/tlbench/<kind>``): caches live outside the data, which
+    may be read-only or shared, and outside the project."""
+    base = os.environ.get("TLBENCH_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tlbench"
+    return Path(base) / kind
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(temporary_path)``, fsync it and move it to ``path``; the old file survives any failure."""
     path = Path(path)

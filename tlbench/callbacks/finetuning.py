@@ -29,9 +29,19 @@ def checkpoint_dir(trainer: pl.Trainer) -> Path:
 
 
 class PhaseSchedule(pl.Callback):
-    """Switch from the head phase to the fine-tune phase after ``head_epochs`` epochs."""
+    """Switch from the head phase to the fine-tune phase after ``head_epochs`` epochs.
+
+    While the head trains on cached features, dataloaders are rebuilt every epoch (each epoch may use another
+    cached view, and the first fine-tune epoch needs images again); afterwards they are kept.
+    """
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if pl_module.uses_feature_cache(trainer.current_epoch):
+            trainer.reload_dataloaders_every_n_epochs = 1
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not pl_module.uses_feature_cache(trainer.current_epoch):
+            trainer.reload_dataloaders_every_n_epochs = 0
         if pl_module.phase == "head" and trainer.current_epoch >= pl_module.hparams.head_epochs:
             pl_module.apply_phase("finetune")
             if isinstance(trainer.strategy, DDPStrategy):
@@ -68,6 +78,14 @@ class PhaseCheckpoint(ModelCheckpoint):
     def _should_skip_saving_checkpoint(self, trainer: pl.Trainer) -> bool:
         wrong_phase = self.phase is not None and trainer.lightning_module.phase != self.phase
         return wrong_phase or super()._should_skip_saving_checkpoint(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """On Ctrl-C, write ``last.ckpt`` with the progress so far (Lightning then exits with status 1).
+
+        Other exceptions (a NaN loss, a full disk) keep the previous ``last.ckpt``: it is the last good state.
+        """
+        if self.phase is None and isinstance(exception, KeyboardInterrupt):
+            self._save_checkpoint(trainer, self.format_checkpoint_name(self._monitor_candidates(trainer)))
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         partial = f"{filepath}.partial"

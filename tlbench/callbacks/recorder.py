@@ -64,18 +64,19 @@ class RunRecorder(pl.Callback):
         self.history = list(state_dict.get("history", []))
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
         if trainer.is_global_zero:
             write_csv(run_dir(trainer) / "split.csv", trainer.datamodule.table)
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._epoch_start = time.perf_counter()
-
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Epoch time runs from the previous epoch's end, so dataloader (re)building and feature caching count."""
         phase = pl_module.phase
-        self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + time.perf_counter() - self._epoch_start
+        start, now = self._epoch_start, time.perf_counter()
+        self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + now - start
+        self._epoch_start = now
         self.phase_epochs[phase] = self.phase_epochs.get(phase, 0) + 1
         metrics = trainer.callback_metrics
-        entry = {"epoch": trainer.current_epoch, "phase": phase}
+        entry = {"epoch": trainer.current_epoch, "phase": phase, "seconds": round(now - start, 3)}
         entry.update({key: float(metrics[key]) for key in HISTORY_KEYS if key in metrics})
         self.history.append(entry)
         if trainer.is_global_zero:
@@ -114,6 +115,7 @@ class RunRecorder(pl.Callback):
             "test_on": datamodule.test_on,
             "run_dir": str(run_dir(trainer).resolve()),
             "checkpoint_dir": str(checkpoint_dir(trainer).resolve()),
+            "skipped": [{"path": path, "reason": reason} for path, reason in datamodule.skipped],
             "phases": phases,
         }
         write_json(run_dir(trainer) / "metrics.json", metrics)

@@ -1,1 +1,77 @@
-"""Commands other than fit/validate/test/predict: one typed function each, called by the CLI and by tests."""
+"""Commands other than fit/validate/test/predict: one typed function each, called by the CLI and by tests.
+
+``run_command`` turns what a person types into the function's typed arguments through jsonargparse, with
+three conveniences: LightningCLI-style dotted flags (``--data.root``), a trailing list of words for a list
+parameter (``classify RUN a.jpg b.png dir/``), and fit overrides after ``--`` (``grid ... -- --data.batch_size 16``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import typing
+from collections.abc import Callable
+
+from tlbench.errors import TLBenchError
+
+PASSTHROUGH_PARAMETER = "fit_args"
+
+
+def _undot(function: Callable, args: list[str]) -> list[str]:
+    """LightningCLI-style ``--group.name`` as the function's ``group_name`` or ``name`` parameter.
+
+    So ``check --data.root DIR --model.backbone X`` is typed exactly like ``fit``; a dotted flag matching
+    neither is left for jsonargparse to reject with its usual message.
+    """
+    parameters = inspect.signature(function).parameters
+    result = []
+    for arg in args:
+        flag, equals, value = arg.partition("=")
+        group, dot, name = flag[2:].partition(".")
+        if arg.startswith("--") and dot:
+            match = next((c for c in (f"{group}_{name}", name) if c in parameters), None)
+            arg = f"--{match}{equals}{value}" if match else arg
+        result.append(arg)
+    return result
+
+
+def _gather_list_positional(function: Callable, args: list[str]) -> list[str]:
+    """Positional words beyond the other required parameters, as one list for a trailing ``list[...]`` parameter.
+
+    jsonargparse takes a positional list only as one JSON value; people type ``classify RUN a.jpg b.png dir/``.
+    Every ``--flag`` here takes a value (``--flag VALUE`` or ``--flag=VALUE``).
+    """
+    hints = typing.get_type_hints(function)
+    required = [name for name, p in inspect.signature(function).parameters.items() if p.default is p.empty]
+    if not required or typing.get_origin(hints.get(required[-1])) is not list or {"-h", "--help"} & set(args):
+        return args
+    positional, i = [], 0
+    while i < len(args):
+        if args[i].startswith("--"):
+            i += 1 if "=" in args[i] else 2
+            continue
+        positional.append(i)
+        i += 1
+    items = positional[len(required) - 1 :]
+    if not items:
+        return args
+    return [arg for i, arg in enumerate(args) if i not in items] + [json.dumps([args[i] for i in items])]
+
+
+def _pass_through(function: Callable, rest: list[str]) -> list[str]:
+    """``A -- B`` -> ``A --fit_args <B as a JSON list>``, so B's values stay strings (``"2"`` not ``2``)."""
+    if "--" not in rest:
+        return rest
+    if PASSTHROUGH_PARAMETER not in inspect.signature(function).parameters:
+        raise TLBenchError("this command takes no arguments after '--'")
+    split = rest.index("--")
+    return [*rest[:split], f"--{PASSTHROUGH_PARAMETER}", json.dumps(rest[split + 1:])]
+
+
+def run_command(function: Callable, args: list[str]) -> int:
+    """Parse ``args`` for ``function``, call it, and return its exit status (0 unless it returns an int)."""
+    from jsonargparse import auto_cli
+
+    args = _gather_list_positional(function, _undot(function, _pass_through(function, args)))
+    result = auto_cli(function, args=args, as_positional=True)
+    return result if isinstance(result, int) else 0

@@ -38,6 +38,7 @@ from PIL import Image
 from tlbench.data.discover import check_root, find_split_folders, is_ignored
 from tlbench.data.images import MIN_SIDE, ImageLoadError, is_image_file, load_rgb
 from tlbench.errors import TLBenchError
+from tlbench.io import cache_dir
 
 # Hamming distance (of 64 bits) at or below which two images count as near-duplicates. On the bundled photo sets
 # a resized, recompressed or burst-shot copy is 0-4 bits away while different photos of the same species start
@@ -128,6 +129,8 @@ class AuditResult:
 
 @dataclass
 class PreflightResult:
+    """``table`` is what trains, with a ``sha256`` column: the run's manifest, compared again on resume."""
+
     table: pd.DataFrame
     skipped: list[tuple[str, str]]
     problems: list[str]
@@ -196,9 +199,8 @@ def list_dataset(root: Path) -> Listing:
 
 def cache_path(root: Path) -> Path:
     """Where the scans of ``root`` are cached: outside the data, which may be read-only or shared."""
-    base = os.environ.get("TLBENCH_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tlbench"
     digest = hashlib.sha256(str(_real(root)).encode()).hexdigest()[:16]
-    return Path(base) / "audit" / f"{digest}.json"
+    return cache_dir("audit") / f"{digest}.json"
 
 
 def _cache_settings(min_side: int) -> dict:
@@ -404,6 +406,7 @@ def preflight(
     dropped = [(m.path, f"{g.match} duplicate of {g.members[0].path}") for g in leaks for m in g.members[1:]]
     skipped = bad + dropped
     kept = table[~table.path.isin({path for path, _ in skipped})].reset_index(drop=True)
+    kept["sha256"] = [scans[path].sha256 for path in kept.path]
     lost = set(table.label[table.split == "train"]) - set(kept.label[kept.split == "train"])
     if lost:
         raise TLBenchError(f"classes {sorted(lost)} have no usable training image left after skipping {len(skipped)} file(s)")

@@ -14,28 +14,37 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pytorch_lightning.utilities import rank_zero_warn
+
+from tlbench.data.audit import preflight
+from tlbench.data.decode_cache import DecodedImageCache
+from tlbench.data.decode_cache import prune as prune_decoded
 from tlbench.data.discover import check_root
-from tlbench.data.images import find_unreadable, load_rgb
+from tlbench.data.images import load_rgb
 from tlbench.data.split import make_split, read_split, split_summary
 from tlbench.data.transforms import Preprocessing, eval_transform, train_transform
 from tlbench.errors import TLBenchError
+from tlbench.models.feature_cache import CachedFeatureDataset
 
 
 class ImageTableDataset(Dataset):
     """Rows of a split table as ``(image_tensor, class_index, row_index)``; the row index maps predictions back to files."""
 
-    def __init__(self, root: Path, table: pd.DataFrame, classes: list[str], transform) -> None:
+    def __init__(self, root: Path, table: pd.DataFrame, classes: list[str], transform, decoded: DecodedImageCache | None = None) -> None:
         self.root = root
         self.paths = list(table.path)
+        self.hashes = list(table.sha256) if decoded is not None and "sha256" in table else None
         index = {name: i for i, name in enumerate(classes)}
         self.targets = [index[label] for label in table.label]
         self.transform = transform
+        self.decoded = decoded
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        image = load_rgb(self.root / self.paths[i])
+        path = self.root / self.paths[i]
+        image = self.decoded.load(path, self.hashes[i]) if self.hashes is not None else load_rgb(path)
         return self.transform(image), self.targets[i], i
 
 
@@ -54,6 +63,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         num_workers: int | None = None,
         augment: bool = True,
+        skip_bad_images: bool = False,
+        dedupe: bool = False,
+        decode_cache: bool = True,
     ) -> None:
         """
         Args:
@@ -63,6 +75,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
             batch_size: images per batch for every split.
             num_workers: data-loading processes; default: one less than the available cores.
             augment: random crop/flip/rotation/shift for training images.
+            skip_bad_images: train without unusable files (listed in metrics.json "skipped") instead of stopping.
+            dedupe: drop later copies of images duplicated across train/val/test instead of stopping.
+            decode_cache: keep images decoded and shrunk to the training resolution on disk, so later epochs and
+                runs skip JPEG decoding (see data/decode_cache.py).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -72,6 +88,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.augment = augment
+        self.skip_bad_images = skip_bad_images
+        self.dedupe = dedupe
+        self.decode_cache = decode_cache
+        self.skipped: list[tuple[str, str]] = []
         self.preprocessing: Preprocessing | None = None
         self.table: pd.DataFrame | None = None
         self.classes: list[str] = []
@@ -86,24 +106,28 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return "test" if (self.table.split == "test").any() else "val"
 
     def prepare_split(self) -> pd.DataFrame:
-        """Discover and split the data (idempotent); fails before training on unreadable files."""
+        """Discover, split and pre-flight the data once: every file decoded before training, duplicates across
+        splits caught; the resulting table (with content hashes) is the run's manifest."""
         if self.table is not None:
             return self.table
         root = check_root(self.root)
         table = read_split(self.split_file) if self.split_file else make_split(root, self.split_seed)
-        bad = find_unreadable(root, list(table.path))
-        if bad:
-            listing = "; ".join(f"{root / path}: {reason}" for path, reason in bad)
-            raise TLBenchError(f"{len(bad)} unreadable image file(s), remove or replace them before training: {listing}")
-        self.table = table
+        report_dir = self.trainer.log_dir if self.trainer is not None else None
+        checked = preflight(root, table, skip_bad=self.skip_bad_images, dedupe=self.dedupe, report_dir=report_dir)
+        for problem in checked.problems:
+            rank_zero_warn(f"{root}: {problem}")
+        self.skipped = checked.skipped
+        self.table = checked.table
         self.classes = sorted(set(table.label))
-        return table
+        return self.table
 
     def split_sizes(self) -> dict[str, int]:
         return split_summary(self.prepare_split())
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_split()
+        if self.decode_cache:
+            prune_decoded()
         if self.preprocessing is None:
             module = self.trainer.lightning_module if self.trainer is not None else None
             self.preprocessing = getattr(module, "preprocessing", None) or Preprocessing()
@@ -113,7 +137,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         rows = table[table.split == split].reset_index(drop=True)
         pre = self.preprocessing or Preprocessing()
         transform = train_transform(pre, self.augment) if train_transforms else eval_transform(pre)
-        return ImageTableDataset(check_root(self.root), rows, self.classes, transform)
+        decoded = DecodedImageCache(pre.resize_size, pre.interpolation) if self.decode_cache else None
+        return ImageTableDataset(check_root(self.root), rows, self.classes, transform, decoded)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(
@@ -125,10 +150,24 @@ class ImageFolderDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
+    def _cached_features(self, split: str) -> Dataset | None:
+        """Cached backbone features when the module trains its head on them this epoch, else None."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        if module is None or not hasattr(module, "uses_feature_cache") or not module.uses_feature_cache(epoch):
+            return None
+        return CachedFeatureDataset(module.feature_set(split, self), view=epoch if split == "train" else 0)
+
     def train_dataloader(self) -> DataLoader:
+        features = self._cached_features("train")
+        if features is not None:
+            return DataLoader(features, batch_size=self.batch_size, shuffle=True)
         return self._loader(self.dataset("train", train_transforms=True), shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
+        features = self._cached_features("val")
+        if features is not None:
+            return DataLoader(features, batch_size=self.batch_size, shuffle=False)
         return self._loader(self.dataset("val"), shuffle=False)
 
     def test_dataloader(self) -> DataLoader:

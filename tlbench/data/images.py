@@ -22,6 +22,7 @@ corrupt).
 
 from __future__ import annotations
 
+import io
 import math
 import struct
 import warnings
@@ -47,6 +48,11 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
 
 class ImageLoadError(Exception):
     """A file that cannot be used as an image; the message is the reason, for one-line reports."""
+
+
+class NotAnImageError(ImageLoadError):
+    """Not an image of a supported format at all (empty, unrecognised, refused format), as opposed to an image
+    that is damaged, a bomb or too small: the server answers 415 for this and 422 for the others."""
 
 
 def is_image_file(path: Path) -> bool:
@@ -96,26 +102,27 @@ def _draft_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     return max(1, math.ceil(size[0] * scale)), max(1, math.ceil(size[1] * scale))
 
 
-def load_rgb(path: str | Path, max_side: int | None = None, min_side: int = MIN_SIDE) -> Image.Image:
+def load_rgb(path: str | Path | bytes, max_side: int | None = None, min_side: int = MIN_SIDE) -> Image.Image:
     """Decode ``path`` fully into an RGB image, raising ``ImageLoadError`` with a short reason on failure.
 
     Args:
-        path: the image file; its content decides the format, not its extension.
+        path: the image file, or its bytes (an upload, decoded in memory and never written to disk); the
+            content decides the format, not the extension or a client's file name.
         max_side: when given, the result's longer side is at most this: JPEGs are decoded at a reduced scale
             (``Image.draft``) and everything is shrunk right after decoding, so a 4000x3000 photo never stays in
             memory at full size.
         min_side: images whose shorter side is below this are refused as too small.
     """
-    path = Path(path)
+    source = io.BytesIO(path) if isinstance(path, bytes) else Path(path)
     try:
-        if path.stat().st_size == 0:
-            raise ImageLoadError("empty file (0 bytes)")
+        if (len(path) if isinstance(path, bytes) else source.stat().st_size) == 0:
+            raise NotAnImageError("empty file (0 bytes)")
         # PIL only warns between MAX_IMAGE_PIXELS and twice that and would then allocate; make it refuse instead.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 if image.format not in SUPPORTED_FORMATS:
-                    raise ImageLoadError(f"unsupported format {image.format}")
+                    raise NotAnImageError(f"unsupported format {image.format}")
                 _check_size(image.size, min_side)
                 if max_side is not None and max(image.size) > max_side:
                     image.draft(None, _draft_size(image.size, max_side))
@@ -126,7 +133,7 @@ def load_rgb(path: str | Path, max_side: int | None = None, min_side: int = MIN_
     except FileNotFoundError:
         raise ImageLoadError("file not found") from None
     except UnidentifiedImageError:
-        raise ImageLoadError("not an image (unrecognised format)") from None
+        raise NotAnImageError("not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageLoadError(f"possible decompression bomb: {error}") from None
     except DECODE_ERRORS as error:
@@ -134,14 +141,3 @@ def load_rgb(path: str | Path, max_side: int | None = None, min_side: int = MIN_
     if max_side is not None:
         rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return rgb
-
-
-def find_unreadable(root: Path, relative_paths: list[str]) -> list[tuple[str, str]]:
-    """``(path, reason)`` for every file under ``root`` that does not decode, checked before any training starts."""
-    bad = []
-    for relative in relative_paths:
-        try:
-            load_rgb(root / relative)
-        except ImageLoadError as error:
-            bad.append((relative, str(error)))
-    return bad

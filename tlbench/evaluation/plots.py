@@ -175,5 +175,52 @@ def plot_contact_sheet(paths: list[Path], titles: list[str], captions: list[str]
         ax.text(0.5, -0.03, caption, transform=ax.transAxes, ha="center", va="top", fontsize=7)
     for ax in axes:
         ax.axis("off")
+
+
+def plot_accuracy_bars(summary: pd.DataFrame, path: str | Path) -> Path:
+    """Test accuracy per backbone, one panel per dataset, one bar per phase, with 95% interval error bars.
+
+    ``summary`` has columns ``dataset, backbone, phase, acc_mean, acc_ci_lo, acc_ci_hi``. Error bars are
+    drawn from the interval ends rather than a symmetric ± so that single-run Wilson intervals near 100% stay
+    honest (they are lopsided). A backbone without a phase (cnn6 has no head phase) leaves a gap.
+    """
+    datasets = list(dict.fromkeys(summary.dataset))
+    backbones = list(dict.fromkeys(summary.backbone))
+    phases = list(dict.fromkeys(summary.phase))
+    width = 0.8 / max(1, len(phases))
+    figure = Figure(figsize=(max(4.0, 1.2 * len(backbones) + 1.5) * len(datasets), 4.0))
+    axes = np.atleast_1d(figure.subplots(1, len(datasets), sharey=True, squeeze=False)).ravel()
+    for ax, dataset in zip(axes, datasets):
+        for offset, phase in enumerate(phases):
+            rows = summary[(summary.dataset == dataset) & (summary.phase == phase)].set_index("backbone").reindex(backbones)
+            x = np.arange(len(backbones)) + (offset - (len(phases) - 1) / 2) * width
+            errors = np.vstack([rows.acc_mean - rows.acc_ci_lo, rows.acc_ci_hi - rows.acc_mean]).clip(min=0)
+            ax.bar(x, rows.acc_mean, width=width, yerr=errors, capsize=3, label=phase)
+        ax.set_xticks(range(len(backbones)), labels=backbones, rotation=30, ha="right")
+        ax.set(title=dataset, ylim=(0, 1.05))
+    axes[0].set_ylabel("test accuracy (95% interval)")
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_time_vs_accuracy(points: pd.DataFrame, path: str | Path) -> Path:
+    """Training time (log scale) against final test accuracy: one point per dataset x backbone.
+
+    ``points`` has columns ``dataset, backbone, train_seconds, acc_mean``; colour names the backbone and the
+    marker the dataset, so the cost of each backbone's accuracy reads across datasets.
+    """
+    markers = "osD^vP*X"
+    figure = Figure(figsize=(6.5, 4.5))
+    ax = figure.add_subplot()
+    colours = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(points.backbone))}
+    shapes = {name: markers[i % len(markers)] for i, name in enumerate(dict.fromkeys(points.dataset))}
+    for row in points.itertuples(index=False):
+        ax.scatter(row.train_seconds, row.acc_mean, color=colours[row.backbone], marker=shapes[row.dataset], s=50)
+    handles = [ax.scatter([], [], color=colour, marker="o", label=name) for name, colour in colours.items()]
+    handles += [ax.scatter([], [], color="grey", marker=shape, label=name) for name, shape in shapes.items()]
+    ax.legend(handles=handles, fontsize=8, loc="best")
+    ax.set_xscale("log")
+    ax.set(xlabel="training time, all phases (s, log scale)", ylabel="final test accuracy", title="Time vs accuracy")
     figure.tight_layout()
     return _save(figure, path)

@@ -1,8 +1,9 @@
-"""Load a trained model from a run directory or a checkpoint, for classify, export and serve.
+"""Load a trained model from a run directory, a checkpoint or an exported bundle, for classify, export and serve.
 
 Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain containers only, so a file
-carrying a pickled code payload is refused before anything in it runs. The backbone is rebuilt without
-downloading weights (the checkpoint has them) and with the preprocessing stored at training time.
+carrying a pickled code payload is refused before anything in it runs. Bundles (``tlbench export``) are read
+with safetensors and JSON only, never unpickled. The backbone is rebuilt without downloading weights (the
+checkpoint or bundle has them) and with the preprocessing stored at training time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ from tlbench.data.transforms import Preprocessing
 from tlbench.errors import TLBenchError
 from tlbench.io import read_json
 from tlbench.models.module import TransferLearningModule
+
+BUNDLE_FORMAT = 1
+BUNDLE_MANIFEST = "model.json"
+BUNDLE_WEIGHTS = "weights.safetensors"
+# Constructor arguments that shape the network; the others only steer training and do not matter for inference.
+ARCHITECTURE_SETTINGS = ("backbone", "input_size", "head_hidden", "head_dropout", "classes")
 
 
 @dataclass
@@ -56,22 +63,48 @@ def model_from_checkpoint(checkpoint: dict, source: Path) -> TrainedModel:
     settings = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
     if not settings.get("classes"):
         raise TLBenchError(f"{source} has no class names; it was not written by tlbench fit")
-    settings.update(pretrained=False, weights=None)
-    model = TransferLearningModule(**settings)
+    model = build_model(settings, checkpoint.get("tlbench_phase"), checkpoint.get("tlbench_preprocessing"))
     model.load_state_dict(checkpoint["state_dict"])
-    if "tlbench_preprocessing" in checkpoint:
-        model.preprocessing = Preprocessing.from_dict(checkpoint["tlbench_preprocessing"])
     model.weights_source = checkpoint.get("tlbench_weights", model.weights_source)
-    phase = checkpoint.get("tlbench_phase", model.phase)
-    model.apply_phase(phase)
-    return TrainedModel(model.eval(), list(settings["classes"]), model.preprocessing, settings["backbone"], phase, source)
+    return TrainedModel(model.eval(), list(settings["classes"]), model.preprocessing, settings["backbone"], model.phase, source)
+
+
+def build_model(settings: dict, phase: str | None, preprocessing: dict | None) -> TransferLearningModule:
+    """An untrained module with the architecture of ``settings``, built without fetching any weights; ``None``
+    keeps the module's own default phase and preprocessing."""
+    model = TransferLearningModule(**{**settings, "pretrained": False, "weights": None})
+    if preprocessing is not None:
+        model.preprocessing = Preprocessing.from_dict(preprocessing)
+    model.apply_phase(phase or model.phase)
+    return model
+
+
+def load_bundle(bundle: Path, phase: str | None = None) -> TrainedModel:
+    """A model from an exported bundle: ``model.json`` rebuilds the network, ``weights.safetensors`` fills it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    try:
+        manifest = read_json(bundle / BUNDLE_MANIFEST)
+        if manifest.get("format_version") != BUNDLE_FORMAT:
+            raise TLBenchError(f"{bundle} is bundle format {manifest.get('format_version')}; this tlbench reads format {BUNDLE_FORMAT}")
+        if phase is not None and phase != manifest["phase"]:
+            raise TLBenchError(f"{bundle} holds the '{manifest['phase']}' phase, not '{phase}'; export that phase from the run directory")
+        model = build_model(manifest["model"], manifest["phase"], manifest["preprocessing"])
+        load_model(model, str(bundle / BUNDLE_WEIGHTS))
+    except (KeyError, ValueError, OSError, RuntimeError, SafetensorError) as error:  # JSON/shape/missing-key/file errors
+        raise TLBenchError(f"cannot load bundle {bundle}: {type(error).__name__}: {error}; re-export it with tlbench export") from None
+    return TrainedModel(model.eval(), list(model.classes), model.preprocessing, manifest["model"]["backbone"], manifest["phase"], bundle)
 
 
 def load_trained(path: str | Path, phase: str | None = None) -> TrainedModel:
-    """A model ready for inference from a run directory (``lightning_logs/<exp>/version_N``) or a ``.ckpt``."""
+    """A model ready for inference from a bundle (``tlbench export``), a run directory
+    (``lightning_logs/<exp>/version_N``) or a ``.ckpt``."""
     path = Path(path).expanduser()
+    if path.is_dir() and (path / BUNDLE_MANIFEST).is_file():
+        return load_bundle(path, phase)
     if path.is_dir():
         if not (path / "metrics.json").is_file():
-            raise TLBenchError(f"{path} is not a tlbench run directory (no metrics.json); pass a run directory or a .ckpt file")
+            raise TLBenchError(f"{path} is not a tlbench run directory (no metrics.json) or bundle (no model.json); pass a run directory, a bundle or a .ckpt file")
         path = checkpoint_for_run(path, phase)
     return model_from_checkpoint(read_checkpoint(path), path)

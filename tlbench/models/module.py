@@ -18,7 +18,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from tlbench.errors import TLBenchError
 from tlbench.models.backbones import create_backbone
+from tlbench.models.feature_cache import FeatureSet, cache_key, compute_features, load_or_compute, weights_digest
 from tlbench.models.heads import ClassifierHead
 
 Phase = Literal["head", "finetune"]
@@ -67,6 +69,8 @@ class TransferLearningModule(pl.LightningModule):
         weight_decay: float = 1e-4,
         lr_schedule: Literal["constant", "cosine"] = "cosine",
         label_smoothing: float = 0.0,
+        cache_features: bool = True,
+        cached_views: int = 1,
         classes: list[str] | None = None,
         tta: bool = False,
     ) -> None:
@@ -91,6 +95,10 @@ class TransferLearningModule(pl.LightningModule):
             weight_decay: weight decay of both phases.
             lr_schedule: per-phase learning-rate schedule, cosine decay over the phase's epochs or constant.
             label_smoothing: cross-entropy label smoothing.
+            cache_features: train the head phase on backbone features computed once (see models/feature_cache.py)
+                instead of running the frozen backbone every epoch.
+            cached_views: feature views cached per training image: 1 = centre crop (linear-probe style, cheapest);
+                K > 1 = K augmented views, epoch e training on view e % K (K backbone passes).
             classes: class names in label order; filled in from the data at fit time and stored with the model.
             tta: also test with test-time augmentation (mean softmax of the centre crop and its horizontal
                 flip), reported separately as ``tta`` beside, never instead of, the plain test metrics.
@@ -107,6 +115,7 @@ class TransferLearningModule(pl.LightningModule):
         self.phase: Phase = "head" if head_epochs > 0 else "finetune"
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.test_outputs: list[dict[str, torch.Tensor]] = []
+        self._feature_sets: dict[str, FeatureSet] = {}
         if classes:
             self.set_classes(classes)
 
@@ -159,6 +168,33 @@ class TransferLearningModule(pl.LightningModule):
                         module.train(self.hparams.train_bn and trainable)
         return self
 
+    def phase_for_epoch(self, epoch: int) -> Phase:
+        return "head" if epoch < self.hparams.head_epochs else "finetune"
+
+    def uses_feature_cache(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` trains the head on cached features (head phase, cache enabled)."""
+        return self.hparams.cache_features and self.phase_for_epoch(epoch) == "head"
+
+    def feature_set(self, split: str, datamodule) -> FeatureSet:
+        """Backbone features of ``split`` for the head phase: from memory, the disk cache, or one backbone pass."""
+        if split not in self._feature_sets:
+            hp = self.hparams
+            augmented = split == "train" and hp.cached_views > 1 and datamodule.augment
+            views = hp.cached_views if augmented else 1
+            dataset = datamodule.dataset(split, train_transforms=augmented)
+            rows = datamodule.prepare_split()
+            rows = rows[rows.split == split]
+            files = [list(map(str, row)) for row in rows[["path", "label", "sha256"]].itertuples(index=False)] if "sha256" in rows else [list(map(str, row)) for row in rows[["path", "label"]].itertuples(index=False)]
+            description = {"preprocessing": self.preprocessing.to_dict(), "augmented": augmented, "views": views, "seed": datamodule.split_seed}
+            key = cache_key(weights_digest(self.backbone), description, files)
+            was_training = self.backbone.training
+            self.backbone.eval()
+            self._feature_sets[split] = load_or_compute(
+                key, lambda: compute_features(self.backbone, dataset, views, datamodule.batch_size, datamodule.num_workers, datamodule.split_seed, self.device)
+            )
+            self.backbone.train(was_training)
+        return self._feature_sets[split]
+
     def backbone_frozen(self) -> bool:
         return not any(p.requires_grad for p in self.backbone.parameters())
 
@@ -185,11 +221,14 @@ class TransferLearningModule(pl.LightningModule):
         return self.head(self.encode(images))
 
     def _shared_step(self, batch, metrics: MetricCollection, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        images, targets = batch[0], batch[1]
-        logits = self(images)
+        inputs, targets = batch[0], batch[1]
+        logits = self.head(inputs) if inputs.ndim == 2 else self(inputs)
         loss = self.loss_fn(logits, targets)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{stage} loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}")
+            raise TLBenchError(
+                f"training diverged: {stage} loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step};"
+                " lower --model.head_lr / --model.finetune_lr (last.ckpt holds the last finite state)"
+            )
         metrics.update(logits, targets)
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(targets), sync_dist=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", sync_dist=True)

@@ -1,0 +1,79 @@
+"""Runs shared by the command tests: one tiny trained run (export, serve) and one tiny grid (grid, report)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO, TINY_FIT_ARGS, make_dataset, run_tlbench
+from tlbench.grid import is_finished
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """``lightning_logs/tiny_cnn1/version_0`` of a cnn1 fit on generated data, through the real CLI."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    data = make_dataset(root / "tiny")
+    result = run_tlbench("fit", "--data.root", str(data), *TINY_FIT_ARGS, cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return root / "lightning_logs" / "tiny_cnn1" / "version_0"
+
+
+# TINY_FIT_ARGS for every cell, minus the backbone the grid sets per cell.
+_BACKBONE = TINY_FIT_ARGS.index("--model.backbone")
+CELL_OVERRIDES = TINY_FIT_ARGS[:_BACKBONE] + TINY_FIT_ARGS[_BACKBONE + 2:]
+DATASETS, BACKBONES, SEEDS = ("alpha", "beta"), ("cnn1", "cnn6"), (0, 1)
+EXPERIMENTS = [f"{d}_{b}_seed{s}" for d in DATASETS for b in BACKBONES for s in SEEDS]
+
+
+@dataclass
+class GridStudy:
+    root: Path
+    runs: Path
+    killed_after: dict[str, int]  # experiment -> metrics.json mtime (ns) of the cells finished before the kill
+    rerun: subprocess.CompletedProcess
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def finished_cells(runs: Path) -> dict[str, int]:
+    """experiment -> mtime (ns) of its finished metrics.json: the mtime proves a skipped cell was not rerun."""
+    return {path.parents[1].name: path.stat().st_mtime_ns
+            for path in runs.glob("lightning_logs/*/version_*/metrics.json") if is_finished(path)}
+
+
+@pytest.fixture(scope="session")
+def grid_study(tmp_path_factory) -> GridStudy:
+    """Start the grid, SIGKILL its process group once the first cell finished, then rerun it to the end."""
+    root = tmp_path_factory.mktemp("grid")
+    make_dataset(root / "data" / "alpha")
+    make_dataset(root / "data" / "beta", classes=2)
+    args = ["grid", "--datasets", ",".join(DATASETS), "--data_dir", "data", "--backbones", ",".join(BACKBONES),
+            "--seeds", ",".join(map(str, SEEDS)), "--output", "runs", "--", *CELL_OVERRIDES]
+    runs = root / "runs"
+    with open(root / "killed_grid.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "tlbench", *args], cwd=root, env=_env(), stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while not finished_cells(runs) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    killed_after = finished_cells(runs)
+    assert 0 < len(killed_after) < len(EXPERIMENTS), "the kill must land mid-grid"
+    return GridStudy(root, runs, killed_after, run_tlbench(*args, cwd=root, env={"OMP_NUM_THREADS": "1"}))
+
+
+def cell_metrics(study: GridStudy) -> pd.Series:
+    """experiment -> absolute path of the metrics.json the grid recorded for it."""
+    return pd.read_csv(study.runs / "grid_status.csv").set_index("experiment").metrics

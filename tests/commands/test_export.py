@@ -1,0 +1,87 @@
+"""``tlbench export``: bundle contents, parity of every format, atomicity, and loading without unpickling."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import tlbench.export
+from tests.conftest import run_tlbench
+from tlbench.data.images import load_rgb
+from tlbench.errors import TLBenchError
+from tlbench.export import PARITY_TOLERANCE, export_bundle
+from tlbench.models.inference import Predictor
+from tlbench.models.loading import load_trained
+
+
+def test_cli_writes_a_bundle_whose_every_format_matches_pytorch(tiny_run, tmp_path):
+    bundle = tmp_path / "bundle"
+    result = run_tlbench("export", str(tiny_run), "--format", "onnx,torchscript", "--output", str(bundle), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "parity on 3 test images" in result.stdout
+    assert sorted(p.name for p in bundle.iterdir()) == ["model.json", "model.onnx", "model.torchscript.pt", "weights.safetensors"]
+    manifest = json.loads((bundle / "model.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["backbone"] == "cnn1" and manifest["phase"] == "finetune"
+    assert manifest["classes"] == ["class_0", "class_1", "class_2"]
+    assert manifest["model"]["head_hidden"] == 16 and manifest["preprocessing"]["resize_size"] == 36
+    assert manifest["metrics"]["test_n"] == 3
+    assert set(manifest["parity"]["max_abs_diff"]) == {"safetensors", "onnx", "torchscript"}
+    assert max(manifest["parity"]["max_abs_diff"].values()) <= PARITY_TOLERANCE
+
+    # The ONNX graph, run independently here, agrees with the model loaded back from the bundle.
+    import onnxruntime
+
+    run, loaded = load_trained(tiny_run), load_trained(bundle)
+    images = [load_rgb(p) for p in sorted((tiny_run.parents[2] / "tiny").glob("*/*.png"))[::4]]
+    batch = Predictor(loaded).tensor(images)
+    expected = Predictor(run).forward(batch)
+    assert torch.equal(Predictor(loaded).forward(batch), expected)
+    session = onnxruntime.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert np.abs(session.run(None, {"images": batch.numpy()})[0] - expected.numpy()).max() <= PARITY_TOLERANCE
+    assert loaded.classes == run.classes and loaded.preprocessing == run.preprocessing
+
+
+def test_bundle_loads_without_unpickling(tiny_run, tmp_path, monkeypatch):
+    bundle, _ = export_bundle(tiny_run, phase="head", output=tmp_path / "head")
+
+    def no_pickle(*args, **kwargs):
+        raise AssertionError("torch.load called while loading a bundle")
+
+    monkeypatch.setattr(torch, "load", no_pickle)
+    loaded = load_trained(bundle)
+    assert loaded.phase == "head" and loaded.source == bundle
+    with pytest.raises(TLBenchError, match="holds the 'head' phase"):
+        load_trained(bundle, phase="finetune")
+
+
+def test_failed_parity_check_leaves_no_bundle(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(tlbench.export, "PARITY_TOLERANCE", -1.0)  # even identical outputs now "differ"
+    with pytest.raises(TLBenchError, match="parity check failed"):
+        export_bundle(tiny_run, formats="torchscript", output=tmp_path / "bundle")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_without_onnxruntime_names_the_extra(tiny_run, tmp_path, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a))
+    with pytest.raises(TLBenchError, match=r"pip install 'tlbench\[export\]'"):
+        export_bundle(tiny_run, formats="onnx", output=tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.slow
+def test_efficientnet_lite0_run_exports_with_parity(shared_data, tmp_path):
+    """A real pretrained network: depthwise convolutions, BatchNorm and SiLU through ONNX and TorchScript."""
+    fit = run_tlbench(
+        "fit", "--config", "leaves_efficientnet_lite0.yaml", "--data.root", str(shared_data / "leaves3"), "--model.head_epochs", "1",
+        "--model.finetune_epochs", "0", "--data.num_workers", "0", "--trainer.enable_progress_bar", "false", cwd=tmp_path,
+    )
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    run = next((tmp_path / "lightning_logs").glob("*/version_0"))
+    bundle, parity = export_bundle(run, formats="onnx,torchscript")
+    print("efficientnet_lite0 parity", parity)
+    assert parity["inputs"].endswith("test images") and set(parity["max_abs_diff"]) == {"safetensors", "onnx", "torchscript"}
+    assert max(parity["max_abs_diff"].values()) <= PARITY_TOLERANCE
+    assert load_trained(bundle).backbone == "efficientnet_lite0"

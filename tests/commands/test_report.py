@@ -1,0 +1,69 @@
+"""``tlbench report`` on the shared tiny grid: its numbers are recomputed here from the metrics files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.commands.conftest import DATASETS, SEEDS, cell_metrics
+from tests.conftest import run_tlbench
+from tlbench.report import accuracy_interval, t_quantile
+
+T_975 = {1: 12.7062, 2: 4.3027, 4: 2.7764, 9: 2.2622, 30: 2.0423}  # published two-sided 95% t table
+
+
+@pytest.fixture(scope="module")
+def report_dir(grid_study) -> Path:
+    result = run_tlbench("report", "runs", "--output", "report", cwd=grid_study.root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return grid_study.root / "report"
+
+
+def test_report_numbers_equal_the_metrics_files(grid_study, report_dir):
+    runs = [json.loads(Path(path).read_text()) for path in cell_metrics(grid_study)]
+    summary = pd.read_csv(report_dir / "report.csv")
+    assert len(summary) == len(DATASETS) * 2 * 2  # datasets x backbones x phases
+    for row in summary.itertuples():
+        cell = [run for run in runs if (run["dataset"], run["backbone"]) == (row.dataset, row.backbone)]
+        accs = [run["phases"][row.phase]["test_acc"] for run in cell]
+        mean, sd = sum(accs) / len(accs), pd.Series(accs).std()
+        half = T_975[len(SEEDS) - 1] * sd / math.sqrt(len(SEEDS))
+        assert row.n_seeds == len(SEEDS) and row.ci_method == f"t over {len(SEEDS)} seeds"
+        assert row.acc_mean == pytest.approx(mean)
+        assert (row.acc_ci_lo, row.acc_ci_hi) == pytest.approx((max(0, mean - half), min(1, mean + half)), abs=1e-4)
+        seconds = [run["phases"][row.phase]["train_seconds"] for run in cell]
+        assert row.train_seconds_mean == pytest.approx(sum(seconds) / len(seconds))
+        if row.phase == "finetune":
+            discordant = []
+            for run in cell:
+                head, tuned = (pd.read_csv(Path(run["run_dir"]) / f"predictions_{p}.csv").set_index("path").correct for p in ("head", "finetune"))
+                tuned = tuned.reindex(head.index)
+                discordant.append((int((head & ~tuned.astype(bool)).sum()), int((~head.astype(bool) & tuned).sum())))
+            assert (row.finetune_pooled_b, row.finetune_pooled_c) == tuple(map(sum, zip(*discordant)))
+
+
+def test_report_writes_tables_with_the_best_in_bold_and_figures(grid_study, report_dir):
+    markdown = (report_dir / "report.md").read_text()
+    summary = pd.read_csv(report_dir / "report.csv")
+    for phase in ("head", "finetune"):
+        for dataset in DATASETS:
+            best = summary[(summary.phase == phase) & (summary.dataset == dataset)].acc_mean.max()
+            assert f"**{100 * best:.1f} [" in markdown
+    assert "Did fine-tuning help?" in markdown and "Training time" in markdown and "| alpha | 3 | 21 | 6 | 3 | test |" in markdown
+    assert "2017" not in markdown.split("## Figures")[0].split("## Datasets")[1], "no 2017 figures for unknown datasets"
+    for figure in ("accuracy.png", "time_vs_accuracy.png"):
+        assert (report_dir / figure).read_bytes().startswith(b"\x89PNG")
+
+
+def test_t_quantile_matches_the_t_table():
+    for df, expected in T_975.items():
+        assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-3)
+
+
+def test_a_single_seed_uses_the_runs_own_wilson_interval():
+    one = pd.DataFrame({"test_acc": [0.8], "test_acc_ci_lo": [0.5], "test_acc_ci_hi": [0.95]})
+    assert accuracy_interval(one) == (0.5, 0.95, "wilson (1 run)")

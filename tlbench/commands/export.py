@@ -1,0 +1,20 @@
+"""``python -m tlbench export RUN_DIR``: a self-contained, parity-checked bundle for serving and deployment."""
+
+from __future__ import annotations
+
+from tlbench.export import export_bundle
+
+
+def export(run: str, phase: str | None = None, format: str = "safetensors", output: str | None = None) -> None:
+    """Export RUN's best checkpoint as weights.safetensors + model.json (+ model.onnx, model.torchscript.pt).
+
+    Args:
+        run: run directory (lightning_logs/<experiment>/version_N).
+        phase: head or finetune (default: the last phase trained).
+        format: comma-separated formats: safetensors (always written), onnx (needs tlbench[export]), torchscript.
+        output: bundle folder to create (default: RUN/export_<phase>); must not exist yet.
+    """
+    bundle, parity = export_bundle(run, phase, format, output)
+    differences = ", ".join(f"{name} {diff:.1e}" for name, diff in parity["max_abs_diff"].items())
+    print(f"wrote {bundle}")
+    print(f"parity on {parity['inputs']}: max abs probability difference {differences} (tolerance {parity['tolerance']:g})")

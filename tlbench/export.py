@@ -1,0 +1,178 @@
+"""Export a trained run as a self-contained bundle that loads without tlbench's training stack or pickle.
+
+A bundle is a folder:
+
+* ``weights.safetensors``: the whole ``TransferLearningModule`` state dict (backbone and head);
+* ``model.json``: format version, backbone, the constructor settings that shape the network, classes in label
+  order, the preprocessing (input size, resize size, crop, interpolation, mean/std), phase, source checkpoint,
+  test metrics, and the parity check's results;
+* optionally ``model.onnx`` and ``model.torchscript.pt``: the network from a normalised ``N x 3 x S x S``
+  float batch to class probabilities (softmax applied; the preprocessing in ``model.json`` is the caller's job).
+
+Every exported form is checked at export time against the PyTorch model on a few real test-split images:
+the maximum absolute difference of probabilities must stay within ``PARITY_TOLERANCE`` or the export fails.
+Files are written to a temporary folder beside the output and renamed into place only after every check
+passed, so a failed or killed export never leaves a half-written bundle that ``load_trained`` would accept.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from tlbench.data.images import ImageLoadError, load_rgb
+from tlbench.errors import TLBenchError
+from tlbench.io import read_json, write_json
+from tlbench.models.inference import Predictor
+from tlbench.models.loading import ARCHITECTURE_SETTINGS, BUNDLE_FORMAT, BUNDLE_MANIFEST, BUNDLE_WEIGHTS, TrainedModel, load_bundle, load_trained
+from tlbench.models.module import TransferLearningModule
+
+FORMATS = ("safetensors", "onnx", "torchscript")
+ONNX_FILE = "model.onnx"
+TORCHSCRIPT_FILE = "model.torchscript.pt"
+# float32 softmax outputs of the same graph agree to ~1e-7; 1e-4 leaves room for kernel differences
+# (onnxruntime's fused convolutions) while catching any real mismatch such as a wrong layer or preprocessing.
+PARITY_TOLERANCE = 1e-4
+PARITY_IMAGES = 4
+METRIC_KEYS = ("test_acc", "test_acc_ci95", "test_n", "test_macro_f1", "val_acc", "val_loss", "best_epoch")
+
+
+class ProbabilityNetwork(nn.Module):
+    """Backbone, head and softmax as a plain module: what ONNX and TorchScript consumers get. The
+    LightningModule itself cannot be traced (tracing probes its ``trainer`` property, which raises)."""
+
+    def __init__(self, model: TransferLearningModule) -> None:
+        super().__init__()
+        self.backbone = model.backbone
+        self.head = model.head
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(batch)).softmax(dim=1)
+
+
+def parse_formats(formats: str) -> list[str]:
+    """``"onnx,torchscript"`` -> the requested formats; safetensors is always written (it is the bundle)."""
+    requested = [name.strip().lower() for name in formats.split(",") if name.strip()]
+    unknown = sorted(set(requested) - set(FORMATS))
+    if unknown:
+        raise TLBenchError(f"unknown export format {', '.join(unknown)}; choose from {', '.join(FORMATS)} (comma-separated)")
+    return [name for name in FORMATS if name == "safetensors" or name in requested]
+
+
+def require_onnx() -> None:
+    missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise TLBenchError(f"ONNX export needs {' and '.join(missing)}; install them with: pip install 'tlbench[export]'")
+
+
+def parity_batch(run_dir: Path, predictor: Predictor, count: int = PARITY_IMAGES) -> tuple[torch.Tensor, str]:
+    """Preprocessed test-split images of the run (val when it has no test split), and where they came from.
+
+    Falls back to seeded noise, said so in the description, when the run's data folder is gone (exporting on
+    another machine): the check still compares the exported graphs, only on less realistic inputs.
+    """
+    metrics = read_json(run_dir / "metrics.json")
+    split = pd.read_csv(run_dir / "split.csv") if (run_dir / "split.csv").is_file() else pd.DataFrame(columns=["path", "split"])
+    rows = split[split["split"] == metrics.get("test_on", "test")]
+    images = []
+    for relative in rows["path"]:
+        try:
+            images.append(load_rgb(Path(metrics.get("data_root", "")) / relative))
+        except ImageLoadError:
+            continue
+        if len(images) == count:
+            break
+    if images:
+        return predictor.tensor(images), f"{len(images)} {metrics.get('test_on', 'test')} images"
+    size = predictor.trained.preprocessing.input_size
+    return torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(0)), f"{count} noise inputs (data root {metrics.get('data_root')} not readable)"
+
+
+def manifest(trained: TrainedModel, run_dir: Path) -> dict:
+    metrics = read_json(run_dir / "metrics.json")
+    phase_metrics = metrics.get("phases", {}).get(trained.phase, {})
+    return {
+        "format_version": BUNDLE_FORMAT,
+        "backbone": trained.backbone,
+        "model": {name: trained.model.hparams[name] for name in ARCHITECTURE_SETTINGS},
+        "classes": trained.classes,
+        "preprocessing": trained.preprocessing.to_dict(),
+        "phase": trained.phase,
+        "source_checkpoint": str(trained.source),
+        "weights": trained.model.weights_source,
+        "metrics": {"dataset": metrics.get("dataset"), "test_on": metrics.get("test_on"), **{k: phase_metrics[k] for k in METRIC_KEYS if k in phase_metrics}},
+    }
+
+
+def max_abs_diff(expected: torch.Tensor, actual: torch.Tensor) -> float:
+    return float((expected - torch.as_tensor(actual)).abs().max())
+
+
+def write_onnx(network: nn.Module, example: torch.Tensor, path: Path) -> torch.Tensor:
+    """Export with a dynamic batch axis and return onnxruntime's probabilities for ``example``."""
+    import onnxruntime
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notices
+        torch.onnx.export(network, (example,), str(path), dynamo=False, input_names=["images"], output_names=["probabilities"], dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=17)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(["probabilities"], {"images": example.numpy()})[0])
+
+
+def write_torchscript(network: nn.Module, example: torch.Tensor, path: Path) -> torch.Tensor:
+    """Trace, save, reload from disk and return the reloaded module's probabilities for ``example``."""
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(network, example), str(path))
+        return torch.jit.load(str(path)).eval()(example)
+
+
+def export_bundle(run: str | Path, phase: str | None = None, formats: str = "safetensors", output: str | Path | None = None) -> tuple[Path, dict]:
+    """Write the bundle of ``run``'s ``phase`` to ``output``; returns its folder and the parity report."""
+    from safetensors.torch import save_model
+
+    run_dir = Path(run).expanduser()
+    if not (run_dir / "metrics.json").is_file():
+        raise TLBenchError(f"{run_dir} is not a tlbench run directory (no metrics.json); export needs a run directory for its metrics and test images")
+    wanted = parse_formats(formats)
+    if "onnx" in wanted:
+        require_onnx()
+    trained = load_trained(run_dir, phase)
+    destination = Path(output).expanduser() if output else run_dir / f"export_{trained.phase}"
+    if destination.exists():
+        raise TLBenchError(f"{destination} already exists; remove it or choose another --output")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    predictor = Predictor(trained)
+    inputs, described = parity_batch(run_dir, predictor)
+    expected = predictor.forward(inputs)
+    network = ProbabilityNetwork(trained.model).eval()
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        save_model(trained.model, str(staging / BUNDLE_WEIGHTS))
+        info = manifest(trained, run_dir)
+        write_json(staging / BUNDLE_MANIFEST, info)
+        differences = {"safetensors": max_abs_diff(expected, Predictor(load_bundle(staging)).forward(inputs))}
+        if "onnx" in wanted:
+            differences["onnx"] = max_abs_diff(expected, write_onnx(network, inputs, staging / ONNX_FILE))
+        if "torchscript" in wanted:
+            differences["torchscript"] = max_abs_diff(expected, write_torchscript(network, inputs, staging / TORCHSCRIPT_FILE))
+        failed = {name: diff for name, diff in differences.items() if not diff <= PARITY_TOLERANCE}
+        if failed:
+            detail = ", ".join(f"{name} {diff:.2e}" for name, diff in failed.items())
+            raise TLBenchError(f"export parity check failed on {described}: max abs probability difference {detail} > {PARITY_TOLERANCE:g}; nothing was written")
+        parity = {"inputs": described, "tolerance": PARITY_TOLERANCE, "max_abs_diff": differences}
+        write_json(staging / BUNDLE_MANIFEST, {**info, "parity": parity})
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from the account that serves it
+        os.rename(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return destination, parity

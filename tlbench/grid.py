@@ -1,0 +1,246 @@
+"""Grids of ``fit`` runs: datasets x backbones x seeds, one subprocess and one run directory per cell.
+
+Each cell is ``python -m tlbench fit`` in its own process, so a crash, an out-of-memory kill or a bad dataset
+ends only that cell, and every cell's run directory follows the same contract as a hand-typed ``fit``
+(``lightning_logs/<dataset>_<backbone>_seed<k>/version_N/metrics.json``). The grid itself keeps no state
+that matters: whether a cell is finished is read from its ``metrics.json``, so rerunning the same grid after
+an interruption skips finished cells. A half-finished cell (killed mid-training) is resumed from its
+``last.ckpt`` with ``--ckpt_path last`` when one exists, else restarted: resuming keeps the epochs already
+paid for, and fit's resume restores the phase, the recorded times and the history (see ``RunRecorder``).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from tlbench.errors import TLBenchError
+from tlbench.io import read_json, write_csv, write_json
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+STATUS_FILE = "grid_status.csv"
+PLAN_FILE = "grid.json"
+LOG_DIR = "grid_logs"
+# Options the grid sets per cell; an override of one would break the cell's run directory or its split.
+RESERVED_OPTIONS = ("--config", "--model", "--data.root", "--data.split_seed", "--seed_everything", "--experiment",
+                    "--trainer.default_root_dir", "--ckpt_path")
+GRID_KEYS = ("data_dir", "datasets", "backbones", "seeds", "overrides")
+
+
+@dataclass
+class GridSpec:
+    """What to run; every field can come from a grid YAML, the command line, or the defaults here."""
+
+    datasets: list[str]
+    backbones: list[str]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    data_dir: str = "data"
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Cell:
+    """One ``fit`` of the grid and, once run, its outcome (the row of ``grid_status.csv``)."""
+
+    index: int
+    dataset: str
+    data_root: str
+    backbone: str
+    seed: int
+    recipe: list[str]
+    status: str = "pending"  # pending | done | skipped (finished before this invocation) | failed
+    seconds: float | None = None
+    returncode: int | None = None
+    error: str = ""
+    metrics: str = ""
+    command: str = ""
+
+    @property
+    def experiment(self) -> str:
+        return f"{self.dataset}_{self.backbone}_seed{self.seed}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset} x {self.backbone} x seed {self.seed}"
+
+
+def dataset_stem(name: str) -> str:
+    """``birds10`` -> ``birds``: subsets named by their class count share the full dataset's recipe."""
+    return re.sub(r"\d+$", "", name) or name
+
+
+def load_grid_file(path: str | Path) -> dict:
+    """The keys of a grid YAML (see ``configs/grids/``); unknown keys are an error, not silently ignored."""
+    path = Path(path)
+    if not path.is_file():
+        candidate = CONFIGS / "grids" / (path.name if path.suffix else f"{path.name}.yaml")
+        if not candidate.is_file():
+            raise TLBenchError(f"grid file '{path}' not found (also looked in {CONFIGS / 'grids'})")
+        path = candidate
+    content = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(content) - set(GRID_KEYS)) if isinstance(content, dict) else ["<not a mapping>"]
+    if unknown:
+        raise TLBenchError(f"{path}: unknown grid keys {unknown}; allowed: {', '.join(GRID_KEYS)}")
+    return content
+
+
+def parse_list(value: str | list | int) -> list[str]:
+    """``"a,b"`` or ``[a, b]`` -> ``["a", "b"]`` (command-line values are comma-separated strings)."""
+    items = value if isinstance(value, list) else str(value).split(",")
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def build_spec(file_values: dict, cli_values: dict) -> GridSpec:
+    """Merge a grid file with command-line values; a value given on the command line wins."""
+    merged = {**file_values, **{key: value for key, value in cli_values.items() if value not in (None, [])}}
+    missing = [key for key in ("datasets", "backbones") if not merged.get(key)]
+    if missing:
+        raise TLBenchError(f"the grid needs {' and '.join('--' + key for key in missing)} (or a --grid file listing them)")
+    try:
+        seeds = [int(seed) for seed in parse_list(merged.get("seeds", 0))]
+    except ValueError:
+        raise TLBenchError(f"seeds must be integers, got {merged['seeds']!r}") from None
+    overrides = [str(arg) for arg in merged.get("overrides") or []]
+    reserved = sorted({arg.split("=", 1)[0] for arg in overrides} & set(RESERVED_OPTIONS))
+    if reserved:
+        raise TLBenchError(f"the grid sets {', '.join(reserved)} itself for every cell; remove it from the fit overrides")
+    return GridSpec(parse_list(merged["datasets"]), parse_list(merged["backbones"]), seeds,
+                    str(merged.get("data_dir") or "data"), overrides)
+
+
+def resolve_dataset(name: str, data_dir: str) -> Path:
+    """A dataset is a path when it contains a separator, else a folder name under ``data_dir``."""
+    path = Path(name).expanduser() if ("/" in name or Path(name).is_absolute()) else Path(data_dir) / name
+    if not path.is_dir():
+        available = sorted(p.name for p in Path(data_dir).iterdir() if p.is_dir()) if Path(data_dir).is_dir() else []
+        raise TLBenchError(f"dataset '{name}': {path} is not a folder (in {data_dir}: {', '.join(available) or 'nothing'})")
+    return path
+
+
+def recipe_args(dataset: str, backbone: str) -> list[str]:
+    """``--config configs/<dataset>_<backbone>.yaml`` when the study ships that recipe (``birds10`` uses birds'),
+    else ``--model configs/models/<backbone>.yaml``, else nothing (fit's defaults for any timm backbone)."""
+    study = CONFIGS / f"{dataset_stem(dataset)}_{backbone}.yaml"
+    model = CONFIGS / "models" / f"{backbone}.yaml"
+    if study.is_file():
+        return ["--config", str(study)]
+    return ["--model", str(model)] if model.is_file() else []
+
+
+def plan_cells(spec: GridSpec) -> list[Cell]:
+    """Cells ordered seed, then dataset, then backbone: an interrupted grid leaves whole seeds complete."""
+    roots = {}
+    for name in spec.datasets:
+        path = resolve_dataset(name, spec.data_dir)
+        if path.resolve().name in roots:
+            raise TLBenchError(f"two datasets are named '{path.resolve().name}'; run names would collide")
+        roots[path.resolve().name] = path
+    cells = []
+    for seed in spec.seeds:
+        for dataset, root in roots.items():
+            for backbone in spec.backbones:
+                cells.append(Cell(len(cells) + 1, dataset, str(root), backbone, seed, recipe_args(dataset, backbone)))
+    return cells
+
+
+def finished_metrics(output: Path, experiment: str) -> Path | None:
+    """The newest ``metrics.json`` of ``experiment`` with a test result for every phase, if any."""
+    candidates = []
+    for path in (output / "lightning_logs" / experiment).glob("version_*/metrics.json"):
+        match = re.fullmatch(r"version_(\d+)", path.parent.name)
+        if match and is_finished(path):
+            candidates.append((int(match.group(1)), path))
+    return max(candidates)[1] if candidates else None
+
+
+def is_finished(metrics_path: Path) -> bool:
+    """Training ended and every phase was tested (``fit`` adds ``test_acc`` per phase last of all)."""
+    try:
+        phases = read_json(metrics_path).get("phases") or {}
+    except (OSError, ValueError):
+        return False
+    return bool(phases) and all("test_acc" in phase for phase in phases.values())
+
+
+def cell_command(cell: Cell, spec: GridSpec, output: Path) -> list[str]:
+    """The ``fit`` command line of ``cell``; resumes with ``--ckpt_path last`` when a ``last.ckpt`` exists."""
+    command = [sys.executable, "-m", "tlbench", "fit", *cell.recipe, "--data.root", cell.data_root, "--model.backbone", cell.backbone,
+                "--data.split_seed", str(cell.seed), "--seed_everything", str(cell.seed),
+                "--trainer.default_root_dir", str(output), "--experiment", cell.experiment, *spec.overrides]
+    if any((output / "checkpoints" / cell.experiment).glob("version_*/last.ckpt")):
+        command += ["--ckpt_path", "last"]
+    return command
+
+
+def last_line(log: Path) -> str:
+    """The last non-empty line of a cell's log: fit prints user errors and tracebacks end there."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _clock(seconds: float) -> str:
+    return str(timedelta(seconds=round(seconds)))
+
+
+def write_status(output: Path, spec: GridSpec, cells: list[Cell]) -> None:
+    """``grid_status.csv`` (one row per cell) and ``grid.json`` (the spec and the same rows), atomically."""
+    rows = [{**asdict(cell), "recipe": " ".join(cell.recipe), "experiment": cell.experiment} for cell in cells]
+    write_csv(output / STATUS_FILE, pd.DataFrame(rows))
+    write_json(output / PLAN_FILE, {"spec": asdict(spec), "cells": rows})
+
+
+def run_grid(spec: GridSpec, output: str | Path, echo: Callable[[str], None] = partial(print, flush=True)) -> list[Cell]:
+    """Run every unfinished cell in order, one ``fit`` subprocess each; a failing cell does not stop the grid.
+
+    The status files are rewritten after every cell, so they are current even if the grid is killed.
+    Each cell's stdout and stderr go to ``grid_logs/<experiment>.log``; a failure is recorded with the log's
+    last line. Progress is one line per cell: position, outcome, elapsed time and the time left estimated
+    from the mean duration of the cells run so far.
+    """
+    output = Path(output)
+    cells = plan_cells(spec)
+    for cell in cells:
+        metrics = finished_metrics(output, cell.experiment)
+        if metrics:
+            cell.status, cell.metrics = "skipped", str(metrics.resolve())
+    to_run = [cell for cell in cells if cell.status == "pending"]
+    echo(f"grid: {len(cells)} cells, {len(cells) - len(to_run)} already finished, {len(to_run)} to run -> {output}")
+    write_status(output, spec, cells)
+    start, durations = time.monotonic(), []
+    for position, cell in enumerate(to_run, 1):
+        command = cell_command(cell, spec, output)
+        cell.command = shlex.join(command)
+        log = output / LOG_DIR / f"{cell.experiment}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        cell_start = time.monotonic()
+        with log.open("w") as stream:
+            cell.returncode = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT).returncode
+        cell.seconds = round(time.monotonic() - cell_start, 2)
+        durations.append(cell.seconds)
+        metrics = finished_metrics(output, cell.experiment)
+        if cell.returncode == 0 and metrics:
+            cell.status, cell.metrics = "done", str(metrics.resolve())
+            outcome = f"done in {_clock(cell.seconds)}"
+        else:
+            cell.status = "failed"
+            cell.error = last_line(log) or f"exit status {cell.returncode} without output"
+            outcome = f"FAILED (exit {cell.returncode}): {cell.error} [log: {log}]"
+        write_status(output, spec, cells)
+        left = sum(durations) / len(durations) * (len(to_run) - position)
+        finished = sum(other.status in ("done", "skipped") for other in cells)
+        echo(f"[{position}/{len(to_run)}] {cell.label}: {outcome} | {finished}/{len(cells)} cells finished | "
+             f"elapsed {_clock(time.monotonic() - start)} | left ~{_clock(left)}")
+    failed = [cell for cell in cells if cell.status == "failed"]
+    echo(f"grid: {len(cells) - len(failed)}/{len(cells)} cells finished, {len(failed)} failed; status in {output / STATUS_FILE}")
+    return cells

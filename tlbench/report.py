@@ -1,0 +1,282 @@
+"""A study report from run directories: accuracy tables with intervals over seeds, paired fine-tuning tests,
+time and dataset-size tables, figures.
+
+Only ``metrics.json`` files (found recursively) and the predictions CSVs they name are read, so a report can
+be rebuilt anywhere the run directories were copied, without checkpoints or a GPU. A seed is the run's
+``split_seed`` (``grid`` sets the training seed to the same value).
+
+Statistics, chosen for a handful of seeds and test sets of tens to hundreds of images:
+
+* Accuracy per dataset x backbone x phase is the mean over seeds with a 95% Student-t interval over seeds
+  when there are at least two seeds: that spread covers the split and the training randomness together. With
+  one seed there is no spread to measure, and the run's own Wilson interval (test-set sampling only) is shown.
+* Whether fine-tuning helped is a paired question on the same images: per seed, McNemar's exact test on the
+  head-phase and fine-tune-phase predictions of the same test images (``compare_phases``). Seeds are combined
+  by pooling their discordant pairs into one exact McNemar test: under "fine-tuning changes nothing", each
+  discordant image is a fair coin in every seed, so the pooled count is binomial too, and pooling gains power
+  that three separate small tests lack. The number of seeds significant on their own is shown beside it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tlbench.errors import TLBenchError
+from tlbench.evaluation import plots, stats
+from tlbench.evaluation.artifacts import CONFIDENCE, SIGNIFICANCE, compare_phases
+from tlbench.evaluation.files import atomic_path
+from tlbench.grid import dataset_stem, is_finished
+from tlbench.io import read_json, write_csv
+
+STUDY_2017 = Path(__file__).resolve().parent / "data" / "study2017.csv"
+PHASES = ("head", "finetune")
+PHASE_TITLES = {"head": "Head phase (frozen backbone)", "finetune": "Fine-tune phase (or from scratch for cnn baselines)"}
+
+
+@dataclass
+class Run:
+    path: Path
+    metrics: dict
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return self.metrics["dataset"], self.metrics["backbone"], int(self.metrics["split_seed"])
+
+
+def collect_runs(runs_dir: str | Path) -> tuple[list[Run], list[Path]]:
+    """Finished runs under ``runs_dir``, one per dataset x backbone x seed, and the metrics files left out.
+
+    A file is left out when its run did not finish (no test result for some phase) or when a newer run of the
+    same dataset, backbone and seed exists (a rerun supersedes the earlier one).
+    """
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise TLBenchError(f"{runs_dir} is not a folder")
+    newest: dict[tuple, Run] = {}
+    left_out = []
+    for path in sorted(runs_dir.rglob("metrics.json")):
+        if not is_finished(path):
+            left_out.append(path)
+            continue
+        run = Run(path, read_json(path))
+        previous = newest.get(run.key)
+        if previous is not None and previous.path.stat().st_mtime > path.stat().st_mtime:
+            left_out.append(path)
+            continue
+        if previous is not None:
+            left_out.append(previous.path)
+        newest[run.key] = run
+    if not newest:
+        raise TLBenchError(f"no finished run (metrics.json with test results) under {runs_dir}")
+    return sorted(newest.values(), key=lambda run: run.key), left_out
+
+
+def run_table(runs: list[Run]) -> pd.DataFrame:
+    """One row per run and phase: accuracy, its Wilson interval, epochs, time, throughput and split sizes."""
+    rows = []
+    for run in runs:
+        metrics = run.metrics
+        sizes = metrics["split_sizes"]
+        for phase, values in metrics["phases"].items():
+            seconds = values["train_seconds"]
+            rows.append({
+                "dataset": metrics["dataset"], "backbone": metrics["backbone"], "seed": int(metrics["split_seed"]),
+                "phase": phase, "test_acc": values["test_acc"], "test_acc_ci_lo": values["test_acc_ci95"][0],
+                "test_acc_ci_hi": values["test_acc_ci95"][1], "test_n": values["test_n"], "test_on": metrics["test_on"],
+                "epochs": values["epochs"], "train_seconds": seconds,
+                # Images the phase trained on per second of its training epochs (validation excluded).
+                "images_per_second": sizes["train"] * values["epochs"] / seconds if seconds > 0 else math.nan,
+                "classes": len(metrics["classes"]), "train": sizes["train"], "val": sizes["val"], "test": sizes["test"],
+                "metrics": str(run.path),
+            })
+    return pd.DataFrame(rows)
+
+
+def t_quantile(probability: float, df: int) -> float:
+    """Student-t quantile for ``probability`` in (0.5, 1), by bisection on the numerically integrated density.
+
+    numpy has no t distribution and scipy is not a dependency; 20,001-point trapezoid integration is accurate
+    to about 1e-6 here, far below the rounding of the report.
+    """
+    scale = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def mass_from_zero(x: float) -> float:
+        grid = np.linspace(0.0, x, 20_001)
+        return float(np.trapezoid(scale * (1 + grid**2 / df) ** (-(df + 1) / 2), grid))
+
+    target, lo, hi = probability - 0.5, 0.0, 1.0
+    while mass_from_zero(hi) < target:
+        hi *= 2
+    for _ in range(60):
+        middle = (lo + hi) / 2
+        lo, hi = (middle, hi) if mass_from_zero(middle) < target else (lo, middle)
+    return (lo + hi) / 2
+
+
+def accuracy_interval(group: pd.DataFrame) -> tuple[float, float, str]:
+    """95% interval of the mean accuracy: t over seeds with two or more seeds, else the run's Wilson interval."""
+    values = group.test_acc.to_numpy(dtype=float)
+    if len(values) == 1:
+        return float(group.test_acc_ci_lo.iloc[0]), float(group.test_acc_ci_hi.iloc[0]), "wilson (1 run)"
+    half = t_quantile(1 - (1 - CONFIDENCE) / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return max(0.0, values.mean() - half), min(1.0, values.mean() + half), f"t over {len(values)} seeds"
+
+
+def finetune_effect(runs: list[Run]) -> dict:
+    """Paired head -> fine-tune comparison per seed, pooled over seeds (see module notes)."""
+    tests = []
+    for run in runs:
+        tables = [pd.read_csv(run.path.parent / run.metrics["phases"][phase]["predictions"]) for phase in PHASES]
+        tests.append(compare_phases(*tables, split=run.metrics["test_on"]))
+    b = sum(test["mcnemar_b"] for test in tests)
+    c = sum(test["mcnemar_c"] for test in tests)
+    # McNemar depends on the discordant counts only: b images right only before, c right only after.
+    pooled = stats.mcnemar_test(np.r_[np.ones(b), np.zeros(c)], np.r_[np.zeros(b), np.ones(c)])
+    return {
+        "finetune_diff": float(np.mean([test["acc_diff"] for test in tests])),
+        "finetune_pooled_b": b,
+        "finetune_pooled_c": c,
+        "finetune_pooled_p": pooled.p_value,
+        "finetune_seeds_significant": sum(test["mcnemar_p"] < SIGNIFICANCE for test in tests),
+        "finetune_seed_p": ";".join(f"{test['mcnemar_p']:.3g}" for test in tests),
+    }
+
+
+def summarize(runs: list[Run], table: pd.DataFrame) -> pd.DataFrame:
+    """One row per dataset x backbone x phase: mean accuracy and interval over seeds, time, fine-tune test."""
+    rows = []
+    for (dataset, backbone, phase), group in table.groupby(["dataset", "backbone", "phase"], sort=False):
+        lo, hi, method = accuracy_interval(group)
+        row = {"dataset": dataset, "backbone": backbone, "phase": phase, "n_seeds": len(group),
+               "seeds": ";".join(str(seed) for seed in group.seed), "acc_mean": group.test_acc.mean(),
+               "acc_ci_lo": lo, "acc_ci_hi": hi, "ci_method": method, "epochs_mean": group.epochs.mean(),
+               "train_seconds_mean": group.train_seconds.mean(), "images_per_second_mean": group.images_per_second.mean()}
+        paired = [run for run in runs if run.key[:2] == (dataset, backbone) and set(PHASES) <= set(run.metrics["phases"])]
+        if phase == "finetune" and paired:
+            row.update(finetune_effect(paired))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def accuracy_table(summary: pd.DataFrame, phase: str) -> pd.DataFrame:
+    """Backbones x datasets, ``mean [lo, hi]`` in %, best mean per dataset in bold, ``*`` for single runs."""
+    rows = summary[summary.phase == phase]
+    datasets = list(dict.fromkeys(summary.dataset))
+    table = pd.DataFrame({"backbone": list(dict.fromkeys(summary.backbone))})
+    for dataset in datasets:
+        cells = rows[rows.dataset == dataset].set_index("backbone")
+        best = cells.acc_mean.max() if len(cells) else math.nan
+        column = []
+        for backbone in table.backbone:
+            if backbone not in cells.index:
+                column.append("—")
+                continue
+            row = cells.loc[backbone]
+            text = f"{_percent(row.acc_mean)} [{_percent(row.acc_ci_lo)}, {_percent(row.acc_ci_hi)}]"
+            text += "*" if row.n_seeds == 1 else ""
+            column.append(f"**{text}**" if np.isclose(row.acc_mean, best) else text)
+        table[dataset] = column
+    return table
+
+
+def finetune_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Backbones x datasets: accuracy change from fine-tuning, pooled McNemar p, seeds significant alone."""
+    rows = summary[summary.finetune_pooled_p.notna()]
+    table = pd.DataFrame({"backbone": list(dict.fromkeys(summary.backbone))})
+    for dataset in dict.fromkeys(summary.dataset):
+        cells = rows[rows.dataset == dataset].set_index("backbone")
+        column = []
+        for backbone in table.backbone:
+            if backbone not in cells.index:
+                column.append("—")
+                continue
+            row = cells.loc[backbone]
+            verdict = ("helped" if row.finetune_diff > 0 else "hurt") if row.finetune_pooled_p < SIGNIFICANCE else "n.s."
+            text = (f"{100 * row.finetune_diff:+.1f} pts, p={row.finetune_pooled_p:.2g}, "
+                    f"{int(row.finetune_seeds_significant)}/{int(row.n_seeds)} seeds: {verdict}")
+            column.append(f"**{text}**" if verdict != "n.s." else text)
+        table[dataset] = column
+    return table
+
+
+def time_table(summary: pd.DataFrame) -> pd.DataFrame:
+    table = summary[["dataset", "backbone", "phase", "n_seeds", "epochs_mean", "train_seconds_mean", "images_per_second_mean"]]
+    return table.rename(columns={"epochs_mean": "epochs", "train_seconds_mean": "train s (mean)",
+                                 "images_per_second_mean": "train images/s"}).round(1)
+
+
+def size_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Images per split and dataset; a range where seeds differ (per-class rounding can shift one image)."""
+    def span(values: pd.Series) -> str:
+        return str(values.min()) if values.min() == values.max() else f"{values.min()}–{values.max()}"
+
+    grouped = table.groupby("dataset", sort=False)
+    return pd.DataFrame({column: grouped[column].agg(span) for column in ("classes", "train", "val", "test", "test_on")}).reset_index()
+
+
+def study_table(summary: pd.DataFrame) -> pd.DataFrame | None:
+    """Our best mean accuracy per dataset beside the 2017 study's published best, for datasets it covered."""
+    published = pd.read_csv(STUDY_2017).set_index("dataset")
+    rows = []
+    for dataset, group in summary.groupby("dataset", sort=False):
+        stem = dataset_stem(dataset)
+        if stem in published.index:
+            best = group.loc[group.acc_mean.idxmax()]
+            rows.append({"dataset": dataset, "best here": f"{_percent(best.acc_mean)} ({best.backbone}, {best.phase})",
+                         "2017 study, best test acc (published)": f"{published.loc[stem, 'best_test_acc_percent']:g} ({stem})"})
+    return pd.DataFrame(rows) if rows else None
+
+
+def write_report(runs_dir: str | Path, output: str | Path) -> Path:
+    """``report.md``, ``report.csv`` (summary rows), ``runs.csv`` (per run and phase) and the PNG figures."""
+    output = Path(output)
+    runs, left_out = collect_runs(runs_dir)
+    table = run_table(runs)
+    summary = summarize(runs, table)
+    write_csv(output / "report.csv", summary)
+    write_csv(output / "runs.csv", table)
+    plots.plot_accuracy_bars(summary, output / "accuracy.png")
+    final = summary.drop_duplicates(["dataset", "backbone"], keep="last")  # finetune when present, else head
+    totals = table.groupby(["dataset", "backbone", "seed"]).train_seconds.sum().groupby(["dataset", "backbone"]).mean()
+    points = final.assign(train_seconds=[totals[(row.dataset, row.backbone)] for row in final.itertuples()])
+    plots.plot_time_vs_accuracy(points, output / "time_vs_accuracy.png")
+
+    sections = [f"# tlbench report\n\n{len(runs)} finished runs from `{runs_dir}`"
+                + (f"; {len(left_out)} metrics file(s) left out (unfinished, or superseded by a newer run of the same cell)." if left_out else ".")]
+    caption = ("Test accuracy in %: mean over seeds [95% Student-t interval over seeds]; `*` marks a single run, "
+               "whose interval is its own Wilson interval (test-set sampling only). Best mean per dataset in bold.")
+    for phase in [phase for phase in PHASES if phase in set(summary.phase)]:
+        sections.append(f"## {PHASE_TITLES[phase]}\n\n{caption}\n\n{_markdown_table(accuracy_table(summary, phase))}")
+    if "finetune_pooled_p" in summary:
+        sections.append(
+            "## Did fine-tuning help?\n\nChange in test accuracy from the head phase to the fine-tune phase (mean over seeds), "
+            "exact McNemar test on the same test images with the discordant pairs of all seeds pooled, and how many seeds "
+            f"are significant on their own (p < {SIGNIFICANCE:g}). Bold: significant pooled.\n\n{_markdown_table(finetune_table(summary))}")
+    sections.append("## Training time\n\nPer phase, mean over seeds; images/s = train images x epochs / training seconds "
+                    f"(training epochs only).\n\n{_markdown_table(time_table(summary))}")
+    sections.append(f"## Datasets\n\nImages per split (as split by each run).\n\n{_markdown_table(size_table(table))}")
+    published = study_table(summary)
+    if published is not None:
+        sections.append("## The 2017 study\n\nThe study's published best test accuracies were measured on the full datasets "
+                        "with its own single split: a reference point, not a paired comparison.\n\n" + _markdown_table(published))
+    sections.append("## Figures\n\n![accuracy](accuracy.png)\n\n![time vs accuracy](time_vs_accuracy.png)\n\n"
+                    "Per-run numbers: `runs.csv`; the tables above: `report.csv`.")
+    path = output / "report.md"
+    with atomic_path(path) as temporary:
+        temporary.write_text("\n\n".join(sections) + "\n")
+    return path

@@ -1,0 +1,151 @@
+"""The FastAPI application: a one-page UI, ``POST /predict``, ``GET /model`` and ``GET /health``.
+
+Safety, in the order a request meets it:
+
+1. ``BodySizeLimit`` refuses bodies over ``max_upload_mb`` with 413 while they stream in.
+2. The multipart body is parsed in memory (python-multipart, spooling to disk disabled); the client's file
+   name is never looked at, and nothing is written to disk.
+3. ``ConcurrencyLimit`` admits ``max_concurrency`` requests to decoding and inference; others wait up to
+   ``queue_timeout`` seconds, then get 429 with ``Retry-After``.
+4. ``load_rgb`` decides the format from the bytes: anything that is not a supported raster image (SVG, HTML,
+   text, PDF...) is 415; damaged files, decompression bombs and images too small are 422 with its reason.
+
+Every error is ``{"error": "..."}`` JSON with the right status; unexpected failures are a JSON 500, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib.resources import files
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from python_multipart import create_form_parser
+from python_multipart.exceptions import FormParserError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from tlbench.data.images import ImageLoadError, NotAnImageError, load_rgb
+from tlbench.models.inference import Predictor
+from tlbench.models.loading import TrainedModel
+from tlbench.serve.batching import MicroBatcher
+from tlbench.serve.limits import BodySizeLimit, Busy, ConcurrencyLimit
+
+UPLOAD_FIELD = "file"
+# The page's script and styles are inline and it fetches only this server: nothing else may run or load.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src blob:; connect-src 'self'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    max_upload_mb: float = 20
+    max_concurrency: int = 8
+    queue_timeout: float = 1.0
+    top_k: int = 5
+    max_batch: int = 8
+    batch_window_ms: float = 5.0
+
+
+def model_info(trained: TrainedModel) -> dict:
+    """What a client needs to interpret predictions; the source is named, not its path on the server."""
+    return {
+        "backbone": trained.backbone,
+        "phase": trained.phase,
+        "classes": trained.classes,
+        "preprocessing": trained.preprocessing.to_dict(),
+        "source": trained.source.name,
+    }
+
+
+def read_upload(body: bytes, content_type: str) -> bytes:
+    """The bytes of the ``file`` field of a multipart body, parsed in memory (never spooled to disk)."""
+    fields: dict[bytes, bytes] = {}
+
+    def on_file(upload) -> None:
+        upload.file_object.seek(0)
+        fields[upload.field_name] = upload.file_object.read()
+
+    try:
+        parser = create_form_parser({"Content-Type": content_type}, lambda field: fields.__setitem__(field.field_name, field.value or b""), on_file, config={"MAX_MEMORY_FILE_SIZE": len(body) + 1})
+        parser.write(body)
+        parser.finalize()
+    except (FormParserError, ValueError):
+        raise HTTPException(400, f"send the image as multipart/form-data in the field '{UPLOAD_FIELD}'") from None
+    if UPLOAD_FIELD.encode() not in fields:
+        raise HTTPException(400, f"no '{UPLOAD_FIELD}' field in the form; send the image as multipart/form-data field '{UPLOAD_FIELD}'")
+    return fields[UPLOAD_FIELD.encode()]
+
+
+def decode(data: bytes, predictor: Predictor):
+    """Decoded and preprocessed network input of an upload; 415 for non-images, 422 for unusable images."""
+    try:
+        return predictor.transform(load_rgb(data))
+    except NotAnImageError as error:
+        raise HTTPException(415, f"not a supported image: {error} (send JPEG, PNG, WebP, BMP, GIF or TIFF)") from None
+    except ImageLoadError as error:
+        raise HTTPException(422, f"unusable image: {error}") from None
+
+
+def create_app(trained: TrainedModel, settings: ServeSettings = ServeSettings()) -> FastAPI:
+    """The server for ``trained``; the body-size limit wraps everything else."""
+    predictor = Predictor(trained)
+    batcher = MicroBatcher(predictor.forward, settings.max_batch, settings.batch_window_ms)
+    limit = ConcurrencyLimit(settings.max_concurrency, settings.queue_timeout)
+    info = model_info(trained)
+    page = files("tlbench.serve").joinpath("page.html").read_text()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="tlbench", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": error.detail}, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(Busy)
+    async def busy(request: Request, error: Busy) -> JSONResponse:
+        message = f"server busy: {limit.slots} images in progress; retry in a moment"
+        return JSONResponse({"error": message}, status_code=429, headers={"Retry-After": "1"})
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        return JSONResponse({"error": "internal server error"}, status_code=500)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers=PAGE_HEADERS)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/model")
+    async def model() -> dict:
+        return info
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict:
+        started = time.perf_counter()
+        upload = read_upload(await request.body(), request.headers.get("content-type", ""))
+        async with limit.slot():
+            tensor = await run_in_threadpool(decode, upload, predictor)
+            probabilities = await batcher.submit(tensor)
+        predictions = predictor.label_top_k(probabilities[None], settings.top_k)[0]
+        return {
+            "predictions": [{"label": label, "prob": prob} for label, prob in predictions],
+            "model": {"backbone": info["backbone"], "phase": info["phase"], "source": info["source"]},
+            "elapsed_ms": round((time.perf_counter() - started) * 1000, 2),
+        }
+
+    app.add_middleware(BodySizeLimit, max_bytes=int(settings.max_upload_mb * 2**20))
+    return app
