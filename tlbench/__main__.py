@@ -58,7 +58,7 @@ def _resolve(argv: Sequence[str]) -> tuple[Callable, list[str]] | None:
     return getattr(importlib.import_module(module_name), function_name), rest
 
 
-def _undot(function: Callable, args = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
