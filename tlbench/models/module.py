@@ -250,6 +250,10 @@ class TransferLearningModule(pl.LightningModule):
             outputs["tta_probs"] = (outputs["probs"] + self(batch[0].flip(dims=[3])).softmax(dim=1).float()) / 2
         self.test_outputs.append(outputs)
 
+    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """``python -m tlbench predict``: class probabilities and split-table rows of the test split's images."""
+        return {"probs": self(batch[0]).softmax(dim=1).float(), "rows": batch[2]}
+
     def gathered_test_outputs(self) -> dict[str, torch.Tensor]:
         """Test probabilities, targets and row indices from every process, each row once (samplers pad under DDP)."""
         local = {key: torch.cat([out[key] for out in self.test_outputs]) for key in self.test_outputs[0]}
