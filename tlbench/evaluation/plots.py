@@ -175,6 +175,8 @@ def plot_contact_sheet(paths: list[Path], titles: list[str], captions: list[str]
         ax.text(0.5, -0.03, caption, transform=ax.transAxes, ha="center", va="top", fontsize=7)
     for ax in axes:
         ax.axis("off")
+    figure.tight_layout()
+    return _save(figure, path)
 
 
 def plot_accuracy_bars(summary: pd.DataFrame, path: str | Path) -> Path:
