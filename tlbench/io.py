@@ -24,6 +24,13 @@ def cache_dir(kind: str) -> Path:
     return Path(base) / kind
 
 
+def fsync_replace(source: str | Path, destination: str | Path) -> None:
+    """Flush ``source`` to disk, then rename it over ``destination`` (atomic on POSIX)."""
+    with open(source, "rb+") as stream:
+        os.fsync(stream.fileno())
+    os.replace(source, destination)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(temporary_path)``, fsync it and move it to ``path``; the old file survives any failure."""
     path = Path(path)
@@ -32,9 +39,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.close(handle)
     try:
         write(Path(temporary))
-        with open(temporary, "rb+") as stream:
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
+        fsync_replace(temporary, path)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
         raise TLBenchError(f"could not write {path}: {error.strerror or error}; free disk space or choose another output folder") from None

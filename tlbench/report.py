@@ -173,45 +173,36 @@ def _markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _backbone_by_dataset(summary: pd.DataFrame, rows: pd.DataFrame, cell) -> pd.DataFrame:
+    """Backbones x datasets of ``rows``, each present cell formatted by ``cell(row, dataset_rows)``, else a dash."""
+    table = pd.DataFrame({"backbone": list(dict.fromkeys(summary.backbone))})
+    for dataset in dict.fromkeys(summary.dataset):
+        cells = rows[rows.dataset == dataset].set_index("backbone")
+        table[dataset] = [cell(cells.loc[backbone], cells) if backbone in cells.index else "—" for backbone in table.backbone]
+    return table
+
+
 def accuracy_table(summary: pd.DataFrame, phase: str) -> pd.DataFrame:
     """Backbones x datasets, ``mean [lo, hi]`` in %, best mean per dataset in bold, ``*`` for single runs."""
-    rows = summary[summary.phase == phase]
-    datasets = list(dict.fromkeys(summary.dataset))
-    table = pd.DataFrame({"backbone": list(dict.fromkeys(summary.backbone))})
-    for dataset in datasets:
-        cells = rows[rows.dataset == dataset].set_index("backbone")
-        best = cells.acc_mean.max() if len(cells) else math.nan
-        column = []
-        for backbone in table.backbone:
-            if backbone not in cells.index:
-                column.append("—")
-                continue
-            row = cells.loc[backbone]
-            text = f"{_percent(row.acc_mean)} [{_percent(row.acc_ci_lo)}, {_percent(row.acc_ci_hi)}]"
-            text += "*" if row.n_seeds == 1 else ""
-            column.append(f"**{text}**" if np.isclose(row.acc_mean, best) else text)
-        table[dataset] = column
-    return table
+
+    def cell(row: pd.Series, cells: pd.DataFrame) -> str:
+        text = f"{_percent(row.acc_mean)} [{_percent(row.acc_ci_lo)}, {_percent(row.acc_ci_hi)}]"
+        text += "*" if row.n_seeds == 1 else ""
+        return f"**{text}**" if np.isclose(row.acc_mean, cells.acc_mean.max()) else text
+
+    return _backbone_by_dataset(summary, summary[summary.phase == phase], cell)
 
 
 def finetune_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Backbones x datasets: accuracy change from fine-tuning, pooled McNemar p, seeds significant alone."""
-    rows = summary[summary.finetune_pooled_p.notna()]
-    table = pd.DataFrame({"backbone": list(dict.fromkeys(summary.backbone))})
-    for dataset in dict.fromkeys(summary.dataset):
-        cells = rows[rows.dataset == dataset].set_index("backbone")
-        column = []
-        for backbone in table.backbone:
-            if backbone not in cells.index:
-                column.append("—")
-                continue
-            row = cells.loc[backbone]
-            verdict = ("helped" if row.finetune_diff > 0 else "hurt") if row.finetune_pooled_p < SIGNIFICANCE else "n.s."
-            text = (f"{100 * row.finetune_diff:+.1f} pts, p={row.finetune_pooled_p:.2g}, "
-                    f"{int(row.finetune_seeds_significant)}/{int(row.n_seeds)} seeds: {verdict}")
-            column.append(f"**{text}**" if verdict != "n.s." else text)
-        table[dataset] = column
-    return table
+
+    def cell(row: pd.Series, cells: pd.DataFrame) -> str:
+        verdict = ("helped" if row.finetune_diff > 0 else "hurt") if row.finetune_pooled_p < SIGNIFICANCE else "n.s."
+        text = (f"{100 * row.finetune_diff:+.1f} pts, p={row.finetune_pooled_p:.2g}, "
+                f"{int(row.finetune_seeds_significant)}/{int(row.n_seeds)} seeds: {verdict}")
+        return f"**{text}**" if verdict != "n.s." else text
+
+    return _backbone_by_dataset(summary, summary[summary.finetune_pooled_p.notna()], cell)
 
 
 def time_table(summary: pd.DataFrame) -> pd.DataFrame:

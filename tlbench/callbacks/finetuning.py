@@ -8,7 +8,6 @@ parameters and BatchNorm layers train (see ``TransferLearningModule.apply_phase`
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from weakref import proxy
 
@@ -17,6 +16,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.strategies import DDPStrategy
 
 from tlbench.errors import TLBenchError
+from tlbench.io import fsync_replace
 
 
 def checkpoint_dir(trainer: pl.Trainer) -> Path:
@@ -92,9 +92,7 @@ class PhaseCheckpoint(ModelCheckpoint):
         try:
             trainer.save_checkpoint(partial, self.save_weights_only)
             if trainer.is_global_zero:
-                with open(partial, "rb+") as stream:
-                    os.fsync(stream.fileno())
-                os.replace(partial, filepath)
+                fsync_replace(partial, filepath)
         except OSError as error:
             Path(partial).unlink(missing_ok=True)
             raise TLBenchError(f"could not write checkpoint {filepath}: {error.strerror or error}; free disk space and resume with --ckpt_path last") from None
