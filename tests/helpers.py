@@ -54,3 +54,15 @@ class DiskFullAtEpoch(pl.Callback):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
             trainer.save_checkpoint = full
+
+
+class AssertRanksInSync(pl.Callback):
+    """Fail the run if any process's weights differ from rank zero's at the end of training (DDP only)."""
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import torch
+
+        sums = torch.stack([p.detach().double().sum() for p in pl_module.parameters()])
+        gathered = trainer.strategy.all_gather(sums)
+        if not torch.allclose(gathered, gathered[0].expand_as(gathered), rtol=0, atol=1e-6):
+            raise RuntimeError("DDP processes hold different weights after training")

@@ -17,6 +17,7 @@ import pandas as pd
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from tlbench.callbacks.recorder import run_dir
 from tlbench.data.datamodule import ImageFolderDataModule
 from tlbench.data.split import read_split
 from tlbench.errors import TLBenchError
@@ -118,7 +119,7 @@ class TLBenchCLI(LightningCLI):
     def before_fit(self) -> None:
         if self.resume_version is None:
             return
-        previous = read_split(Path(self.trainer.log_dir) / "split.csv")
+        previous = read_split(run_dir(self.trainer) / "split.csv")
         current = self.datamodule.prepare_split()
         change = describe_data_change(previous, current)
         if change and not self._active_config().get("force"):
@@ -138,7 +139,7 @@ class TLBenchCLI(LightningCLI):
             if getattr(callback, "phase", None) and callback.best_model_path:
                 trainer.test(self.model, datamodule=self.datamodule, ckpt_path=callback.best_model_path, verbose=False)
         if trainer.is_global_zero:
-            print(format_summary(finish_run(trainer.log_dir)))
+            print(format_summary(finish_run(run_dir(trainer))))
 
 
 def run_lightning_cli(argv: list[str]) -> TLBenchCLI:

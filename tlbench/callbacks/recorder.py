@@ -29,7 +29,9 @@ HISTORY_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
 
 def run_dir(trainer: pl.Trainer) -> Path:
-    return Path(trainer.log_dir or trainer.default_root_dir)
+    """The logger's version folder. Unlike ``trainer.log_dir`` (a broadcast under DDP), this is safe to call from
+    rank zero alone, which is the only rank that writes there."""
+    return Path(trainer.logger.log_dir) if trainer.logger is not None else Path(trainer.default_root_dir)
 
 
 def predictions_table(probs: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, split_rows: pd.DataFrame, classes: list[str]) -> pd.DataFrame:

@@ -112,7 +112,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             return self.table
         root = check_root(self.root)
         table = read_split(self.split_file) if self.split_file else make_split(root, self.split_seed)
-        report_dir = self.trainer.log_dir if self.trainer is not None else None
+        report_dir = self.trainer.logger.log_dir if self.trainer is not None and self.trainer.logger and self.trainer.is_global_zero else None
         checked = preflight(root, table, skip_bad=self.skip_bad_images, dedupe=self.dedupe, report_dir=report_dir)
         for problem in checked.problems:
             rank_zero_warn(f"{root}: {problem}")

@@ -5,6 +5,9 @@ changes between epochs, so the head trains on cached tensors at the cost of one 
 cheapest, no augmentation. ``views=K>1`` caches K augmented views per training image and epoch ``e`` trains on
 view ``e % K``: K backbone passes buy augmentation for the head. Validation always uses one eval view.
 
+Under DDP each process encodes its share of the images (every ``world_size``-th one) and the shares are
+gathered, so every process holds the full cache and Lightning's distributed sampler splits the head's epochs.
+
 Caches live in memory for the run and on disk under ``$TLBENCH_CACHE_DIR/features`` (default
 ``~/.cache/tlbench/features``) for later runs. The key covers everything that changes a feature: the backbone's
 weights (a hash of its tensors), the preprocessing, the transform (eval or augmented, view count, seed), and
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from tlbench.io import atomic_write, cache_dir
 
@@ -80,15 +83,43 @@ def compute_features(encoder: nn.Module, dataset: Dataset, views: int, batch_siz
     return FeatureSet(torch.stack(per_view), targets, rows)
 
 
-def load_or_compute(key: str, compute) -> FeatureSet:
-    """The disk cache entry for ``key``, or ``compute()`` saved under it (atomically, so a kill leaves no stub)."""
-    path = cache_dir("features") / f"{key}.pt"
-    if path.is_file():
-        try:
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-            return FeatureSet(stored["features"], stored["targets"], stored["rows"])
-        except Exception:  # a cache entry from another torch version or a damaged file: recompute
-            path.unlink(missing_ok=True)
-    result = compute()
-    atomic_write(path, lambda tmp: torch.save({"features": result.features, "targets": result.targets, "rows": result.rows}, tmp))
+def _gather_shards(trainer, local: FeatureSet) -> FeatureSet:
+    """Every process's share, padded to equal length for ``all_gather``, put back in row order."""
+    size = torch.tensor([len(local.rows)])
+    longest = int(trainer.strategy.reduce(size, reduce_op="max"))
+    pad = longest - len(local.rows)
+    features = torch.nn.functional.pad(local.features, (0, 0, 0, pad))
+    targets = torch.nn.functional.pad(local.targets, (0, pad))
+    rows = torch.nn.functional.pad(local.rows, (0, pad), value=-1)
+    gathered = [trainer.strategy.all_gather(tensor) for tensor in (features.transpose(0, 1), targets, rows)]
+    features, targets, rows = (tensor.flatten(0, 1) for tensor in gathered)
+    keep = rows >= 0
+    order = torch.argsort(rows[keep])
+    return FeatureSet(features[keep][order].transpose(0, 1).contiguous(), targets[keep][order], rows[keep][order])
+
+
+def head_features(module, split: str, datamodule) -> FeatureSet:
+    """Features of ``split`` for ``module``'s frozen backbone: from the disk cache, or encoded (sharded under DDP)."""
+    augmented = split == "train" and module.hparams.cached_views > 1 and datamodule.augment
+    views = module.hparams.cached_views if augmented else 1
+    rows = datamodule.prepare_split()
+    files = [list(map(str, row)) for row in rows.loc[rows.split == split, ["path", "label", "sha256"]].itertuples(index=False)]
+    description = {"preprocessing": module.preprocessing.to_dict(), "augmented": augmented, "views": views, "seed": datamodule.split_seed}
+    path = cache_dir("features") / f"{cache_key(weights_digest(module.backbone), description, files)}.pt"
+    trainer = module._trainer
+    world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+    found = path.is_file() if world == 1 else trainer.strategy.reduce_boolean_decision(path.is_file(), all=True)
+    if found:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        return FeatureSet(stored["features"], stored["targets"], stored["rows"])
+    dataset = datamodule.dataset(split, train_transforms=augmented)
+    shard = Subset(dataset, range(rank, len(dataset), world))
+    was_training = module.backbone.training
+    module.backbone.eval()
+    result = compute_features(module.backbone, shard, views, datamodule.batch_size, datamodule.num_workers, datamodule.split_seed, module.device)
+    module.backbone.train(was_training)
+    if world > 1:
+        result = _gather_shards(trainer, result)
+    if rank == 0:
+        atomic_write(path, lambda tmp: torch.save({"features": result.features, "targets": result.targets, "rows": result.rows}, tmp))
     return result

@@ -20,7 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from tlbench.errors import TLBenchError
 from tlbench.models.backbones import create_backbone
-from tlbench.models.feature_cache import FeatureSet, cache_key, compute_features, load_or_compute, weights_digest
+from tlbench.models.feature_cache import FeatureSet, head_features
 from tlbench.models.heads import ClassifierHead
 
 Phase = Literal["head", "finetune"]
@@ -176,23 +176,9 @@ class TransferLearningModule(pl.LightningModule):
         return self.hparams.cache_features and self.phase_for_epoch(epoch) == "head"
 
     def feature_set(self, split: str, datamodule) -> FeatureSet:
-        """Backbone features of ``split`` for the head phase: from memory, the disk cache, or one backbone pass."""
+        """Backbone features of ``split`` for the head phase, computed once per run (see models/feature_cache.py)."""
         if split not in self._feature_sets:
-            hp = self.hparams
-            augmented = split == "train" and hp.cached_views > 1 and datamodule.augment
-            views = hp.cached_views if augmented else 1
-            dataset = datamodule.dataset(split, train_transforms=augmented)
-            rows = datamodule.prepare_split()
-            rows = rows[rows.split == split]
-            files = [list(map(str, row)) for row in rows[["path", "label", "sha256"]].itertuples(index=False)] if "sha256" in rows else [list(map(str, row)) for row in rows[["path", "label"]].itertuples(index=False)]
-            description = {"preprocessing": self.preprocessing.to_dict(), "augmented": augmented, "views": views, "seed": datamodule.split_seed}
-            key = cache_key(weights_digest(self.backbone), description, files)
-            was_training = self.backbone.training
-            self.backbone.eval()
-            self._feature_sets[split] = load_or_compute(
-                key, lambda: compute_features(self.backbone, dataset, views, datamodule.batch_size, datamodule.num_workers, datamodule.split_seed, self.device)
-            )
-            self.backbone.train(was_training)
+            self._feature_sets[split] = head_features(self, split, datamodule)
         return self._feature_sets[split]
 
     def backbone_frozen(self) -> bool:

@@ -1,0 +1,95 @@
+"""Fine-tune throughput: tlbench's fine-tune phase vs a bare PyTorch loop on pre-made tensors.
+
+The bare loop is the model's own speed: the same backbone with the same top blocks trainable, the same head,
+batch size, optimizer and threads, forward + backward + step on random tensors already in memory. tlbench's
+figure is training images per second over a whole fine-tune epoch on real photos (decode-cache warm, one
+validation batch), i.e. including data loading, metrics, logging and checkpointing. Lightning's simple profiler
+shows where the rest goes.
+
+    python benchmarks/finetune_throughput.py [--data ../shared/data/butterflies10] [--batch_size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from common import REPO, SHARED_DATA, print_table, run_fit
+from tlbench.models.module import TransferLearningModule, build_optimizer
+
+
+def bare_loop_images_per_second(backbone: str, classes: int, batch_size: int, unfreeze: int, steps: int, channels_last: bool) -> float:
+    model = TransferLearningModule(backbone=backbone, unfreeze_blocks=unfreeze, head_epochs=0, finetune_epochs=1, classes=[str(i) for i in range(classes)])
+    model.train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer("adamw", [p for p in model.parameters() if p.requires_grad], 1e-4, 0.9, 1e-4)
+    size = model.preprocessing.input_size
+    images = torch.randn(batch_size, 3, size, size)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    targets = torch.randint(0, classes, (batch_size,))
+
+    def step() -> None:
+        loss = model.loss_fn(model(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=SHARED_DATA / "butterflies10")
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--unfreeze_blocks", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=2)
+    args = parser.parse_args()
+    classes = sum(1 for p in args.data.iterdir() if p.is_dir())
+    bare = bare_loop_images_per_second(args.backbone, classes, args.batch_size, args.unfreeze_blocks, args.steps, channels_last=False)
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        fit_args = ["--data.root", str(args.data), "--data.dedupe", "true", "--model.backbone", args.backbone, "--model.head_epochs", "0",
+                    "--model.finetune_epochs", str(args.epochs), "--model.unfreeze_blocks", str(args.unfreeze_blocks),
+                    "--data.batch_size", str(args.batch_size), "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"]
+        metrics = run_fit(scratch / "fit", "throughput", *fit_args, cache_dir=scratch / "cache")
+        history = metrics["history"]
+        n_train = metrics["split_sizes"]["train"]
+        warm = history.seconds.iloc[-1]
+        cold = history.seconds.iloc[0]
+        profile = subprocess.run(
+            [sys.executable, "-m", "tlbench", "fit", *fit_args, "--model.finetune_epochs", "1", "--trainer.profiler", "simple",
+             "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(scratch / "profile")],
+            capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "TLBENCH_CACHE_DIR": str(scratch / "cache"), "PATH": "/usr/bin:/bin"},
+        )
+    tl = n_train / warm
+    print_table(
+        f"Fine-tune throughput ({args.backbone}, top {args.unfreeze_blocks} blocks, batch {args.batch_size}, {torch.get_num_threads()} threads, {n_train} train images)",
+        [
+            ("bare PyTorch loop, pre-made tensors", f"{bare:.1f} img/s", "1.00x"),
+            ("tlbench fine-tune epoch, decode cache warm", f"{tl:.1f} img/s", f"{tl / bare:.2f}x"),
+            ("tlbench fine-tune epoch, first (cold decode)", f"{n_train / cold:.1f} img/s", f"{n_train / cold / bare:.2f}x"),
+        ],
+    )
+    lines = [line for line in profile.stdout.splitlines() if re.search(r"run_training_epoch|run_training_batch|train_dataloader_next|optimizer_step|backward|training_step|on_train_batch_end|validation|save_checkpoint|Total", line)]
+    print("\nWhere the fine-tune epoch's time goes (Lightning simple profiler, one epoch):")
+    print("\n".join(lines[:16]))
+
+
+if __name__ == "__main__":
+    main()
