@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,23 +17,25 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def run_fit(workdir: Path, experiment: str, *args: str, cache_dir: Path | None = None) -> dict:
-    """``python -m tlbench fit`` as a user runs it; returns metrics.json plus wall time, peak RSS and history."""
+    """``python -m tlbench fit`` as a user runs it; returns metrics.json plus wall time, that process's peak RSS and history."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     if cache_dir is not None:
         env["TLBENCH_CACHE_DIR"] = str(cache_dir)
     command = [sys.executable, "-m", "tlbench", "fit", "--experiment", experiment, "--trainer.default_root_dir", str(workdir),
                "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *args]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - start
-    if result.returncode != 0:
-        raise RuntimeError(f"fit failed ({result.returncode}): {result.stderr[-2000:]}")
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            log.seek(0)
+            raise RuntimeError(f"fit failed ({os.waitstatus_to_exitcode(status)}): {log.read()[-2000:]}")
     run = max((workdir / "lightning_logs" / experiment).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
     metrics = json.loads((run / "metrics.json").read_text())
     metrics["wall_seconds"] = wall
-    metrics["peak_rss_mib"] = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    metrics["peak_rss_mib"] = usage.ru_maxrss / 1024
     metrics["history"] = pd.read_csv(run / "history.csv")
     return metrics
 

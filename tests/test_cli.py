@@ -105,7 +105,7 @@ def test_bare_config_names_resolve_in_configs(tmp_path):
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*_*.yaml")))
-def test_every_shipped_config_parses_with_its_dataset_and_backbone(config):
+def test_every_shipped_config_parses_with_its_dataset_and_backbone(config, monkeypatch):
     from tlbench.cli import TLBenchCLI, resolve_config_args
 
     class ParseOnly(TLBenchCLI):
@@ -113,7 +113,8 @@ def test_every_shipped_config_parses_with_its_dataset_and_backbone(config):
             """Validate every key and type of the config without building models."""
 
     dataset, backbone = Path(config).stem.split("_", 1)
-    cli = ParseOnly(args=resolve_config_args(["--config", config]), run=False)
+    monkeypatch.setattr("sys.argv", ["tlbench", *resolve_config_args(["--config", config])])
+    cli = ParseOnly(run=False)
     assert cli.config.model.backbone == backbone and cli.config.data.root == f"data/{dataset}"
     assert cli.config.trainer.max_epochs == cli.config.model.head_epochs + cli.config.model.finetune_epochs
 
