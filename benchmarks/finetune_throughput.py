@@ -12,6 +12,7 @@ shows where the rest goes.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -26,15 +27,12 @@ from tlbench.models.module import TransferLearningModule, build_optimizer
 
 
 def bare_loop_images_per_second(backbone: str, classes: int, batch_size: int, unfreeze: int, steps: int, channels_last: bool) -> float:
-    model = TransferLearningModule(backbone=backbone, unfreeze_blocks=unfreeze, head_epochs=0, finetune_epochs=1, classes=[str(i) for i in range(classes)])
+    model = TransferLearningModule(backbone=backbone, unfreeze_blocks=unfreeze, head_epochs=0, finetune_epochs=1,
+                                   channels_last=channels_last, classes=[str(i) for i in range(classes)])
     model.train()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer("adamw", [p for p in model.parameters() if p.requires_grad], 1e-4, 0.9, 1e-4)
     size = model.preprocessing.input_size
     images = torch.randn(batch_size, 3, size, size)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
     targets = torch.randint(0, classes, (batch_size,))
 
     def step() -> None:
@@ -57,11 +55,12 @@ def main() -> None:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--unfreeze_blocks", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
     classes = sum(1 for p in args.data.iterdir() if p.is_dir())
-    bare = bare_loop_images_per_second(args.backbone, classes, args.batch_size, args.unfreeze_blocks, args.steps, channels_last=False)
+    bare = bare_loop_images_per_second(args.backbone, classes, args.batch_size, args.unfreeze_blocks, args.steps, channels_last=True)
+    bare_nchw = bare_loop_images_per_second(args.backbone, classes, args.batch_size, args.unfreeze_blocks, args.steps, channels_last=False)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         fit_args = ["--data.root", str(args.data), "--data.dedupe", "true", "--model.backbone", args.backbone, "--model.head_epochs", "0",
@@ -75,18 +74,19 @@ def main() -> None:
         profile = subprocess.run(
             [sys.executable, "-m", "tlbench", "fit", *fit_args, "--model.finetune_epochs", "1", "--trainer.profiler", "simple",
              "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(scratch / "profile")],
-            capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "TLBENCH_CACHE_DIR": str(scratch / "cache"), "PATH": "/usr/bin:/bin"},
+            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO), "TLBENCH_CACHE_DIR": str(scratch / "cache")},
         )
     tl = n_train / warm
     print_table(
         f"Fine-tune throughput ({args.backbone}, top {args.unfreeze_blocks} blocks, batch {args.batch_size}, {torch.get_num_threads()} threads, {n_train} train images)",
         [
-            ("bare PyTorch loop, pre-made tensors", f"{bare:.1f} img/s", "1.00x"),
+            ("bare PyTorch loop, pre-made tensors, channels_last", f"{bare:.1f} img/s", "1.00x"),
+            ("bare PyTorch loop, pre-made tensors, NCHW", f"{bare_nchw:.1f} img/s", f"{bare_nchw / bare:.2f}x"),
             ("tlbench fine-tune epoch, decode cache warm", f"{tl:.1f} img/s", f"{tl / bare:.2f}x"),
             ("tlbench fine-tune epoch, first (cold decode)", f"{n_train / cold:.1f} img/s", f"{n_train / cold / bare:.2f}x"),
         ],
     )
-    lines = [line for line in profile.stdout.splitlines() if re.search(r"run_training_epoch|run_training_batch|train_dataloader_next|optimizer_step|backward|training_step|on_train_batch_end|validation|save_checkpoint|Total", line)]
+    lines = [line for line in (profile.stdout + profile.stderr).splitlines() if line.startswith("|") and re.search(r"run_training_epoch|run_training_batch|train_dataloader_next|optimizer_step|backward|training_step|on_train_batch_end|validation|save_checkpoint|Total", line)]
     print("\nWhere the fine-tune epoch's time goes (Lightning simple profiler, one epoch):")
     print("\n".join(lines[:16]))
 

@@ -31,15 +31,22 @@ def fsync_replace(source: str | Path, destination: str | Path) -> None:
     os.replace(source, destination)
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(temporary_path)``, fsync it and move it to ``path``; the old file survives any failure."""
+def atomic_write(path: str | Path, write: Callable[[Path], None], durable: bool = True) -> Path:
+    """Call ``write(temporary_path)``, fsync it and move it to ``path``; the old file survives any failure.
+
+    ``durable=False`` skips the fsync, for caches: a reader never sees a partial file, and an entry lost to a
+    power cut is only recomputed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
         write(Path(temporary))
-        fsync_replace(temporary, path)
+        if durable:
+            fsync_replace(temporary, path)
+        else:
+            os.replace(temporary, path)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
         raise TLBenchError(f"could not write {path}: {error.strerror or error}; free disk space or choose another output folder") from None

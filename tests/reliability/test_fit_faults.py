@@ -55,7 +55,7 @@ def test_duplicates_across_splits_refused_unless_dedupe(tiny_dataset, tmp_path):
 
 def test_resume_on_changed_data_refuses_unless_forced(tiny_dataset, tmp_path):
     args = ["--model.head_epochs", "2", "--model.finetune_epochs", "1"]
-    assert fit(tiny_dataset, tmp_path, *args, "--trainer.callbacks+=tests.helpers.KillAtEpochStart", "--trainer.callbacks.epoch=1").returncode == -9
+    assert fit(tiny_dataset, tmp_path, *args, "--trainer.callbacks+=tests.helpers.KillAtEpochStart", "--trainer.callbacks.epoch=2").returncode == -9
     make_image(tiny_dataset / "class_2" / "new.png", (1, 2, 3), 99)
     refused = fit(tiny_dataset, tmp_path, *args, "--ckpt_path", "last")
     assert refused.returncode == 2 and "changed since the checkpoint (1 added, 0 removed" in last_line(refused)

@@ -54,8 +54,11 @@ class PhaseCheckpoint(ModelCheckpoint):
     """Best checkpoint (lowest val_loss) of one phase, or, with ``phase=None``, ``last.ckpt`` after every epoch.
 
     Selection uses validation only; the test split is evaluated once per phase after training. A non-finite
-    val_loss is never "best" (ModelCheckpoint ranks NaN last). Files are written under a temporary name and
-    renamed, so a kill during the write leaves the previous checkpoint loadable.
+    val_loss is never "best" (ModelCheckpoint ranks NaN last). Best checkpoints hold weights only (evaluation,
+    export and classify need nothing else); ``last.ckpt`` holds the full training state for resuming. Epochs of
+    a head phase on cached features take milliseconds, far less than writing a checkpoint, so ``last.ckpt`` is
+    written only at that phase's end: a crash inside it repeats a few seconds of work. Files are written under
+    a temporary name and renamed, so a kill during the write leaves the previous checkpoint loadable.
     """
 
     def __init__(self, phase: str | None, dirpath: str | None = None) -> None:
@@ -63,7 +66,7 @@ class PhaseCheckpoint(ModelCheckpoint):
             super().__init__(dirpath=dirpath, filename="last", save_top_k=1, monitor=None, enable_version_counter=False)
         else:
             super().__init__(dirpath=dirpath, filename=f"{phase}-best-epoch{{epoch:02d}}", monitor="val_loss", mode="min",
-                             save_top_k=1, auto_insert_metric_name=False)
+                             save_top_k=1, auto_insert_metric_name=False, save_weights_only=True)
         self.phase = phase
 
     @property
@@ -76,8 +79,11 @@ class PhaseCheckpoint(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
 
     def _should_skip_saving_checkpoint(self, trainer: pl.Trainer) -> bool:
-        wrong_phase = self.phase is not None and trainer.lightning_module.phase != self.phase
-        return wrong_phase or super()._should_skip_saving_checkpoint(trainer)
+        module = trainer.lightning_module
+        wrong_phase = self.phase is not None and module.phase != self.phase
+        epoch = trainer.current_epoch
+        cheap_epoch = self.phase is None and module.uses_feature_cache(epoch) and epoch < module.hparams.head_epochs - 1
+        return wrong_phase or cheap_epoch or super()._should_skip_saving_checkpoint(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """On Ctrl-C, write ``last.ckpt`` with the progress so far (Lightning then exits with status 1).

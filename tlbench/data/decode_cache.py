@@ -46,7 +46,7 @@ class DecodedImageCache:
         except (OSError, ValueError):
             pass
         image = shrink_short_side(load_rgb(path), self.short_side, self.interpolation)
-        atomic_write(entry, lambda tmp: np.save(tmp.open("wb"), np.asarray(image)))
+        atomic_write(entry, lambda tmp: np.save(tmp.open("wb"), np.asarray(image)), durable=False)
         return image
 
 

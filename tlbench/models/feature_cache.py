@@ -121,5 +121,5 @@ def head_features(module, split: str, datamodule) -> FeatureSet:
     if world > 1:
         result = _gather_shards(trainer, result)
     if rank == 0:
-        atomic_write(path, lambda tmp: torch.save({"features": result.features, "targets": result.targets, "rows": result.rows}, tmp))
+        atomic_write(path, lambda tmp: torch.save({"features": result.features, "targets": result.targets, "rows": result.rows}, tmp), durable=False)
     return result
