@@ -20,22 +20,22 @@ from common import SHARED_DATA, print_table, run_fit
 
 
 def make_phone_photos(root: Path, count: int, size: tuple[int, int] = (4000, 3000)) -> Path:
+    """Smooth random colour fields (distinct pictures, camera-like JPEG sizes), one class per colour bias."""
     rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0 : size[1] : 8, 0 : size[0] : 8]
     for i in range(count):
         label = i % 3
-        phase = rng.uniform(0, 6.28)
-        base = np.stack([np.sin(xx / (200 + 150 * label) + phase), np.cos(yy / 300 + phase), np.sin((xx + yy) / 500)], axis=-1)
-        small = Image.fromarray(((base + 1) * 127).astype(np.uint8))
+        field = rng.random((12, 16, 3)) * 0.7
+        field[..., label] += 0.3
+        small = Image.fromarray((field * 255).astype(np.uint8))
         folder = root / f"class_{label}"
         folder.mkdir(parents=True, exist_ok=True)
-        small.resize(size, Image.Resampling.BILINEAR).save(folder / f"photo_{i:03d}.jpg", quality=90)
+        small.resize(size, Image.Resampling.BICUBIC).save(folder / f"photo_{i:03d}.jpg", quality=90)
     return root
 
 
 def epoch_seconds(data: Path, scratch: Path, decode_cache: bool, name: str) -> float:
     args = ["--data.root", str(data), "--model.head_epochs", "0", "--model.finetune_epochs", "2", "--data.batch_size", "16",
-            "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", "--data.decode_cache", str(decode_cache).lower()]
+            "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", "--data.decode_cache", str(decode_cache).lower(), "--data.dedupe", "true"]
     metrics = run_fit(scratch / name, name, *args, cache_dir=scratch / f"cache_{name}")
     return float(metrics["history"].seconds.iloc[-1]), metrics["split_sizes"]["train"]
 

@@ -28,12 +28,12 @@ def plain_forward_seconds(data: Path, backbone: str, batch_size: int, num_worker
     datamodule = ImageFolderDataModule(str(data), batch_size=batch_size, num_workers=num_workers, decode_cache=False, dedupe=True)
     datamodule.preprocessing = built.preprocessing
     datasets = [datamodule.dataset("train"), datamodule.dataset("val")]
-    model = built.extractor.eval()
+    model = built.extractor.eval().to(memory_format=torch.channels_last)  # the fastest plain pass on this CPU
     start = time.perf_counter()
     with torch.inference_mode():
         for dataset in datasets:
             for images, _, _ in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
-                model(images)
+                model(images.contiguous(memory_format=torch.channels_last))
     return time.perf_counter() - start, sum(len(d) for d in datasets)
 
 
