@@ -53,7 +53,7 @@ class DiskFullAtEpoch(pl.Callback):
             def full(*args, **kwargs):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-            trainer.save_checkpoint = full
+            trainer.strategy.save_checkpoint = full
 
 
 class AssertRanksInSync(pl.Callback):

@@ -8,6 +8,7 @@ parameters and BatchNorm layers train (see ``TransferLearningModule.apply_phase`
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from weakref import proxy
 
@@ -57,7 +58,8 @@ class PhaseCheckpoint(ModelCheckpoint):
     val_loss is never "best" (ModelCheckpoint ranks NaN last). Best checkpoints hold weights only (evaluation,
     export and classify need nothing else); ``last.ckpt`` holds the full training state for resuming. Epochs of
     a head phase on cached features take milliseconds, far less than writing a checkpoint, so ``last.ckpt`` is
-    written only at that phase's end: a crash inside it repeats a few seconds of work. Files are written under
+    written only at that phase's end and the phase's best checkpoint is kept in memory until then (Ctrl-C writes
+    it too): a crash inside it repeats a few seconds of work. Files are written under
     a temporary name and renamed, so a kill during the write leaves the previous checkpoint loadable.
     """
 
@@ -68,6 +70,7 @@ class PhaseCheckpoint(ModelCheckpoint):
             super().__init__(dirpath=dirpath, filename=f"{phase}-best-epoch{{epoch:02d}}", monitor="val_loss", mode="min",
                              save_top_k=1, auto_insert_metric_name=False, save_weights_only=True)
         self.phase = phase
+        self._pending: tuple[str, dict] | None = None
 
     @property
     def state_key(self) -> str:
@@ -92,19 +95,47 @@ class PhaseCheckpoint(ModelCheckpoint):
         """
         if self.phase is None and isinstance(exception, KeyboardInterrupt):
             self._save_checkpoint(trainer, self.format_checkpoint_name(self._monitor_candidates(trainer)))
+        if isinstance(exception, KeyboardInterrupt):
+            self._flush(trainer)
+
+    def _defers_writes(self, trainer: pl.Trainer) -> bool:
+        """Best checkpoints of a head phase on cached features stay in memory until the phase ends."""
+        return self.phase is not None and trainer.lightning_module.uses_feature_cache(trainer.current_epoch)
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        if self._defers_writes(trainer):
+            self._pending = (filepath, copy.deepcopy(trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)))
+        else:
+            self._write(trainer, filepath, trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only))
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+    def _write(self, trainer: pl.Trainer, filepath: str, checkpoint: dict) -> None:
         partial = f"{filepath}.partial"
         try:
-            trainer.save_checkpoint(partial, self.save_weights_only)
+            trainer.strategy.save_checkpoint(checkpoint, partial)
             if trainer.is_global_zero:
                 fsync_replace(partial, filepath)
         except OSError as error:
             Path(partial).unlink(missing_ok=True)
             raise TLBenchError(f"could not write checkpoint {filepath}: {error.strerror or error}; free disk space and resume with --ckpt_path last") from None
         trainer.strategy.barrier("tlbench_checkpoint_rename")
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.after_save_checkpoint(proxy(self))
+
+    def _flush(self, trainer: pl.Trainer) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._write(trainer, *pending)
+
+    def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        if self._pending is not None and self._pending[0] == filepath:
+            self._pending = None
+        elif Path(filepath).exists():
+            super()._remove_checkpoint(trainer, filepath)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if not pl_module.uses_feature_cache(trainer.current_epoch + 1):
+            self._flush(trainer)
