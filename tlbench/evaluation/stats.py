@@ -186,15 +186,20 @@ def balanced_accuracy(y_true, y_pred, n_classes: int) -> np.ndarray | float:
     return _mean_over(_safe_ratio(tp, support), support > 0)
 
 
+def _probability_matrix(probs) -> np.ndarray:
+    probs = np.asarray(probs, dtype=float)
+    if probs.ndim != 2:
+        raise ValueError(f"probs must be (n_samples, n_classes), got shape {probs.shape}")
+    return probs
+
+
 def top_k_accuracy(probs, y_true, k: int) -> float:
     """Fraction of samples whose true class is among the ``k`` most probable; ``nan`` for no samples.
 
     Ties are broken towards the lower class index, the same rule ``argmax`` uses for the predicted label,
     so top-1 accuracy equals accuracy even for a model that outputs uniform probabilities.
     """
-    probs = np.asarray(probs, dtype=float)
-    if probs.ndim != 2:
-        raise ValueError(f"probs must be (n_samples, n_classes), got shape {probs.shape}")
+    probs = _probability_matrix(probs)
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     y_true = _labels(y_true, probs.shape[1], "y_true")
@@ -243,9 +248,7 @@ def expected_calibration_error(probs, y_true, n_bins: int = 10) -> tuple[float, 
     confidence, accuracy, gap``; empty bins keep ``count`` 0 and ``nan`` elsewhere so the diagram can skip
     them. ECE is ``nan`` for no samples.
     """
-    probs = np.asarray(probs, dtype=float)
-    if probs.ndim != 2:
-        raise ValueError(f"probs must be (n_samples, n_classes), got shape {probs.shape}")
+    probs = _probability_matrix(probs)
     if n_bins < 1:
         raise ValueError(f"n_bins must be at least 1, got {n_bins}")
     y_true = _labels(y_true, probs.shape[1], "y_true")
