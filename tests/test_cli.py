@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import REPO, TINY_FIT_ARGS, make_dataset, run_tlbench
+from tests.conftest import REPO, TINY_FIT_ARGS, run_tlbench
 
 
 def fit(data: Path, cwd: Path, *extra: str, env: dict | None = None):

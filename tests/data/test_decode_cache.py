@@ -4,7 +4,6 @@ import hashlib
 import os
 
 import torch
-from PIL import Image
 
 from tests.conftest import make_image
 from tlbench.data.decode_cache import DecodedImageCache, prune

@@ -72,8 +72,9 @@ def sample_images(table: pd.DataFrame, per_class: int, seed: int) -> pd.DataFram
     return pd.concat(groups, ignore_index=True)
 
 
-def _format_labels(row: pd.Series, top_k: int) -> str:
-    return "  ".join(f"{row[f'top{r}_label']} {row[f'top{r}_prob']:.2f}" for r in range(1, top_k + 1))
+def _format_labels(row: pd.Series, top_k: int, separator: str = "  ", width: int | None = None) -> str:
+    """``label prob`` for the top ``top_k`` ImageNet labels of one row of ``check.csv``."""
+    return separator.join(f"{row[f'top{r}_label'][:width]} {row[f'top{r}_prob']:.2f}" for r in range(1, top_k + 1))
 
 
 def check(
@@ -131,7 +132,6 @@ def check(
 
     out = Path(output)
     write_csv(out / "check.csv", results)
-    captions = ["\n".join(f"{row[f'top{r}_label'][:28]} {row[f'top{r}_prob']:.2f}" for r in range(1, min(SHEET_LABELS, top_k) + 1))
-                if not row["error"] else row["error"] for _, row in results.iterrows()]
+    captions = [_format_labels(row, min(SHEET_LABELS, top_k), "\n", 28) if not row["error"] else row["error"] for _, row in results.iterrows()]
     plot_contact_sheet([Path(p) for p in results.path], list(results.label), captions, out / "contact_sheet.png")
     print(f"wrote {out / 'check.csv'} and {out / 'contact_sheet.png'}")

@@ -23,7 +23,6 @@ from tlbench.data.discover import check_root
 from tlbench.data.images import load_rgb
 from tlbench.data.split import make_split, read_split, split_summary
 from tlbench.data.transforms import Preprocessing, eval_transform, train_transform
-from tlbench.errors import TLBenchError
 from tlbench.models.feature_cache import CachedFeatureDataset
 
 
