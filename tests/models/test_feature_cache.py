@@ -2,10 +2,15 @@
 
 import json
 
+import pandas as pd
+import pytest
 import torch
 
 from tests.conftest import TINY_FIT_ARGS, make_image, run_tlbench
+from tlbench.data.images import load_rgb
 from tlbench.models.feature_cache import cache_key, weights_digest
+from tlbench.models.inference import Predictor
+from tlbench.models.loading import load_trained
 from tlbench.models.module import TransferLearningModule
 
 FILES = [["a/1.jpg", "a", "f00"], ["b/2.jpg", "b", "ba1"]]
@@ -49,3 +54,21 @@ def test_cache_on_and_off_agree_and_the_disk_cache_is_reused_and_invalidated(tin
     make_image(tiny_dataset / "class_0" / "img_000.png", (0, 0, 0), 5)  # same name, new content
     head_only(tiny_dataset, tmp_path / "changed", "true")
     assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) > len(entries)
+
+
+def test_fine_tune_validation_runs_the_fine_tuned_backbone_not_the_head_phase_cache(tiny_dataset, tmp_path):
+    """After the boundary, validation must see images again: the cached head-phase features are stale as soon as
+    the backbone trains. The recorded fine-tune val_loss must equal the loss recomputed from last.ckpt's weights."""
+    args = ["--model.head_epochs", "1", "--model.finetune_epochs", "2", "--model.finetune_lr", "0.05", "--data.augment", "false"]
+    result = run_tlbench("fit", "--data.root", str(tiny_dataset), *TINY_FIT_ARGS, *args, cwd=tmp_path, env={"TLBENCH_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = tmp_path / "lightning_logs" / "tiny_cnn1" / "version_0"
+    trained = load_trained(next((tmp_path / "checkpoints").rglob("last.ckpt")))
+    split = pd.read_csv(run / "split.csv")
+    val = split[split.split == "val"]
+    probs = Predictor(trained).probabilities([load_rgb(tiny_dataset / path) for path in val.path])
+    targets = torch.tensor([trained.classes.index(label) for label in val.label])
+    recomputed = torch.nn.functional.nll_loss(probs.log(), targets).item()
+    history = pd.read_csv(run / "history.csv")
+    assert trained.phase == "finetune"
+    assert history.val_loss.iloc[-1] == pytest.approx(recomputed, abs=1e-4)

@@ -33,16 +33,21 @@ class PhaseSchedule(pl.Callback):
     """Switch from the head phase to the fine-tune phase after ``head_epochs`` epochs.
 
     While the head trains on cached features, dataloaders are rebuilt every epoch (each epoch may use another
-    cached view, and the first fine-tune epoch needs images again); afterwards they are kept.
+    cached view, and the first fine-tune epoch needs images again); afterwards they are kept. Lightning rebuilds
+    the training loader before ``on_train_epoch_start`` but the validation loader only when validation starts,
+    so rebuilding stops at the end of the first fine-tune epoch: stopping earlier would validate the fine-tuned
+    backbone on the head phase's stale cached features.
     """
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if pl_module.uses_feature_cache(trainer.current_epoch):
             trainer.reload_dataloaders_every_n_epochs = 1
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not pl_module.uses_feature_cache(trainer.current_epoch):
             trainer.reload_dataloaders_every_n_epochs = 0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if pl_module.phase == "head" and trainer.current_epoch >= pl_module.hparams.head_epochs:
             pl_module.apply_phase("finetune")
             if isinstance(trainer.strategy, DDPStrategy):
