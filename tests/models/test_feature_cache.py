@@ -56,13 +56,16 @@ def test_cache_on_and_off_agree_and_the_disk_cache_is_reused_and_invalidated(tin
     assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) > len(entries)
 
 
-def test_fine_tune_validation_runs_the_fine_tuned_backbone_not_the_head_phase_cache(tiny_dataset, tmp_path):
-    """After the boundary, validation must see images again: the cached head-phase features are stale as soon as
-    the backbone trains. The recorded fine-tune val_loss must equal the loss recomputed from last.ckpt's weights."""
-    args = ["--model.head_epochs", "1", "--model.finetune_epochs", "2", "--model.finetune_lr", "0.05", "--data.augment", "false"]
+@pytest.mark.parametrize("backbone, unfreeze", [("cnn1", "-1"), ("cnn6", "1")])
+def test_fine_tune_validation_runs_the_fine_tuned_backbone_not_the_head_phase_cache(tiny_dataset, tmp_path, backbone, unfreeze):
+    """After the boundary, validation must not use the head phase's cached features: they are stale as soon as
+    the backbone trains. The recorded fine-tune val_loss must equal the loss recomputed from last.ckpt's weights,
+    whether validation runs on images (all blocks train) or on the frozen layers' cached activations (top block)."""
+    args = ["--model.backbone", backbone, "--model.unfreeze_blocks", unfreeze, "--model.head_epochs", "1", "--model.finetune_epochs", "2",
+            "--model.finetune_lr", "0.05", "--data.augment", "false"]
     result = run_tlbench("fit", "--data.root", str(tiny_dataset), *TINY_FIT_ARGS, *args, cwd=tmp_path, env={"TLBENCH_CACHE_DIR": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr[-2000:]
-    run = tmp_path / "lightning_logs" / "tiny_cnn1" / "version_0"
+    run = tmp_path / "lightning_logs" / f"tiny_{backbone}" / "version_0"
     trained = load_trained(next((tmp_path / "checkpoints").rglob("last.ckpt")))
     split = pd.read_csv(run / "split.csv")
     val = split[split.split == "val"]
@@ -72,3 +75,20 @@ def test_fine_tune_validation_runs_the_fine_tuned_backbone_not_the_head_phase_ca
     history = pd.read_csv(run / "history.csv")
     assert trained.phase == "finetune"
     assert history.val_loss.iloc[-1] == pytest.approx(recomputed, abs=1e-4)
+
+
+def fine_tune_history(data, cwd, cache: str) -> pd.DataFrame:
+    cwd.mkdir(parents=True)
+    args = ["--model.backbone", "cnn6", "--model.unfreeze_blocks", "1", "--model.head_epochs", "0", "--model.finetune_epochs", "2", "--model.cache_features", cache]
+    result = run_tlbench("fit", "--data.root", str(data), *TINY_FIT_ARGS, *args, cwd=cwd, env={"TLBENCH_CACHE_DIR": str(cwd / "cache")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return pd.read_csv(cwd / "lightning_logs" / "tiny_cnn6" / "version_0" / "history.csv")
+
+
+def test_fine_tune_validation_on_cached_frozen_layers_matches_running_the_whole_network(tiny_dataset, tmp_path):
+    """Validation on the frozen layers' cached activations gives the numbers of the full network, and computing
+    the cache disturbs neither the training run's random stream nor its frozen BatchNorm layers."""
+    cached = fine_tune_history(tiny_dataset, tmp_path / "on", "true")
+    plain = fine_tune_history(tiny_dataset, tmp_path / "off", "false")
+    for column in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        assert cached[column].tolist() == pytest.approx(plain[column].tolist(), abs=1e-5), column

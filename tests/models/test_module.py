@@ -1,5 +1,6 @@
 """Freezing, BatchNorm behaviour and unfreezing of the two-phase module."""
 
+import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -94,3 +95,33 @@ def test_embedded_weights_recognise_real_birds_offline(shared_data):
         top5 = model.eval()(batch).topk(5, dim=1).indices
     hits = sum(bool(set(row.tolist()) & IMAGENET_BIRDS) for row in top5)
     assert hits >= 0.8 * len(paths)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "cnn6", "resnet18"])
+def test_layer_chain_splits_the_backbone_exactly(name):
+    extractor = create_backbone(name, pretrained=False, input_size=64).extractor.eval()
+    chain = extractor.layer_chain()
+    assert chain is not None and len(chain) > 3
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        whole = extractor(images)
+        for depth in (1, len(chain) // 2, len(chain)):
+            assert torch.allclose(extractor.forward_from(extractor.forward_until(images, depth), depth), whole, atol=1e-5)
+
+
+def test_a_backbone_that_is_not_a_chain_is_not_split():
+    assert create_backbone("vit_tiny_patch16_224", pretrained=False).extractor.layer_chain() is None
+
+
+def test_frozen_trunk_is_below_the_unfrozen_blocks_and_checking_it_keeps_batchnorm_modes():
+    model = module(unfreeze_blocks=1)
+    model.apply_phase("finetune")
+    model.train()
+    modes = {layer: layer.training for layer in model.modules()}
+    depth = model.frozen_trunk_depth()
+    chain = model.backbone.layer_chain()
+    assert 0 < depth < len(chain)
+    assert not any(p.requires_grad for layer in chain[:depth] for p in layer.parameters())
+    assert any(p.requires_grad for p in chain[depth].parameters())
+    assert {layer: layer.training for layer in model.modules()} == modes
+    assert module(unfreeze_blocks=-1).frozen_trunk_depth() == 0

@@ -56,6 +56,8 @@ class RunRecorder(pl.Callback):
         self.phase_epochs: dict[str, int] = {}
         self.history: list[dict] = []
         self._epoch_start = 0.0
+        self._validation_start = 0.0
+        self._validation_seconds = 0.0
 
     def state_dict(self) -> dict:
         return {"phase_seconds": self.phase_seconds, "phase_epochs": self.phase_epochs, "history": self.history}
@@ -70,15 +72,24 @@ class RunRecorder(pl.Callback):
         if trainer.is_global_zero:
             write_csv(run_dir(trainer) / "split.csv", trainer.datamodule.table)
 
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validation_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validation_seconds += time.perf_counter() - self._validation_start
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Epoch time runs from the previous epoch's end, so dataloader (re)building and feature caching count."""
+        """Epoch time runs from the previous epoch's end, so dataloader (re)building and feature caching count;
+        ``val_seconds`` is the part of it spent validating, so training throughput can be read off apart."""
         phase = pl_module.phase
         start, now = self._epoch_start, time.perf_counter()
         self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + now - start
         self._epoch_start = now
         self.phase_epochs[phase] = self.phase_epochs.get(phase, 0) + 1
         metrics = trainer.callback_metrics
-        entry = {"epoch": trainer.current_epoch, "phase": phase, "seconds": round(now - start, 3)}
+        entry = {"epoch": trainer.current_epoch, "phase": phase, "seconds": round(now - start, 3), "val_seconds": round(self._validation_seconds, 3)}
+        self._validation_seconds = 0.0
         entry.update({key: float(metrics[key]) for key in HISTORY_KEYS if key in metrics})
         self.history.append(entry)
         if trainer.is_global_zero:

@@ -150,12 +150,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
         )
 
     def _cached_features(self, split: str) -> Dataset | None:
-        """Cached backbone features when the module trains its head on them this epoch, else None."""
+        """What the module asks ``split`` to serve this epoch instead of images (see ``cached_inputs``), else None."""
         module = self.trainer.lightning_module if self.trainer is not None else None
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        if module is None or not hasattr(module, "uses_feature_cache") or not module.uses_feature_cache(epoch):
+        cached = module.cached_inputs(split, self) if hasattr(module, "cached_inputs") else None
+        if cached is None:
             return None
-        return CachedFeatureDataset(module.feature_set(split, self), view=epoch if split == "train" else 0)
+        return CachedFeatureDataset(cached, view=self.trainer.current_epoch if split == "train" else 0)
 
     def train_dataloader(self) -> DataLoader:
         features = self._cached_features("train")

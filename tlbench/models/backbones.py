@@ -74,6 +74,30 @@ def _offline_unless_reachable(host: str = "huggingface.co"):
         constants.HF_HUB_OFFLINE = previous
 
 
+@contextmanager
+def evaluating(module: nn.Module):
+    """Eval mode for a side computation, then each layer's own mode back: ``train(True)`` would also wake the
+    frozen BatchNorm layers that fine-tuning keeps in eval mode."""
+    modes = {layer: layer.training for layer in module.modules()}
+    module.eval()
+    try:
+        yield module
+    finally:
+        for layer, training in modes.items():
+            layer.train(training)
+
+
+# Children of timm models that map features to logits, never part of ``forward_features``.
+HEAD_MODULES = frozenset({"global_pool", "classifier", "fc", "head", "head_drop", "last_linear", "pre_logits", "fc_norm"})
+
+
+def _open_sequentials(modules: list[nn.Module]) -> list[nn.Module]:
+    opened = []
+    for module in modules:
+        opened.extend(_open_sequentials(list(module.children())) if type(module) is nn.Sequential else [module])
+    return opened
+
+
 class FeatureExtractor(nn.Module):
     """A timm model without its classifier, returning one pooled feature vector per image."""
 
@@ -82,16 +106,55 @@ class FeatureExtractor(nn.Module):
         model.reset_classifier(0)
         self.model = model
         size = model.pretrained_cfg.get("input_size", (3, 224, 224))
-        was_training = model.training
-        with torch.no_grad():
-            self.num_features = int(self.eval()(torch.zeros(1, *size)).shape[1])
-        model.train(was_training)
+        with evaluating(self), torch.no_grad():
+            self.num_features = int(self(torch.zeros(1, *size)).shape[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.model.forward_features(x)
+        return self.pool(self.model.forward_features(x))
+
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
         if features.ndim == 4:
             return features.mean(dim=(2, 3))
         return self.model.forward_head(features, pre_logits=True)
+
+    def layer_chain(self) -> list[nn.Module] | None:
+        """The layers ``forward_features`` applies one after another, or None when it is not such a chain.
+
+        Most CNNs (EfficientNet, ResNet, VGG, Inception, Xception, the baselines) are a chain of their children,
+        with ``nn.Sequential`` stages opened up; transformers and models with skips across stages are not. The
+        chain is only trusted after it reproduced ``forward_features`` on a test input, so a model it does not
+        describe falls back to running whole, never to a wrong result.
+        """
+        if not hasattr(self, "_chain"):
+            self._chain = self._verified_chain()
+        return self._chain
+
+    def _verified_chain(self) -> list[nn.Module] | None:
+        chain = _open_sequentials([child for name, child in self.model.named_children() if name not in HEAD_MODULES])
+        size = self.model.pretrained_cfg.get("input_size", (3, 224, 224))
+        device = next(self.parameters()).device
+        try:
+            with evaluating(self), torch.no_grad():
+                probe = torch.randn(2, *size, generator=torch.Generator().manual_seed(0)).to(device)
+                expected = self.model.forward_features(probe)
+                for layer in chain:
+                    probe = layer(probe)
+                matches = probe.shape == expected.shape and torch.allclose(probe, expected, rtol=1e-4, atol=1e-5)
+        except Exception:  # a child that is not a layer of the chain (ModuleList, a dict-taking block): no chain
+            matches = False
+        return chain if matches else None
+
+    def forward_until(self, x: torch.Tensor, depth: int) -> torch.Tensor:
+        """Activations after the first ``depth`` layers of ``layer_chain()``."""
+        for layer in self.layer_chain()[:depth]:
+            x = layer(x)
+        return x
+
+    def forward_from(self, activations: torch.Tensor, depth: int) -> torch.Tensor:
+        """Pooled features from activations after ``depth`` layers: ``forward_from(forward_until(x, d), d) == forward(x)``."""
+        for layer in self.layer_chain()[depth:]:
+            activations = layer(activations)
+        return self.pool(activations)
 
     def block_groups(self) -> list[list[nn.Parameter]]:
         """Parameters grouped bottom (stem) to top, using timm's own block grouping when the model has one."""

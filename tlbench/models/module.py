@@ -20,7 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from tlbench.errors import TLBenchError
 from tlbench.models.backbones import create_backbone
-from tlbench.models.feature_cache import FeatureSet, head_features
+from tlbench.models.feature_cache import FeatureSet, head_features, trunk_activations
 from tlbench.models.heads import ClassifierHead
 
 Phase = Literal["head", "finetune"]
@@ -121,6 +121,7 @@ class TransferLearningModule(pl.LightningModule):
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.test_outputs: list[dict[str, torch.Tensor]] = []
         self._feature_sets: dict[str, FeatureSet] = {}
+        self._served: dict[str, FeatureSet | None] = {}
         if classes:
             self.set_classes(classes)
 
@@ -186,6 +187,27 @@ class TransferLearningModule(pl.LightningModule):
             self._feature_sets[split] = head_features(self, split, datamodule)
         return self._feature_sets[split]
 
+    def frozen_trunk_depth(self) -> int:
+        """How many leading layers of the backbone's ``layer_chain()`` fine-tuning leaves frozen; 0 when the
+        backbone is not a verified chain or its first layer trains."""
+        chain = self.backbone.layer_chain()
+        if chain is None:
+            return 0
+        trainable = {id(p) for p in self.backbone.top_blocks(self.hparams.unfreeze_blocks)}
+        return next((depth for depth, layer in enumerate(chain) if any(id(p) in trainable for p in layer.parameters())), len(chain))
+
+    def cached_inputs(self, split: str, datamodule) -> FeatureSet | None:
+        """What the ``split`` loader serves this epoch instead of images, and which the steps then expect: pooled
+        features while the head trains on the frozen backbone; while fine-tuning, validation activations at the
+        top of the frozen layers (computed once per phase); otherwise None (images)."""
+        served = None
+        if self.uses_feature_cache(self.trainer.current_epoch):
+            served = self.feature_set(split, datamodule)
+        elif split == "val" and self.hparams.cache_features and (depth := self.frozen_trunk_depth()) > 0:
+            served = trunk_activations(self, split, datamodule, depth)
+        self._served[split] = served
+        return served
+
     def backbone_frozen(self) -> bool:
         return not any(p.requires_grad for p in self.backbone.parameters())
 
@@ -201,21 +223,34 @@ class TransferLearningModule(pl.LightningModule):
         self.apply_phase(checkpoint.get("tlbench_phase", self.phase))
 
     # -- forward and steps ----------------------------------------------------------------------------------------
+    def _memory_format(self, activations: torch.Tensor) -> torch.Tensor:
+        return activations.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last and activations.ndim == 4 else activations
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features; no autograd graph while the whole backbone is frozen."""
-        if self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = self._memory_format(images)
         if self.backbone_frozen():
             with torch.no_grad():
                 return self.backbone(images)
         return self.backbone(images)
 
+    def encode_until(self, images: torch.Tensor, depth: int) -> torch.Tensor:
+        return self.backbone.forward_until(self._memory_format(images), depth)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.encode(images))
 
+    def _logits(self, inputs: torch.Tensor, stage: str) -> torch.Tensor:
+        served = self._served.get(stage)
+        if served is None:
+            return self(inputs)
+        if served.depth is None:
+            return self.head(inputs)
+        return self.head(self.backbone.forward_from(self._memory_format(inputs), served.depth))
+
     def _shared_step(self, batch, metrics: MetricCollection, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, targets = batch[0], batch[1]
-        logits = self.head(inputs) if inputs.ndim == 2 else self(inputs)
+        logits = self._logits(inputs, stage)
         loss = self.loss_fn(logits, targets)
         if not torch.isfinite(loss):
             raise TLBenchError(
