@@ -33,7 +33,7 @@ def plain_forward_seconds(data: Path, backbone: str, batch_size: int, num_worker
     with torch.inference_mode():
         for dataset in datasets:
             for images, _, _ in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
-                model(images.contiguous(memory_format=torch.channels_last))
+                model(built.preprocessing.normalize(images).contiguous(memory_format=torch.channels_last))
     return time.perf_counter() - start, sum(len(d) for d in datasets)
 
 

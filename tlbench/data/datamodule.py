@@ -22,12 +22,13 @@ from tlbench.data.decode_cache import prune as prune_decoded
 from tlbench.data.discover import check_root
 from tlbench.data.images import load_rgb
 from tlbench.data.split import make_split, read_split, split_summary
-from tlbench.data.transforms import Preprocessing, eval_transform, train_transform
+from tlbench.data.transforms import Preprocessing, loader_transform
 from tlbench.models.feature_cache import CachedFeatureDataset
 
 
 class ImageTableDataset(Dataset):
-    """Rows of a split table as ``(image_tensor, class_index, row_index)``; the row index maps predictions back to files."""
+    """Rows of a split table as ``(uint8_image, class_index, row_index)``; the row index maps predictions back to
+    files, and the model normalises the images (``Preprocessing.normalize``)."""
 
     def __init__(self, root: Path, table: pd.DataFrame, classes: list[str], transform, decoded: DecodedImageCache | None = None) -> None:
         self.root = root
@@ -135,7 +136,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         table = self.prepare_split()
         rows = table[table.split == split].reset_index(drop=True)
         pre = self.preprocessing or Preprocessing()
-        transform = train_transform(pre, self.augment) if train_transforms else eval_transform(pre)
+        transform = loader_transform(pre, augment=train_transforms and self.augment)
         decoded = DecodedImageCache(pre.resize_size, pre.interpolation) if self.decode_cache else None
         return ImageTableDataset(check_root(self.root), rows, self.classes, transform, decoded)
 

@@ -138,14 +138,14 @@ def head_features(module, split: str, datamodule) -> FeatureSet:
     views = module.hparams.cached_views if augmented else 1
     rows = datamodule.prepare_split()
     files = [list(map(str, row)) for row in rows.loc[rows.split == split, ["path", "label", "sha256"]].itertuples(index=False)]
-    description = {"preprocessing": module.preprocessing.to_dict(), "augmented": augmented, "views": views, "seed": datamodule.split_seed}
+    description = {"preprocessing": module.preprocessing.to_dict(), "augmented": augmented, "views": views, "seed": datamodule.split_seed, "pipeline": 2}
     path = cache_dir("features") / f"{cache_key(weights_digest(module.backbone), description, files)}.pt"
     world, rank = _world(module)
     found = path.is_file() if world == 1 else module._trainer.strategy.reduce_boolean_decision(path.is_file(), all=True)
     if found:
         stored = torch.load(path, map_location="cpu", weights_only=True)
         return FeatureSet(stored["features"], stored["targets"], stored["rows"])
-    result = encode_split(module, split, datamodule, module.backbone, views, augmented)
+    result = encode_split(module, split, datamodule, module.encode, views, augmented)
     if rank == 0:
         atomic_write(path, lambda tmp: torch.save({"features": result.features, "targets": result.targets, "rows": result.rows}, tmp), durable=False)
     return result

@@ -223,19 +223,23 @@ class TransferLearningModule(pl.LightningModule):
         self.apply_phase(checkpoint.get("tlbench_phase", self.phase))
 
     # -- forward and steps ----------------------------------------------------------------------------------------
-    def _memory_format(self, activations: torch.Tensor) -> torch.Tensor:
-        return activations.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last and activations.ndim == 4 else activations
+    def _network_input(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Normalise ``uint8`` images from the loaders on this device; channels-last layout when enabled."""
+        if inputs.dtype == torch.uint8:
+            inputs = self.preprocessing.normalize(inputs)
+        return inputs.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last and inputs.ndim == 4 else inputs
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features; no autograd graph while the whole backbone is frozen."""
-        images = self._memory_format(images)
+        """Pooled backbone features of ``uint8`` or normalised float images; no autograd graph while the whole
+        backbone is frozen."""
+        images = self._network_input(images)
         if self.backbone_frozen():
             with torch.no_grad():
                 return self.backbone(images)
         return self.backbone(images)
 
     def encode_until(self, images: torch.Tensor, depth: int) -> torch.Tensor:
-        return self.backbone.forward_until(self._memory_format(images), depth)
+        return self.backbone.forward_until(self._network_input(images), depth)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.encode(images))
@@ -246,7 +250,7 @@ class TransferLearningModule(pl.LightningModule):
             return self(inputs)
         if served.depth is None:
             return self.head(inputs)
-        return self.head(self.backbone.forward_from(self._memory_format(inputs), served.depth))
+        return self.head(self.backbone.forward_from(self._network_input(inputs), served.depth))
 
     def _shared_step(self, batch, metrics: MetricCollection, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, targets = batch[0], batch[1]
