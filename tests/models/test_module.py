@@ -64,6 +64,7 @@ def test_phase_specific_optimizers():
     model.apply_phase("finetune")
     finetune_optimizer = model.configure_optimizers()
     assert isinstance(finetune_optimizer, torch.optim.SGD) and finetune_optimizer.param_groups[0]["lr"] == 1e-4
+    assert finetune_optimizer.param_groups[0]["momentum"] == 0.9 and finetune_optimizer.defaults["fused"]  # fused kernel on CPU
 
 
 def test_phase_survives_a_checkpoint_round_trip():

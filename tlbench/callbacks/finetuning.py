@@ -29,6 +29,16 @@ def checkpoint_dir(trainer: pl.Trainer) -> Path:
     return Path(trainer.default_root_dir) / "checkpoints" / str(logger.name) / version
 
 
+def head_phase_snapshot(checkpoint: dict) -> dict:
+    """A copy of a head-phase checkpoint that later steps cannot change. The frozen backbone's tensors stay
+    bit-identical until the phase ends (tested) and are shared rather than copied: for efficientnet_lite0 that
+    copies the 5 MB head instead of 19 MB every epoch the validation loss improves."""
+    state = checkpoint["state_dict"]
+    changing = copy.deepcopy({**checkpoint, "state_dict": {k: v for k, v in state.items() if not k.startswith("backbone.")}})
+    changing["state_dict"] = {k: state[k] if k.startswith("backbone.") else changing["state_dict"][k] for k in state}
+    return changing
+
+
 class PhaseSchedule(pl.Callback):
     """Switch from the head phase to the fine-tune phase after ``head_epochs`` epochs.
 
@@ -109,7 +119,7 @@ class PhaseCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         if self._defers_writes(trainer):
-            self._pending = (filepath, copy.deepcopy(trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)))
+            self._pending = (filepath, head_phase_snapshot(trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)))
         else:
             self._write(trainer, filepath, trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only))
         self._last_global_step_saved = trainer.global_step

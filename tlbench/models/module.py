@@ -28,13 +28,17 @@ OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop"]
 
 
 def build_optimizer(name: OptimizerName, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    """The fused kernels (CPU and CUDA) where PyTorch has them: the same update up to float rounding, and on this CPU
+    an AdamW step over EfficientNet-Lite0's head takes 0.6 ms instead of 2-6 ms, most of a head-phase step.
+    Devices without fused kernels get the plain implementation."""
+    params = list(params)
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimizer, settings = {"sgd": (torch.optim.SGD, {"momentum": momentum}), "adam": (torch.optim.Adam, {}), "adamw": (torch.optim.AdamW, {})}[name]
+    try:
+        return optimizer(params, lr=lr, weight_decay=weight_decay, fused=True, **settings)
+    except RuntimeError:  # "fused=True requires all the params to be floating point Tensors of supported devices"
+        return optimizer(params, lr=lr, weight_decay=weight_decay, **settings)
 
 
 def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
