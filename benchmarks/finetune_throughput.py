@@ -1,11 +1,13 @@
 """Fine-tune throughput: tlbench's fine-tune phase vs a bare PyTorch loop on pre-made tensors.
 
 The bare loop is the model's own speed: the same backbone with the same top blocks trainable, the same head,
-batch size, optimizer and threads, forward + backward + step on random tensors already in memory. It is
-measured before and after the tlbench runs and the faster of the two is the reference. tlbench's figures come
-from ``history.csv`` of a real ``fit`` on photos (decode cache warm, second epoch): training images per second
-over the epoch's training part, and over the whole epoch including full validation (``val_seconds``); the
-same fit with ``--model.cache_features false`` (validation through the whole network) runs beside it.
+batch size, optimizer and threads, forward + backward + step on random tensors already in memory, as many full
+batches as one epoch holds. It runs three times, before, between and after the tlbench runs, and the median is
+the reference (this machine's speed drifts by about 10% between minutes). tlbench's figures come from
+``history.csv`` of a real ``fit`` on photos (decode cache warm, the median of the epochs after the first):
+training images per second over the epoch's training part, and over the whole epoch including full validation
+(``val_seconds``); the same fit with ``--model.cache_features false`` (validation through the whole network)
+runs beside it.
 Lightning's simple profiler shows where the rest of the epoch goes.
 
     python benchmarks/finetune_throughput.py [--data ../shared/data/butterflies10] [--batch_size 32]
@@ -57,30 +59,33 @@ def main() -> None:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--unfreeze_blocks", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=15)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
     classes = sum(1 for p in args.data.iterdir() if p.is_dir())
+    steps = max(1, int(0.7 * sum(1 for p in args.data.rglob("*") if p.is_file())) // args.batch_size)
 
     def bare(channels_last: bool = True) -> float:
-        return bare_loop_images_per_second(args.backbone, classes, args.batch_size, args.unfreeze_blocks, args.steps, channels_last)
+        return bare_loop_images_per_second(args.backbone, classes, args.batch_size, args.unfreeze_blocks, steps, channels_last)
 
-    bare_before, bare_nchw = bare(), bare(channels_last=False)
+    bare_runs, bare_nchw = [bare()], bare(channels_last=False)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         fit_args = ["--data.root", str(args.data), "--data.dedupe", "true", "--model.backbone", args.backbone, "--model.head_epochs", "0",
                     "--model.finetune_epochs", str(args.epochs), "--model.unfreeze_blocks", str(args.unfreeze_blocks),
                     "--data.batch_size", str(args.batch_size)]
         cached = run_fit(scratch / "fit", "throughput", *fit_args, cache_dir=scratch / "cache")
+        bare_runs.append(bare())
         uncached = run_fit(scratch / "fit", "uncached", *fit_args, "--model.cache_features", "false", cache_dir=scratch / "cache")
         profile = subprocess.run(
             [sys.executable, "-m", "tlbench", "fit", *fit_args, "--model.finetune_epochs", "1", "--trainer.profiler", "simple",
              "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(scratch / "profile")],
             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO), "TLBENCH_CACHE_DIR": str(scratch / "cache")},
         )
-    reference = max(bare_before, bare())
+    bare_runs.append(bare())
+    reference = sorted(bare_runs)[1]
     n_train = cached["split_sizes"]["train"]
-    warm, first, plain = cached["history"].iloc[-1], cached["history"].iloc[0], uncached["history"].iloc[-1]
+    warm, plain = (history.iloc[1:].median(numeric_only=True) for history in (cached["history"], uncached["history"]))
+    first = cached["history"].iloc[0]
     rates = {
         "tlbench training part of a fine-tune epoch": n_train / (warm.seconds - warm.val_seconds),
         f"tlbench whole fine-tune epoch incl. validation ({warm.val_seconds:.1f} s)": n_train / warm.seconds,
@@ -91,7 +96,7 @@ def main() -> None:
         f"Fine-tune throughput ({args.backbone}, top {args.unfreeze_blocks} blocks, batch {args.batch_size}, {torch.get_num_threads()} threads,"
         f" {n_train} train / {cached['split_sizes']['val']} val images)",
         [
-            ("bare PyTorch loop, pre-made tensors, channels_last", f"{reference:.1f} img/s", "1.00x"),
+            (f"bare PyTorch loop, pre-made tensors, channels_last (median of {', '.join(f'{r:.1f}' for r in bare_runs)})", f"{reference:.1f} img/s", "1.00x"),
             ("bare PyTorch loop, pre-made tensors, NCHW", f"{bare_nchw:.1f} img/s", f"{bare_nchw / reference:.2f}x"),
             *((name, f"{rate:.1f} img/s", f"{rate / reference:.2f}x") for name, rate in rates.items()),
         ],

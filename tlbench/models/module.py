@@ -228,10 +228,11 @@ class TransferLearningModule(pl.LightningModule):
 
     # -- forward and steps ----------------------------------------------------------------------------------------
     def _network_input(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Normalise ``uint8`` images from the loaders on this device; channels-last layout when enabled."""
-        if inputs.dtype == torch.uint8:
-            inputs = self.preprocessing.normalize(inputs)
-        return inputs.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last and inputs.ndim == 4 else inputs
+        """Normalise ``uint8`` images from the loaders on this device; channels-last layout when enabled (set on
+        the uint8 batch, before normalising, so the one layout copy moves a quarter of the bytes)."""
+        if self.hparams.channels_last and inputs.ndim == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return self.preprocessing.normalize(inputs) if inputs.dtype == torch.uint8 else inputs
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features of ``uint8`` or normalised float images; no autograd graph while the whole
