@@ -138,6 +138,7 @@ def head_features(module, split: str, datamodule) -> FeatureSet:
     views = module.hparams.cached_views if augmented else 1
     rows = datamodule.prepare_split()
     files = [list(map(str, row)) for row in rows.loc[rows.split == split, ["path", "label", "sha256"]].itertuples(index=False)]
+    # "pipeline" 2: uint8 loaders, normalised and laid out channels-last by the module; older entries are not reused.
     description = {"preprocessing": module.preprocessing.to_dict(), "augmented": augmented, "views": views, "seed": datamodule.split_seed, "pipeline": 2}
     path = cache_dir("features") / f"{cache_key(weights_digest(module.backbone), description, files)}.pt"
     world, rank = _world(module)

@@ -100,8 +100,9 @@ class TransferLearningModule(pl.LightningModule):
             weight_decay: weight decay of both phases.
             lr_schedule: per-phase learning-rate schedule, cosine decay over the phase's epochs or constant.
             label_smoothing: cross-entropy label smoothing.
-            cache_features: train the head phase on backbone features computed once (see models/feature_cache.py)
-                instead of running the frozen backbone every epoch.
+            cache_features: train the head phase on backbone features computed once, and validate fine-tuning on
+                the frozen layers' activations computed once (see models/feature_cache.py), instead of running the
+                frozen layers every epoch.
             cached_views: feature views cached per training image: 1 = centre crop (linear-probe style, cheapest);
                 K > 1 = K augmented views, epoch e training on view e % K (K backbone passes).
             channels_last: run the backbone in channels-last memory layout (faster convolutions with oneDNN on
