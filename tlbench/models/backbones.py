@@ -105,9 +105,9 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         model.reset_classifier(0)
         self.model = model
-        size = model.pretrained_cfg.get("input_size", (3, 224, 224))
+        self.native_input = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
         with evaluating(self), torch.no_grad():
-            self.num_features = int(self(torch.zeros(1, *size)).shape[1])
+            self.num_features = int(self(torch.zeros(1, *self.native_input)).shape[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.model.forward_features(x))
@@ -131,11 +131,10 @@ class FeatureExtractor(nn.Module):
 
     def _verified_chain(self) -> list[nn.Module] | None:
         chain = _open_sequentials([child for name, child in self.model.named_children() if name not in HEAD_MODULES])
-        size = self.model.pretrained_cfg.get("input_size", (3, 224, 224))
         device = next(self.parameters()).device
         try:
             with evaluating(self), torch.no_grad():
-                probe = torch.randn(2, *size, generator=torch.Generator().manual_seed(0)).to(device)
+                probe = torch.randn(2, *self.native_input, generator=torch.Generator().manual_seed(0)).to(device)
                 expected = self.model.forward_features(probe)
                 for layer in chain:
                     probe = layer(probe)
