@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,17 @@ REPO = Path(__file__).resolve().parents[1]
 # The study data beside the checkout; TLBENCH_SHARED_DATA points elsewhere (a git worktree, a CI cache).
 SHARED_DATA = Path(os.environ.get("TLBENCH_SHARED_DATA", REPO.parent / "shared" / "data"))
 COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 200, 40)]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One fresh cache folder (features, decoded images, audits) for the whole test run, shared by the fits it
+    starts but never with the user's ``~/.cache/tlbench`` or an earlier run: results cannot depend on what ran
+    before. A test about the cache itself points ``TLBENCH_CACHE_DIR`` elsewhere."""
+    os.environ["TLBENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="tlbench-test-cache-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(os.environ.pop("TLBENCH_CACHE_DIR", ""), ignore_errors=True)
 
 
 def make_image(path: Path, colour: tuple[int, int, int], seed: int, size: int = 40) -> Path:
@@ -54,7 +67,12 @@ TINY_FIT_ARGS = [
 ]
 
 
+def tlbench_env(env: dict | None = None) -> dict:
+    """The environment of a ``python -m tlbench`` child: this checkout first on the path, two threads."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), **(env or {})}
+
+
 def run_tlbench(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m tlbench ARGS`` in a fresh process, as a user types it."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "tlbench", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    return subprocess.run([sys.executable, "-m", "tlbench", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=tlbench_env(env))

@@ -2,6 +2,8 @@
 
 import os
 import signal
+import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 
@@ -17,15 +19,23 @@ class KillAtEpochStart(pl.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-class InterruptAtStep(pl.Callback):
-    """Deliver a real SIGINT (Ctrl-C) to this process after training step ``step``."""
+class PauseAtStep(pl.Callback):
+    """After training step ``step``, create ``marker`` and wait there for a signal (at most ``seconds``).
 
-    def __init__(self, step: int) -> None:
+    A fault test sends the signal once the marker exists: the interrupt then always lands in this wait, at a
+    known step, instead of racing the training loop (a signal handled inside a finaliser is silently dropped).
+    """
+
+    def __init__(self, step: int, marker: str, seconds: float = 300) -> None:
         self.step = step
+        self.marker = marker
+        self.seconds = seconds
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
+            Path(self.marker).touch()
+            time.sleep(self.seconds)
+            raise RuntimeError(f"no signal came within {self.seconds} s of step {self.step}")
 
 
 class PoisonHeadAtEpoch(pl.Callback):
@@ -66,3 +76,29 @@ class AssertRanksInSync(pl.Callback):
         gathered = trainer.strategy.all_gather(sums)
         if not torch.allclose(gathered, gathered[0].expand_as(gathered), rtol=0, atol=1e-6):
             raise RuntimeError("DDP processes hold different weights after training")
+
+
+class NoDirLogger(pl.loggers.Logger):
+    """A logger with ``log_dir`` None, like MLflow's, Weights & Biases' or Comet's: it records what it is sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logged: list[dict] = []
+
+    @property
+    def name(self) -> str:
+        return "nodir"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    @property
+    def log_dir(self) -> None:
+        return None
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        self.logged.append(dict(metrics))

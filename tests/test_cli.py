@@ -106,7 +106,8 @@ def test_bare_config_names_resolve_in_configs(tmp_path):
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*_*.yaml")))
 def test_every_shipped_config_parses_with_its_dataset_and_backbone(config, monkeypatch):
-    from tlbench.cli import TLBenchCLI, resolve_config_args
+    from tlbench.cli import TLBenchCLI
+    from tlbench.configs import resolve_config_args
 
     class ParseOnly(TLBenchCLI):
         def instantiate_classes(self) -> None:

@@ -3,71 +3,26 @@
 Every knob is a LightningCLI option (``--model.backbone resnet50``, ``--data.batch_size 16``). On top of
 plain LightningCLI this adds: bare config names resolved in ``configs/``, a TensorBoard logger at
 ``lightning_logs/<experiment>/version_N`` (checkpoints mirror it under ``checkpoints/``), ``--ckpt_path last``
-meaning "the latest run of this experiment", and, after ``fit``, a test of each phase's best checkpoint (with
-its evaluation report), learning curves, a paired head-vs-finetune comparison and a printed summary.
+meaning "the latest run of this experiment" (refused when the data changed since). What happens after ``fit``
+(each phase's best checkpoint tested, reports, summary) is the module's ``TestBestPhases`` callback, so the
+Python API and plain Lightning get it too.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
 import pandas as pd
 from pytorch_lightning.cli import LightningCLI
-from pytorch_lightning.loggers import TensorBoardLogger
 
-from tlbench.callbacks.recorder import run_dir
+from tlbench.api import TRAINER_DEFAULTS
+from tlbench.configs import resolve_config_args
 from tlbench.data.datamodule import ImageFolderDataModule
 from tlbench.data.split import read_split
 from tlbench.errors import TLBenchError
-from tlbench.evaluation.runs import finish_run
-from tlbench.evaluation.summary import format_summary
 from tlbench.models.module import TransferLearningModule
-
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TRAINER_DEFAULTS = {"log_every_n_steps": 1, "num_sanity_val_steps": 0}
-
-
-def resolve_config_path(value: str) -> str:
-    """``dogs_vgg19.yaml`` or ``dogs_vgg19`` -> ``configs/dogs_vgg19.yaml`` when it is not a path that exists."""
-    if Path(value).exists():
-        return value
-    for folder in (Path.cwd() / "configs", REPO_CONFIGS):
-        for candidate in (folder / value, folder / f"{value}.yaml"):
-            if candidate.is_file():
-                return str(candidate)
-    available = sorted(p.stem for p in REPO_CONFIGS.glob("*.yaml")) if REPO_CONFIGS.is_dir() else []
-    raise TLBenchError(f"config '{value}' not found (looked in ./ and configs/); available: {', '.join(available) or 'none'}")
-
-
-def resolve_config_args(argv: list[str]) -> list[str]:
-    resolved, take_next = [], False
-    for arg in argv:
-        if take_next:
-            resolved.append(resolve_config_path(arg))
-            take_next = False
-        elif arg == "--config":
-            resolved.append(arg)
-            take_next = True
-        elif arg.startswith("--config="):
-            resolved.append("--config=" + resolve_config_path(arg.split("=", 1)[1]))
-        else:
-            resolved.append(arg)
-    return resolved
-
-
-def latest_checkpoint(root: Path, experiment: str) -> tuple[int, Path]:
-    """The highest ``version_N`` of ``experiment`` that has a ``last.ckpt``."""
-    runs = []
-    for path in (root / "checkpoints" / experiment).glob("version_*/last.ckpt"):
-        match = re.fullmatch(r"version_(\d+)", path.parent.name)
-        if match:
-            runs.append((int(match.group(1)), path))
-    if not runs:
-        raise TLBenchError(f"--ckpt_path last: no checkpoints/{experiment}/version_*/last.ckpt under {root}; start without --ckpt_path")
-    return max(runs)
-
+from tlbench.rundir import experiment_name, install_run_logger, latest_checkpoint, run_dir
 
 def describe_data_change(previous: pd.DataFrame, current: pd.DataFrame) -> str:
     """'' when both manifests list the same files, labels, splits and contents, else what changed."""
@@ -107,7 +62,7 @@ class TLBenchCLI(LightningCLI):
 
     def experiment_name(self) -> str:
         config = self._active_config()
-        return config.get("experiment") or f"{Path(config.data.root).name}_{config.model.backbone}"
+        return config.get("experiment") or experiment_name(Path(config.data.root).resolve().name, config.model.backbone)
 
     def before_instantiate_classes(self) -> None:
         config = self._active_config()
@@ -116,7 +71,15 @@ class TLBenchCLI(LightningCLI):
             self.resume_version, path = latest_checkpoint(root, self.experiment_name())
             config.ckpt_path = str(path)
 
+    def _install_run_logger(self) -> None:
+        """Every subcommand logs to ``lightning_logs/<experiment>/version_N`` (the resumed version with
+        ``--ckpt_path last``), beside any loggers given with ``--trainer.logger``."""
+        install_run_logger(self.trainer, self.experiment_name(), self.resume_version)
+
+    before_validate = before_test = before_predict = _install_run_logger
+
     def before_fit(self) -> None:
+        self._install_run_logger()
         if self.resume_version is None:
             return
         previous = read_split(run_dir(self.trainer) / "split.csv")
@@ -124,22 +87,6 @@ class TLBenchCLI(LightningCLI):
         change = describe_data_change(previous, current)
         if change and not self._active_config().get("force"):
             raise TLBenchError(f"the data under {self.datamodule.root} changed since the checkpoint ({change}); resuming would mix datasets: pass --force to resume anyway, or start a new run without --ckpt_path")
-
-    def _instantiate_trainer(self, config: dict, callbacks: list):
-        if config.get("logger") in (None, True):
-            root = Path(config.get("default_root_dir") or ".")
-            config["logger"] = TensorBoardLogger(save_dir=str(root / "lightning_logs"), name=self.experiment_name(), version=self.resume_version)
-        return super()._instantiate_trainer(config, callbacks)
-
-    def after_fit(self) -> None:
-        trainer = self.trainer
-        if trainer.interrupted or trainer.state.status.value != "finished":
-            return
-        for callback in trainer.checkpoint_callbacks:
-            if getattr(callback, "phase", None) and callback.best_model_path:
-                trainer.test(self.model, datamodule=self.datamodule, ckpt_path=callback.best_model_path, verbose=False)
-        if trainer.is_global_zero:
-            print(format_summary(finish_run(run_dir(trainer))))
 
 
 def run_lightning_cli(argv: list[str]) -> TLBenchCLI:

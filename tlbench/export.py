@@ -30,10 +30,11 @@ from torch import nn
 
 from tlbench.data.images import ImageLoadError, load_rgb
 from tlbench.errors import TLBenchError
-from tlbench.io import read_json, write_json
+from tlbench.io import write_json
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import ARCHITECTURE_SETTINGS, BUNDLE_FORMAT, BUNDLE_MANIFEST, BUNDLE_WEIGHTS, TrainedModel, load_bundle, load_trained
 from tlbench.models.module import TransferLearningModule
+from tlbench.rundir import read_metrics
 
 FORMATS = ("safetensors", "onnx", "torchscript")
 ONNX_FILE = "model.onnx"
@@ -79,7 +80,7 @@ def parity_batch(run_dir: Path, predictor: Predictor, count: int = PARITY_IMAGES
     Falls back to seeded noise, said so in the description, when the run's data folder is gone (exporting on
     another machine): the check still compares the exported graphs, only on less realistic inputs.
     """
-    metrics = read_json(run_dir / "metrics.json")
+    metrics = read_metrics(run_dir)
     split = pd.read_csv(run_dir / "split.csv") if (run_dir / "split.csv").is_file() else pd.DataFrame(columns=["path", "split"])
     rows = split[split["split"] == metrics.get("test_on", "test")]
     images = []
@@ -97,7 +98,7 @@ def parity_batch(run_dir: Path, predictor: Predictor, count: int = PARITY_IMAGES
 
 
 def manifest(trained: TrainedModel, run_dir: Path) -> dict:
-    metrics = read_json(run_dir / "metrics.json")
+    metrics = read_metrics(run_dir)
     phase_metrics = metrics.get("phases", {}).get(trained.phase, {})
     return {
         "format_version": BUNDLE_FORMAT,
@@ -140,8 +141,7 @@ def export_bundle(run: str | Path, phase: str | None = None, formats: str = "saf
     from safetensors.torch import save_model
 
     run_dir = Path(run).expanduser()
-    if not (run_dir / "metrics.json").is_file():
-        raise TLBenchError(f"{run_dir} is not a tlbench run directory (no metrics.json); export needs a run directory for its metrics and test images")
+    read_metrics(run_dir)  # one line when it is no run directory: export needs its metrics and test images
     wanted = parse_formats(formats)
     if "onnx" in wanted:
         require_onnx()

@@ -11,7 +11,6 @@ paid for, and fit's resume restores the phase, the recorded times and the histor
 
 from __future__ import annotations
 
-import re
 import shlex
 import subprocess
 import sys
@@ -23,19 +22,18 @@ from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
+from tlbench.configs import recipe_args
 from tlbench.errors import TLBenchError
-from tlbench.io import read_json, write_csv, write_json
+from tlbench.io import write_csv, write_json
+from tlbench.rundir import finished_metrics, has_checkpoint
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STATUS_FILE = "grid_status.csv"
 PLAN_FILE = "grid.json"
 LOG_DIR = "grid_logs"
 # Options the grid sets per cell; an override of one would break the cell's run directory or its split.
 RESERVED_OPTIONS = ("--config", "--model", "--data.root", "--data.split_seed", "--seed_everything", "--experiment",
                     "--trainer.default_root_dir", "--ckpt_path")
-GRID_KEYS = ("data_dir", "datasets", "backbones", "seeds", "overrides")
 
 
 @dataclass
@@ -75,26 +73,6 @@ class Cell:
         return f"{self.dataset} x {self.backbone} x seed {self.seed}"
 
 
-def dataset_stem(name: str) -> str:
-    """``birds10`` -> ``birds``: subsets named by their class count share the full dataset's recipe."""
-    return re.sub(r"\d+$", "", name) or name
-
-
-def load_grid_file(path: str | Path) -> dict:
-    """The keys of a grid YAML (see ``configs/grids/``); unknown keys are an error, not silently ignored."""
-    path = Path(path)
-    if not path.is_file():
-        candidate = CONFIGS / "grids" / (path.name if path.suffix else f"{path.name}.yaml")
-        if not candidate.is_file():
-            raise TLBenchError(f"grid file '{path}' not found (also looked in {CONFIGS / 'grids'})")
-        path = candidate
-    content = yaml.safe_load(path.read_text()) or {}
-    unknown = sorted(set(content) - set(GRID_KEYS)) if isinstance(content, dict) else ["<not a mapping>"]
-    if unknown:
-        raise TLBenchError(f"{path}: unknown grid keys {unknown}; allowed: {', '.join(GRID_KEYS)}")
-    return content
-
-
 def parse_list(value: str | list | int) -> list[str]:
     """``"a,b"`` or ``[a, b]`` -> ``["a", "b"]`` (command-line values are comma-separated strings)."""
     items = value if isinstance(value, list) else str(value).split(",")
@@ -128,16 +106,6 @@ def resolve_dataset(name: str, data_dir: str) -> Path:
     return path
 
 
-def recipe_args(dataset: str, backbone: str) -> list[str]:
-    """``--config configs/<dataset>_<backbone>.yaml`` when the study ships that recipe (``birds10`` uses birds'),
-    else ``--model configs/models/<backbone>.yaml``, else nothing (fit's defaults for any timm backbone)."""
-    study = CONFIGS / f"{dataset_stem(dataset)}_{backbone}.yaml"
-    model = CONFIGS / "models" / f"{backbone}.yaml"
-    if study.is_file():
-        return ["--config", str(study)]
-    return ["--model", str(model)] if model.is_file() else []
-
-
 def plan_cells(spec: GridSpec) -> list[Cell]:
     """Cells ordered seed, then dataset, then backbone: an interrupted grid leaves whole seeds complete."""
     roots = {}
@@ -154,31 +122,12 @@ def plan_cells(spec: GridSpec) -> list[Cell]:
     return cells
 
 
-def finished_metrics(output: Path, experiment: str) -> Path | None:
-    """The newest ``metrics.json`` of ``experiment`` with a test result for every phase, if any."""
-    candidates = []
-    for path in (output / "lightning_logs" / experiment).glob("version_*/metrics.json"):
-        match = re.fullmatch(r"version_(\d+)", path.parent.name)
-        if match and is_finished(path):
-            candidates.append((int(match.group(1)), path))
-    return max(candidates)[1] if candidates else None
-
-
-def is_finished(metrics_path: Path) -> bool:
-    """Training ended and every phase was tested (``fit`` adds ``test_acc`` per phase last of all)."""
-    try:
-        phases = read_json(metrics_path).get("phases") or {}
-    except (OSError, ValueError):
-        return False
-    return bool(phases) and all("test_acc" in phase for phase in phases.values())
-
-
 def cell_command(cell: Cell, spec: GridSpec, output: Path) -> list[str]:
     """The ``fit`` command line of ``cell``; resumes with ``--ckpt_path last`` when a ``last.ckpt`` exists."""
     command = [sys.executable, "-m", "tlbench", "fit", *cell.recipe, "--data.root", cell.data_root, "--model.backbone", cell.backbone,
                 "--data.split_seed", str(cell.seed), "--seed_everything", str(cell.seed),
                 "--trainer.default_root_dir", str(output), "--experiment", cell.experiment, *spec.overrides]
-    if any((output / "checkpoints" / cell.experiment).glob("version_*/last.ckpt")):
+    if has_checkpoint(output, cell.experiment):
         command += ["--ckpt_path", "last"]
     return command
 

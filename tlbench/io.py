@@ -1,7 +1,11 @@
-"""Crash-safe writes: a reader never sees a half-written metrics file, prediction table or manifest.
+"""Crash-safe writes, the one home of every file tlbench writes: JSON, CSV, PNG, checkpoints and caches.
 
-Each write goes to a temporary file in the destination folder, is flushed and fsynced, then renamed over the
-destination (atomic on POSIX). A failure (disk full, kill) leaves the previous file intact.
+Each write goes to a temporary file in the destination folder, is flushed and (for results) fsynced, then
+renamed over the destination (atomic on POSIX): a reader sees the old file or the new one, never a half-written
+metrics file, prediction table or plot, and a failure (disk full, kill) leaves the previous file intact.
+
+Files get the mode ``open()`` would give them (0666 less the umask): ``mkstemp`` creates owner-only files,
+which would make results unreadable to the group that shares a run directory or serves a report.
 """
 
 from __future__ import annotations
@@ -9,7 +13,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +29,12 @@ def cache_dir(kind: str) -> Path:
     return Path(base) / kind
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def fsync_replace(source: str | Path, destination: str | Path) -> None:
     """Flush ``source`` to disk, then rename it over ``destination`` (atomic on POSIX)."""
     with open(source, "rb+") as stream:
@@ -31,18 +42,23 @@ def fsync_replace(source: str | Path, destination: str | Path) -> None:
     os.replace(source, destination)
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None], durable: bool = True) -> Path:
-    """Call ``write(temporary_path)``, fsync it and move it to ``path``; the old file survives any failure.
+@contextmanager
+def atomic_path(path: str | Path, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write; on success it replaces ``path``, on error it is removed.
 
     ``durable=False`` skips the fsync, for caches: a reader never sees a partial file, and an entry lost to a
-    power cut is only recomputed.
+    power cut is only recomputed. A failing write (disk full, permission) becomes one ``TLBenchError`` line.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
     try:
-        write(Path(temporary))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise TLBenchError(f"could not write {path}: {error.strerror or error}; choose another output folder") from None
+    os.close(handle)
+    os.chmod(temporary, 0o666 & ~_umask())
+    try:
+        yield Path(temporary)
         if durable:
             fsync_replace(temporary, path)
         else:
@@ -53,16 +69,27 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], durable: bool 
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None], durable: bool = True) -> Path:
+    """Call ``write(temporary_path)`` and move the result to ``path`` (see ``atomic_path``)."""
+    with atomic_path(path, durable) as temporary:
+        write(temporary)
+    return Path(path)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_json(path: str | Path, data: dict) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))
+    return write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def write_csv(path: str | Path, table: pd.DataFrame) -> Path:
-    return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+def write_csv(path: str | Path, table: pd.DataFrame, **to_csv) -> Path:
+    """``table`` as CSV; ``to_csv`` options default to no index column."""
+    return atomic_write(path, lambda tmp: table.to_csv(tmp, **{"index": False, **to_csv}))

@@ -29,9 +29,9 @@ import pandas as pd
 from tlbench.errors import TLBenchError
 from tlbench.evaluation import plots, stats
 from tlbench.evaluation.artifacts import CONFIDENCE, SIGNIFICANCE, compare_phases
-from tlbench.evaluation.files import atomic_path
-from tlbench.grid import dataset_stem, is_finished
-from tlbench.io import read_json, write_csv
+from tlbench.configs import dataset_stem
+from tlbench.io import read_json, write_csv, write_text
+from tlbench.rundir import is_finished
 
 STUDY_2017 = Path(__file__).resolve().parent / "data" / "study2017.csv"
 PHASES = ("head", "finetune")
@@ -97,34 +97,13 @@ def run_table(runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def t_quantile(probability: float, df: int) -> float:
-    """Student-t quantile for ``probability`` in (0.5, 1), by bisection on the numerically integrated density.
-
-    numpy has no t distribution and scipy is not a dependency; 20,001-point trapezoid integration is accurate
-    to about 1e-6 here, far below the rounding of the report.
-    """
-    scale = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
-
-    def mass_from_zero(x: float) -> float:
-        grid = np.linspace(0.0, x, 20_001)
-        return float(np.trapezoid(scale * (1 + grid**2 / df) ** (-(df + 1) / 2), grid))
-
-    target, lo, hi = probability - 0.5, 0.0, 1.0
-    while mass_from_zero(hi) < target:
-        hi *= 2
-    for _ in range(60):
-        middle = (lo + hi) / 2
-        lo, hi = (middle, hi) if mass_from_zero(middle) < target else (lo, middle)
-    return (lo + hi) / 2
-
-
 def accuracy_interval(group: pd.DataFrame) -> tuple[float, float, str]:
     """95% interval of the mean accuracy: t over seeds with two or more seeds, else the run's Wilson interval."""
     values = group.test_acc.to_numpy(dtype=float)
     if len(values) == 1:
         return float(group.test_acc_ci_lo.iloc[0]), float(group.test_acc_ci_hi.iloc[0]), "wilson (1 run)"
-    half = t_quantile(1 - (1 - CONFIDENCE) / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-    return max(0.0, values.mean() - half), min(1.0, values.mean() + half), f"t over {len(values)} seeds"
+    lo, hi = stats.mean_t_interval(values, CONFIDENCE)
+    return max(0.0, lo), min(1.0, hi), f"t over {len(values)} seeds"
 
 
 def finetune_effect(runs: list[Run]) -> dict:
@@ -268,6 +247,4 @@ def write_report(runs_dir: str | Path, output: str | Path) -> Path:
     sections.append("## Figures\n\n![accuracy](accuracy.png)\n\n![time vs accuracy](time_vs_accuracy.png)\n\n"
                     "Per-run numbers: `runs.csv`; the tables above: `report.csv`.")
     path = output / "report.md"
-    with atomic_path(path) as temporary:
-        temporary.write_text("\n\n".join(sections) + "\n")
-    return path
+    return write_text(path, "\n\n".join(sections) + "\n")

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO, TINY_FIT_ARGS, make_dataset, run_tlbench
-from tlbench.grid import is_finished
+from tlbench.rundir import is_finished
 
 
 @pytest.fixture(scope="session")

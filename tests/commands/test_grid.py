@@ -12,7 +12,9 @@ import pandas as pd
 from tests.commands.conftest import CELL_OVERRIDES, DATASETS, EXPERIMENTS, SEEDS, cell_metrics, finished_cells
 from tests.conftest import make_dataset, run_tlbench
 from tlbench.__main__ import main
-from tlbench.grid import CONFIGS, build_spec, is_finished, load_grid_file, recipe_args
+from tlbench.configs import CONFIGS, load_grid_file, recipe_args
+from tlbench.grid import build_spec
+from tlbench.rundir import is_finished
 
 
 def test_grid_runs_every_cell_into_its_own_run_directory(grid_study):

@@ -11,7 +11,8 @@ import pytest
 
 from tests.commands.conftest import DATASETS, SEEDS, cell_metrics
 from tests.conftest import run_tlbench
-from tlbench.report import accuracy_interval, t_quantile
+from tlbench.evaluation.stats import t_quantile
+from tlbench.report import accuracy_interval
 
 T_975 = {1: 12.7062, 2: 4.3027, 4: 2.7764, 9: 2.2622, 30: 2.0423}  # published two-sided 95% t table
 

@@ -1,11 +1,15 @@
 """fit on bad data and under faults: stop before training with the fix, or keep every finished result."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pandas as pd
 import torch
 
-from tests.conftest import TINY_FIT_ARGS, make_image, run_tlbench
+from tests.conftest import TINY_FIT_ARGS, make_image, run_tlbench, tlbench_env
 
 RUN = ("lightning_logs", "tiny_cnn1", "version_0")
 
@@ -83,8 +87,18 @@ def test_disk_full_gives_clear_error_and_keeps_earlier_checkpoint(tiny_dataset, 
 
 
 def test_ctrl_c_writes_last_checkpoint_and_exits_non_zero(tiny_dataset, tmp_path):
-    result = fit(tiny_dataset, tmp_path, "--model.head_epochs", "3", "--trainer.callbacks+=tests.helpers.InterruptAtStep", "--trainer.callbacks.step=5")
-    assert result.returncode == 1
+    marker = tmp_path / "paused"
+    command = [sys.executable, "-m", "tlbench", "fit", "--data.root", str(tiny_dataset), *TINY_FIT_ARGS, "--model.head_epochs", "3",
+               "--trainer.callbacks+=tests.helpers.PauseAtStep", "--trainer.callbacks.step=5", f"--trainer.callbacks.marker={marker}"]
+    log = tmp_path / "fit.log"
+    with log.open("w") as stream:  # a file, not a pipe: a full pipe would block the child
+        process = subprocess.Popen(command, cwd=tmp_path, env=tlbench_env(), stdout=stream, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.exists(), f"training never reached step 5: {log.read_text()[-2000:]}"
+    process.send_signal(signal.SIGINT)  # Ctrl-C, while the run waits at step 5
+    assert process.wait(timeout=120) == 1, log.read_text()[-2000:]
     last = torch.load(tmp_path.joinpath("checkpoints", *RUN[1:], "last.ckpt"), map_location="cpu", weights_only=True)
     assert last["global_step"] == 5, "the interrupt must save the progress of the unfinished epoch"
     resumed = fit(tiny_dataset, tmp_path, "--model.head_epochs", "3", "--ckpt_path", "last")

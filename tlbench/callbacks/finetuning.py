@@ -18,15 +18,7 @@ from pytorch_lightning.strategies import DDPStrategy
 
 from tlbench.errors import TLBenchError
 from tlbench.io import fsync_replace
-
-
-def checkpoint_dir(trainer: pl.Trainer) -> Path:
-    """``<root>/checkpoints/<experiment>/version_N``, mirroring the logger's ``lightning_logs/<experiment>/version_N``."""
-    logger = trainer.logger
-    if logger is None:
-        return Path(trainer.default_root_dir) / "checkpoints"
-    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
-    return Path(trainer.default_root_dir) / "checkpoints" / str(logger.name) / version
+from tlbench.rundir import checkpoint_dir
 
 
 def head_phase_snapshot(checkpoint: dict) -> dict:
@@ -39,6 +31,9 @@ def head_phase_snapshot(checkpoint: dict) -> dict:
     return changing
 
 
+LIGHTNING_DEFAULT_MAX_EPOCHS = 1000  # what Lightning sets when max_epochs is left unset
+
+
 class PhaseSchedule(pl.Callback):
     """Switch from the head phase to the fine-tune phase after ``head_epochs`` epochs.
 
@@ -48,6 +43,17 @@ class PhaseSchedule(pl.Callback):
     so rebuilding stops at the end of the first fine-tune epoch: stopping earlier would validate the fine-tuned
     backbone on the head phase's stale cached features.
     """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """The schedule owns the epoch budget: ``max_epochs`` is ``head_epochs + finetune_epochs``. Lightning's
+        default (unset, 1000) is replaced; any other value that disagrees is refused rather than trained."""
+        total = pl_module.total_epochs
+        if stage != "fit" or trainer.max_epochs == total:
+            return
+        if trainer.max_epochs not in (-1, LIGHTNING_DEFAULT_MAX_EPOCHS):
+            raise TLBenchError(f"Trainer(max_epochs={trainer.max_epochs}) disagrees with head_epochs + finetune_epochs = {total}; "
+                               "set the epochs on the module (head_epochs, finetune_epochs) and leave max_epochs unset")
+        trainer.fit_loop.max_epochs = total
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if pl_module.uses_feature_cache(trainer.current_epoch):

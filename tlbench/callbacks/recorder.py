@@ -21,17 +21,11 @@ import torch
 from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from tlbench.callbacks.finetuning import checkpoint_dir
 from tlbench.evaluation.runs import evaluate_phase
-from tlbench.io import read_json, write_csv, write_json
+from tlbench.io import write_csv
+from tlbench.rundir import checkpoint_dir, run_dir, update_metrics, write_metrics
 
 HISTORY_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
-
-
-def run_dir(trainer: pl.Trainer) -> Path:
-    """The logger's version folder. Unlike ``trainer.log_dir`` (a broadcast under DDP), this is safe to call from
-    rank zero alone, which is the only rank that writes there."""
-    return Path(trainer.logger.log_dir) if trainer.logger is not None else Path(trainer.default_root_dir)
 
 
 def predictions_table(probs: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, split_rows: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
@@ -131,7 +125,7 @@ class RunRecorder(pl.Callback):
             "skipped": [{"path": path, "reason": reason} for path, reason in datamodule.skipped],
             "phases": phases,
         }
-        write_json(run_dir(trainer) / "metrics.json", metrics)
+        write_metrics(run_dir(trainer), metrics)
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         outputs = pl_module.gathered_test_outputs()
@@ -142,15 +136,11 @@ class RunRecorder(pl.Callback):
         split_rows = table[table.split == datamodule.test_on].reset_index(drop=True)
         phase = pl_module.phase
         out = run_dir(trainer)
-        metrics_path = out / "metrics.json"
-        metrics = read_json(metrics_path) if metrics_path.exists() else {"phases": {}}
-        phase_metrics = metrics["phases"].setdefault(phase, {})
-        phase_metrics.update(self._evaluate(trainer, outputs["probs"], outputs, split_rows, pl_module.classes, phase))
+        phase_metrics = self._evaluate(trainer, outputs["probs"], outputs, split_rows, pl_module.classes, phase)
         phase_metrics["test_acc_ci_method"] = "wilson"
         if "tta_probs" in outputs:
             phase_metrics["tta"] = self._evaluate(trainer, outputs["tta_probs"], outputs, split_rows, pl_module.classes, f"{phase}_tta")
-        metrics.setdefault("test_on", datamodule.test_on)
-        write_json(metrics_path, metrics)
+        update_metrics(out, {"phases": {phase: phase_metrics}, "test_on": datamodule.test_on})
         self._log_confusion(trainer, out / phase_metrics["artifacts"]["confusion_plot"], phase)
 
     @staticmethod

@@ -16,6 +16,7 @@ import yaml
 from timm.data import ImageNetInfo
 
 from tlbench.commands.classify import classify_paths
+from tlbench.configs import resolve_config_path
 from tlbench.data.split import make_split
 from tlbench.data.transforms import Preprocessing
 from tlbench.errors import TLBenchError
@@ -37,8 +38,6 @@ def config_values(config: str) -> tuple[str | None, str | None]:
     two-line configs whose ``data:``/``model:`` entries name other YAML files, resolved relative to the
     including file as jsonargparse does. Bare names (``birds_efficientnet_lite0``) resolve in ``configs/``.
     """
-    from tlbench.cli import resolve_config_path
-
     path = Path(resolve_config_path(config))
     values = yaml.safe_load(path.read_text()) or {}
 

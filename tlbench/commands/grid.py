@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tlbench.grid import build_spec, load_grid_file, run_grid
+from tlbench.configs import load_grid_file
+from tlbench.grid import build_spec, run_grid
 
 
 def grid(

@@ -23,6 +23,7 @@ from tlbench.data.discover import check_root
 from tlbench.data.images import load_rgb
 from tlbench.data.split import make_split, read_split, split_summary
 from tlbench.data.transforms import Preprocessing, loader_transform
+from tlbench.rundir import run_dir
 from tlbench.models.feature_cache import CachedFeatureDataset
 
 
@@ -112,7 +113,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             return self.table
         root = check_root(self.root)
         table = read_split(self.split_file) if self.split_file else make_split(root, self.split_seed)
-        report_dir = self.trainer.logger.log_dir if self.trainer is not None and self.trainer.logger and self.trainer.is_global_zero else None
+        report_dir = run_dir(self.trainer) if self.trainer is not None and self.trainer.is_global_zero else None
         checked = preflight(root, table, skip_bad=self.skip_bad_images, dedupe=self.dedupe, report_dir=report_dir)
         for problem in checked.problems:
             rank_zero_warn(f"{root}: {problem}")

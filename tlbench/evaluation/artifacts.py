@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tlbench.evaluation import plots, stats
-from tlbench.evaluation.files import atomic_path
+from tlbench.io import write_csv
 
 CONFIDENCE = 0.95
 SIGNIFICANCE = 0.05
@@ -36,11 +36,6 @@ def _rows_of_split(table: pd.DataFrame, split: str) -> pd.DataFrame:
     if rows.empty:
         raise ValueError(f"the predictions table has no rows with split == {split!r}")
     return rows
-
-
-def _write_csv(frame: pd.DataFrame, path: Path, index_label: str) -> None:
-    with atomic_path(path) as temporary:
-        frame.to_csv(temporary, index_label=index_label)
 
 
 def top_k_for(n_classes: int) -> int | None:
@@ -99,9 +94,9 @@ def evaluate_predictions(
         "confusion_plot": f"confusion_{phase}.png",
         "reliability_diagram": f"reliability_{phase}.png",
     }
-    _write_csv(stats.classification_report(y_true, y_pred, classes), out_dir / artifacts["classification_report"], "class")
+    write_csv(out_dir / artifacts["classification_report"], stats.classification_report(y_true, y_pred, classes), index=True, index_label="class")
     cm = stats.confusion_matrix(y_true, y_pred, n_classes)
-    _write_csv(pd.DataFrame(cm, index=classes, columns=classes), out_dir / artifacts["confusion_matrix"], "true\\predicted")
+    write_csv(out_dir / artifacts["confusion_matrix"], pd.DataFrame(cm, index=classes, columns=classes), index=True, index_label="true\\predicted")
     plots.plot_confusion_matrix(cm, classes, out_dir / artifacts["confusion_plot"], f"Confusion matrix ({phase}, {split})")
     plots.plot_reliability_diagram(bin_table, ece, out_dir / artifacts["reliability_diagram"])
     if data_root is not None:

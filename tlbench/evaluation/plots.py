@@ -2,7 +2,7 @@
 
 Figures are built on ``matplotlib.figure.Figure`` and rendered by the Agg canvas, never through ``pyplot``:
 no global figure registry to leak memory across runs, no display backend needed on a headless server.
-Every function writes its PNG atomically (see ``files.atomic_path``) and returns the path it wrote.
+Every function writes its PNG atomically (see ``tlbench.io.atomic_path``) and returns the path it wrote.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tlbench.data.images import ImageLoadError, load_rgb
-from tlbench.evaluation.files import atomic_path
+from tlbench.io import atomic_path
 
 THUMBNAIL_SIZE = (256, 256)
 DPI = 120

@@ -14,7 +14,7 @@ import pandas as pd
 
 from tlbench.evaluation.artifacts import compare_phases, evaluate_predictions
 from tlbench.evaluation.plots import plot_learning_curves
-from tlbench.io import read_json, write_json
+from tlbench.rundir import read_metrics, update_metrics
 
 LEARNING_CURVES = "learning_curves.png"
 
@@ -46,16 +46,15 @@ def finish_run(run_dir: str | Path) -> dict:
     to say whether fine-tuning helped on a test set of a few dozen images. Returns the updated metrics.
     """
     run_dir = Path(run_dir)
-    metrics = read_json(run_dir / "metrics.json")
-    artifacts = metrics.setdefault("artifacts", {})
+    metrics = read_metrics(run_dir)
+    update: dict = {"artifacts": {}}
     history_path = run_dir / "history.csv"
     if history_path.is_file():
         history = pd.read_csv(history_path)
         plot_learning_curves(history, run_dir / LEARNING_CURVES, _boundary_epoch(history))
-        artifacts["learning_curves"] = LEARNING_CURVES
+        update["artifacts"]["learning_curves"] = LEARNING_CURVES
     phases = metrics.get("phases", {})
     if all(phases.get(phase, {}).get("predictions") for phase in ("head", "finetune")):
         head, finetune = (pd.read_csv(run_dir / phases[phase]["predictions"]) for phase in ("head", "finetune"))
-        metrics["comparison"] = compare_phases(head, finetune, split=metrics.get("test_on", "test"))
-    write_json(run_dir / "metrics.json", metrics)
-    return metrics
+        update["comparison"] = compare_phases(head, finetune, split=metrics.get("test_on", "test"))
+    return update_metrics(run_dir, update)

@@ -26,6 +26,7 @@ Degenerate cases, defined once here so every caller reports them the same way:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from statistics import NormalDist
 from typing import NamedTuple
@@ -333,3 +334,33 @@ def paired_bootstrap_difference(
         return PairedDifference(float("nan"), float("nan"), float("nan"))
     lo, hi = bootstrap_interval(_accuracy_difference, correct_a, correct_b, n_resamples, seed, confidence)
     return PairedDifference(float(_accuracy_difference(correct_a, correct_b)), lo, hi)
+
+
+def t_quantile(probability: float, df: int) -> float:
+    """Student-t quantile for ``probability`` in (0.5, 1), by bisection on the numerically integrated density.
+
+    numpy has no t distribution and scipy is not a dependency; 20,001-point trapezoid integration is accurate
+    to about 1e-6 here, far below the rounding of the report.
+    """
+    scale = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def mass_from_zero(x: float) -> float:
+        grid = np.linspace(0.0, x, 20_001)
+        return float(np.trapezoid(scale * (1 + grid**2 / df) ** (-(df + 1) / 2), grid))
+
+    target, lo, hi = probability - 0.5, 0.0, 1.0
+    while mass_from_zero(hi) < target:
+        hi *= 2
+    for _ in range(60):
+        middle = (lo + hi) / 2
+        lo, hi = (middle, hi) if mass_from_zero(middle) < target else (lo, middle)
+    return (lo + hi) / 2
+
+
+def mean_t_interval(values, confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of ``values`` (two or more: e.g. one accuracy per seed)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        raise ValueError("a t interval needs at least two values")
+    half = t_quantile(1 - _alpha(confidence) / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return float(values.mean() - half), float(values.mean() + half)

@@ -16,6 +16,7 @@ import torch
 from tlbench.data.transforms import Preprocessing
 from tlbench.errors import TLBenchError
 from tlbench.io import read_json
+from tlbench.rundir import METRICS, read_metrics
 from tlbench.models.module import TransferLearningModule
 
 BUNDLE_FORMAT = 1
@@ -49,8 +50,7 @@ def read_checkpoint(path: str | Path) -> dict:
 
 def checkpoint_for_run(run_dir: Path, phase: str | None) -> Path:
     """The best checkpoint of ``phase`` (default: the last phase trained) recorded in a run's metrics.json."""
-    metrics = read_json(run_dir / "metrics.json")
-    phases = metrics.get("phases", {})
+    phases = read_metrics(run_dir).get("phases", {})
     if not phases:
         raise TLBenchError(f"{run_dir}/metrics.json lists no trained phase; finish the run or pass a .ckpt file")
     chosen = phase or ("finetune" if "finetune" in phases else next(iter(phases)))
@@ -104,7 +104,7 @@ def load_trained(path: str | Path, phase: str | None = None) -> TrainedModel:
     if path.is_dir() and (path / BUNDLE_MANIFEST).is_file():
         return load_bundle(path, phase)
     if path.is_dir():
-        if not (path / "metrics.json").is_file():
-            raise TLBenchError(f"{path} is not a tlbench run directory (no metrics.json) or bundle (no model.json); pass a run directory, a bundle or a .ckpt file")
+        if not (path / METRICS).is_file():
+            raise TLBenchError(f"{path} is not a tlbench run directory (no {METRICS}) or bundle (no {BUNDLE_MANIFEST}); pass a run directory, a bundle or a .ckpt file")
         path = checkpoint_for_run(path, phase)
     return model_from_checkpoint(read_checkpoint(path), path)

@@ -317,8 +317,9 @@ class TransferLearningModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
     def configure_callbacks(self) -> list[pl.Callback]:
+        from tlbench.callbacks.evaluation import TestBestPhases
         from tlbench.callbacks.finetuning import PhaseCheckpoint, PhaseSchedule
         from tlbench.callbacks.recorder import RunRecorder
 
         phases = [phase for phase, epochs in (("head", self.hparams.head_epochs), ("finetune", self.hparams.finetune_epochs)) if epochs > 0]
-        return [PhaseSchedule(), RunRecorder(), *(PhaseCheckpoint(phase) for phase in phases), PhaseCheckpoint(None)]
+        return [PhaseSchedule(), RunRecorder(), TestBestPhases(), *(PhaseCheckpoint(phase) for phase in phases), PhaseCheckpoint(None)]

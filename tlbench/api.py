@@ -1,0 +1,135 @@
+"""The Python API: train on a folder of images, load what was trained, predict.
+
+    import tlbench
+    run = tlbench.fit("path/to/images", backbone="efficientnet_lite0", head_epochs=3, finetune_epochs=1)
+    print(run.metrics["phases"]["finetune"]["test_acc"], run.dir)
+    model = tlbench.load(run.dir)            # run dir, checkpoint or export bundle
+    print(model.predict(["a.jpg", "b.jpg"]))  # labels + probabilities
+
+``fit`` builds the same module, datamodule and trainer as ``python -m tlbench fit`` and writes the same run
+directory; every keyword is a ``TransferLearningModule`` or ``ImageFolderDataModule`` argument (the CLI's
+``--model.*`` / ``--data.*``), and ``trainer`` takes ``pytorch_lightning.Trainer`` arguments (loggers,
+callbacks, accelerator, precision...).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from PIL import Image
+
+from tlbench.data.datamodule import ImageFolderDataModule
+from tlbench.data.images import ImageLoadError, load_rgb
+from tlbench.errors import TLBenchError
+from tlbench.models.inference import Predictor
+from tlbench.models.loading import TrainedModel, load_trained
+from tlbench.models.module import TransferLearningModule
+from tlbench.rundir import experiment_name, install_run_logger, read_metrics, run_dir
+
+# Trainer settings of every tlbench run, the CLI's included: log each step of small datasets, and no sanity
+# validation (the head phase's first validation runs on cached features that do not exist yet).
+TRAINER_DEFAULTS = {"log_every_n_steps": 1, "num_sanity_val_steps": 0}
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished run: its directory (``lightning_logs/<experiment>/version_N``) and its ``metrics.json``."""
+
+    dir: Path
+
+    @property
+    def metrics(self) -> dict:
+        return read_metrics(self.dir)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: str
+    label: str
+    probability: float
+    probabilities: dict[str, float]
+
+
+def _options_of(cls: type) -> set[str]:
+    return {name for name in inspect.signature(cls.__init__).parameters if name != "self"}
+
+
+def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keywords for the module and for the datamodule; an unknown one is one line with the closest names."""
+    model_names, data_names = _options_of(TransferLearningModule), _options_of(ImageFolderDataModule) - {"root"}
+    unknown = sorted(set(options) - model_names - data_names)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(model_names | data_names), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise TLBenchError(f"tlbench.fit: unknown option {unknown[0]!r}{hint} (options are the arguments of "
+                           "TransferLearningModule and ImageFolderDataModule)")
+    return ({k: v for k, v in options.items() if k in model_names}, {k: v for k, v in options.items() if k in data_names})
+
+
+def fit(data: str | Path, *, backbone: str = "efficientnet_lite0", output: str | Path = ".", experiment: str | None = None,
+        seed: int = 0, trainer: dict[str, Any] | None = None, **options: Any) -> Run:
+    """Train head then fine-tune on the images under ``data``, test each phase's best checkpoint, and return the run.
+
+    Args:
+        data: a folder of class folders, or of ``train/ val/ [test/]`` folders.
+        backbone: any timm model name (or ``cnn6``/``cnn1``).
+        output: where ``lightning_logs/`` and ``checkpoints/`` go.
+        experiment: run name (default ``<data folder>_<backbone>``).
+        seed: seeds the training randomness (``seed_everything``), as ``--seed_everything`` does; the split has
+            its own ``split_seed``.
+        trainer: extra ``pytorch_lightning.Trainer`` arguments.
+        **options: ``TransferLearningModule`` / ``ImageFolderDataModule`` arguments (``head_epochs=3``, ``batch_size=16``).
+    """
+    model_options, data_options = _split_options(options)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    datamodule = ImageFolderDataModule(str(data), **data_options)
+    module = TransferLearningModule(backbone=backbone, **model_options)
+    settings = {**TRAINER_DEFAULTS, "default_root_dir": str(output), "max_epochs": module.total_epochs, **(trainer or {})}
+    lightning = pl.Trainer(**settings)
+    install_run_logger(lightning, experiment or experiment_name(datamodule.dataset_name, backbone))
+    lightning.fit(module, datamodule)
+    if lightning.interrupted:
+        raise KeyboardInterrupt
+    return Run(run_dir(lightning).resolve())
+
+
+class Model:
+    """A trained model ready for inference, with its classes and its training-time preprocessing."""
+
+    def __init__(self, trained: TrainedModel, batch_size: int = 32) -> None:
+        self.trained = trained
+        self.predictor = Predictor(trained, batch_size)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.trained.classes
+
+    def predict(self, images: list[str | Path | Image.Image]) -> list[Prediction]:
+        """The most probable class and every class probability of each image (files or PIL images)."""
+        loaded, names = [], []
+        for image in images:
+            if isinstance(image, Image.Image):
+                loaded.append(image.convert("RGB"))
+                names.append("<image>")
+                continue
+            try:
+                loaded.append(load_rgb(image))
+            except ImageLoadError as error:
+                raise TLBenchError(f"{image}: {error}; pass image files") from None
+            names.append(str(image))
+        probabilities = self.predictor.probabilities(loaded)
+        results = []
+        for name, row in zip(names, probabilities.tolist()):
+            best = max(range(len(row)), key=row.__getitem__)
+            results.append(Prediction(name, self.classes[best], row[best], dict(zip(self.classes, row))))
+        return results
+
+
+def load(path: str | Path, phase: str | None = None) -> Model:
+    """A model from a run directory, a ``.ckpt`` file or an export bundle (``phase`` picks a run's phase)."""
+    return Model(load_trained(path, phase))

@@ -1,0 +1,87 @@
+"""Config lookup: where a config name, a grid file or a dataset x backbone recipe is found.
+
+Every command that takes a config resolves it here, so ``dogs_vgg19``, ``dogs_vgg19.yaml`` and a path mean the
+same thing everywhere: a path that exists wins, then ``./configs/``, then the ``configs/`` shipped with tlbench.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from tlbench.errors import TLBenchError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+GRID_KEYS = ("data_dir", "datasets", "backbones", "seeds", "overrides")
+
+
+def _search_folders(subfolder: str = "") -> list[Path]:
+    return [Path.cwd() / "configs" / subfolder, CONFIGS / subfolder]
+
+
+def _find(value: str, subfolder: str = "") -> Path | None:
+    if Path(value).is_file():
+        return Path(value)
+    for folder in _search_folders(subfolder):
+        for candidate in (folder / value, folder / f"{value}.yaml", folder / Path(value).name):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def resolve_config_path(value: str) -> str:
+    """``dogs_vgg19.yaml`` or ``dogs_vgg19`` -> ``configs/dogs_vgg19.yaml`` when it is not a path that exists."""
+    found = _find(value)
+    if found is None:
+        available = sorted(p.stem for p in CONFIGS.glob("*.yaml")) if CONFIGS.is_dir() else []
+        raise TLBenchError(f"config '{value}' not found (looked in ./ and configs/); available: {', '.join(available) or 'none'}")
+    return str(found)
+
+
+def resolve_config_args(argv: list[str]) -> list[str]:
+    """``argv`` with the value of every ``--config`` resolved by ``resolve_config_path``."""
+    resolved, take_next = [], False
+    for arg in argv:
+        if take_next:
+            resolved.append(resolve_config_path(arg))
+            take_next = False
+        elif arg == "--config":
+            resolved.append(arg)
+            take_next = True
+        elif arg.startswith("--config="):
+            resolved.append("--config=" + resolve_config_path(arg.split("=", 1)[1]))
+        else:
+            resolved.append(arg)
+    return resolved
+
+
+def load_grid_file(path: str | Path) -> dict:
+    """The keys of a grid YAML (a path, or a name in ``configs/grids/``); unknown keys are an error, not ignored."""
+    found = _find(str(path), "grids")
+    if found is None:
+        raise TLBenchError(f"grid file '{path}' not found (also looked in {CONFIGS / 'grids'})")
+    try:
+        content = yaml.safe_load(found.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise TLBenchError(f"{found} is not valid YAML ({str(error).splitlines()[0]}); fix the file") from None
+    unknown = sorted(set(content) - set(GRID_KEYS)) if isinstance(content, dict) else ["<not a mapping>"]
+    if unknown:
+        raise TLBenchError(f"{found}: unknown grid keys {unknown}; allowed: {', '.join(GRID_KEYS)}")
+    return content
+
+
+def dataset_stem(name: str) -> str:
+    """``birds10`` -> ``birds``: subsets named by their class count share the full dataset's recipe."""
+    return re.sub(r"\d+$", "", name) or name
+
+
+def recipe_args(dataset: str, backbone: str) -> list[str]:
+    """``--config configs/<dataset>_<backbone>.yaml`` when the study ships that recipe (``birds10`` uses birds'),
+    else ``--model configs/models/<backbone>.yaml``, else nothing (fit's defaults for any timm backbone)."""
+    study = CONFIGS / f"{dataset_stem(dataset)}_{backbone}.yaml"
+    model = CONFIGS / "models" / f"{backbone}.yaml"
+    if study.is_file():
+        return ["--config", str(study)]
+    return ["--model", str(model)] if model.is_file() else []

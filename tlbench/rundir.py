@@ -1,0 +1,157 @@
+"""The run directory contract: where a run's files live, which version is the latest, whether a run finished,
+and the one reader and writer of ``metrics.json``.
+
+A run of experiment ``E`` writes ``<root>/lightning_logs/E/version_N/`` (metrics.json, split.csv, history.csv,
+predictions, reports and TensorBoard events) and keeps its checkpoints in the mirror folder
+``<root>/checkpoints/E/version_N/``. The run directory is the log folder of the run's ``TensorBoardLogger``: a
+trainer given other loggers (CSV, MLflow, several at once, or ones whose ``log_dir`` is None) gets that logger
+added beside them, so the layout never depends on which logger a user picked.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from tlbench.errors import TLBenchError
+from tlbench.io import read_json, write_json
+
+LOGS = "lightning_logs"
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.json"
+VERSION = re.compile(r"version_(\d+)")
+
+
+def experiment_name(dataset: str, backbone: str) -> str:
+    """The default run name, ``<dataset folder>_<backbone>`` (``/`` and ``:`` of hub ids made file-safe)."""
+    return re.sub(r"[/:]+", "-", f"{dataset}_{backbone}")
+
+
+def run_logger(trainer: pl.Trainer) -> TensorBoardLogger | None:
+    """The logger whose folder is the run directory: the trainer's first TensorBoard logger."""
+    return next((logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
+
+
+def _lightning_default(logger: TensorBoardLogger, trainer: pl.Trainer) -> bool:
+    """Lightning's own default logger (``lightning_logs/version_N``, no experiment name)."""
+    return logger.name == LOGS and Path(logger.root_dir).parent == Path(trainer.default_root_dir)
+
+
+def install_run_logger(trainer: pl.Trainer, experiment: str, version: int | None = None) -> TensorBoardLogger:
+    """Give ``trainer`` the run's TensorBoard logger at ``<root>/lightning_logs/<experiment>/version_N``.
+
+    A TensorBoard logger the user configured is kept as the run's; Lightning's unnamed default one is replaced;
+    any other loggers stay beside it. ``version`` resumes an earlier run's folder.
+    """
+    loggers = list(trainer.loggers)
+    existing = run_logger(trainer)
+    if existing is not None and not _lightning_default(existing, trainer):
+        return existing
+    logger = TensorBoardLogger(save_dir=str(Path(trainer.default_root_dir) / LOGS), name=experiment, version=version)
+    trainer.loggers = [logger, *(other for other in loggers if other is not existing)]
+    return logger
+
+
+def run_dir(trainer: pl.Trainer) -> Path:
+    """The run directory; a trainer built without tlbench's CLI or API gets the run logger on first use.
+
+    Unlike ``trainer.log_dir`` (a broadcast under DDP) this is safe to call from rank zero alone, the only rank
+    that writes there.
+    """
+    logger = run_logger(trainer)
+    if logger is None or _lightning_default(logger, trainer):
+        module, datamodule = trainer.lightning_module, trainer.datamodule
+        logger = install_run_logger(trainer, experiment_name(datamodule.dataset_name, module.hparams.backbone))
+    return Path(logger.log_dir)
+
+
+def checkpoint_dir(trainer: pl.Trainer) -> Path:
+    """``<root>/checkpoints/<experiment>/version_N``, mirroring the run directory."""
+    folder = run_dir(trainer)
+    return Path(trainer.default_root_dir) / CHECKPOINTS / folder.parent.name / folder.name
+
+
+def run_dir_of_checkpoint(checkpoint: str | Path) -> Path | None:
+    """``<root>/checkpoints/E/version_N/x.ckpt`` -> ``<root>/lightning_logs/E/version_N`` when that folder exists."""
+    folder = Path(checkpoint).resolve().parent
+    if not VERSION.fullmatch(folder.name) or folder.parents[1].name != CHECKPOINTS:
+        return None
+    candidate = folder.parents[2] / LOGS / folder.parent.name / folder.name
+    return candidate if candidate.is_dir() else None
+
+
+def _versions(folder: Path, marker: str) -> list[tuple[int, Path]]:
+    """``(N, version_N/marker)`` for every version folder of ``folder`` that holds ``marker``."""
+    found = []
+    for path in folder.glob(f"version_*/{marker}"):
+        match = VERSION.fullmatch(path.parent.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(root: Path, experiment: str) -> tuple[int, Path]:
+    """The highest ``version_N`` of ``experiment`` that has a ``last.ckpt``."""
+    runs = _versions(Path(root) / CHECKPOINTS / experiment, "last.ckpt")
+    if not runs:
+        raise TLBenchError(f"--ckpt_path last: no {CHECKPOINTS}/{experiment}/version_*/last.ckpt under {root}; start without --ckpt_path")
+    return runs[-1]
+
+
+def has_checkpoint(root: Path, experiment: str) -> bool:
+    return bool(_versions(Path(root) / CHECKPOINTS / experiment, "last.ckpt"))
+
+
+def is_finished(metrics_path: Path) -> bool:
+    """Training ended and every phase was tested (``fit`` adds ``test_acc`` per phase last of all)."""
+    try:
+        phases = read_json(metrics_path).get("phases") or {}
+    except (OSError, ValueError):
+        return False
+    return bool(phases) and all("test_acc" in phase for phase in phases.values())
+
+
+def finished_metrics(root: Path, experiment: str) -> Path | None:
+    """The newest finished ``metrics.json`` of ``experiment`` under ``<root>/lightning_logs``, if any."""
+    finished = [path for _, path in _versions(Path(root) / LOGS / experiment, METRICS) if is_finished(path)]
+    return finished[-1] if finished else None
+
+
+def read_metrics(folder: str | Path) -> dict:
+    """A run's ``metrics.json``; a missing or damaged file is one line naming it."""
+    path = Path(folder) / METRICS
+    if not path.is_file():
+        raise TLBenchError(f"{folder} is not a tlbench run directory (no {METRICS}); pass a run directory written by fit")
+    try:
+        metrics = read_json(path)
+    except (OSError, ValueError) as error:
+        raise TLBenchError(f"{path} is damaged ({type(error).__name__}); rerun the fit that wrote it") from None
+    if not isinstance(metrics, dict):
+        raise TLBenchError(f"{path} is damaged (not a JSON object); rerun the fit that wrote it")
+    return metrics
+
+
+def merge(base: dict, update: dict) -> dict:
+    """``base`` with ``update`` merged in: nested mappings merge key by key, other values replace."""
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        merged[key] = merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def update_metrics(folder: str | Path, update: dict) -> dict:
+    """Merge ``update`` into the run's ``metrics.json`` (created if missing) and return the result."""
+    path = Path(folder) / METRICS
+    metrics = merge(read_metrics(folder) if path.is_file() else {}, update)
+    write_json(path, metrics)
+    return metrics
+
+
+def write_metrics(folder: str | Path, metrics: dict) -> Path:
+    """Replace the run's ``metrics.json`` (the end of training starts it afresh, so a resumed run keeps no stale
+    test results)."""
+    return write_json(Path(folder) / METRICS, metrics)
