@@ -23,6 +23,7 @@ from tlbench.data.split import read_split
 from tlbench.errors import TLBenchError
 from tlbench.evaluation.runs import finish_run
 from tlbench.evaluation.summary import format_summary
+from tlbench.models.backbones import run_label
 from tlbench.models.module import TransferLearningModule
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -107,7 +108,7 @@ class TLBenchCLI(LightningCLI):
 
     def experiment_name(self) -> str:
         config = self._active_config()
-        return config.get("experiment") or f"{Path(config.data.root).name}_{config.model.backbone}"
+        return config.get("experiment") or f"{Path(config.data.root).name}_{run_label(config.model.backbone)}"
 
     def before_instantiate_classes(self) -> None:
         config = self._active_config()

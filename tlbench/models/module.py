@@ -81,7 +81,8 @@ class TransferLearningModule(pl.LightningModule):
     ) -> None:
         """
         Args:
-            backbone: timm model name (vgg16, inception_v3, xception, resnet50, efficientnet_lite0, ...) or cnn6/cnn1.
+            backbone: timm model name (vgg16, xception, resnet50, efficientnet_lite0, ...), optionally with a pretrained
+                tag (resnet50.a1_in1k), an hf-hub:ORG/REPO or local-dir:FOLDER id, or cnn6/cnn1.
             pretrained: start from ImageNet weights (embedded for efficientnet_lite0/1/2, else the timm hub).
             weights: a local .pth/.safetensors file with backbone weights; wins over ``pretrained``.
             input_size: override the backbone's native input resolution (pixels).
