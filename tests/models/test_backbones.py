@@ -68,7 +68,8 @@ def test_local_dir_folder_gives_its_weights_and_preprocessing(tmp_path):
     random = create_backbone(f"local-dir:{folder}", pretrained=False)
     assert random.weights == "random"
     assert not all(torch.equal(saved.state_dict()[key], random.extractor.model.state_dict()[key]) for key in trunk)
-    assert run_label(f"local-dir:{folder}") == "my_resnet" and run_label("hf-hub:timm/resnet18.a1_in1k") == "resnet18.a1_in1k"
+    assert run_label(f"local-dir:{folder}") == "my_resnet"
+    assert run_label("hf-hub:timm/resnet18.a1_in1k") == "resnet18.a1_in1k"
 
 
 def test_local_dir_without_weights_fails_in_one_line(tmp_path):
@@ -76,7 +77,8 @@ def test_local_dir_without_weights_fails_in_one_line(tmp_path):
     (folder / "model.safetensors").unlink()
     with pytest.raises(TLBenchError) as error:
         create_backbone(f"local-dir:{folder}")
-    assert "config_only" in str(error.value) and "model.safetensors" in str(error.value) and "\n" not in str(error.value)
+    message = str(error.value)
+    assert "config_only" in message and "model.safetensors" in message and "\n" not in message
 
 
 @pytest.mark.parametrize("pretrained", [True, False])
@@ -101,11 +103,11 @@ def test_embedded_weights_serve_the_untagged_name_only(offline):
 
 def test_fit_from_a_local_dir_backbone_and_one_line_name_errors(tiny_dataset, tmp_path):
     folder, _ = saved_model_folder(tmp_path / "my_resnet")
-    result = run_tlbench("fit", "--data.root", str(tiny_dataset), *TINY_FIT_ARGS, "--model.backbone", f"local-dir:{folder}",
-                         "--model.pretrained", "true", cwd=tmp_path)
+    fit = ["fit", "--data.root", str(tiny_dataset), *TINY_FIT_ARGS]
+    result = run_tlbench(*fit, "--model.backbone", f"local-dir:{folder}", "--model.pretrained", "true", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "lightning_logs" / "tiny_my_resnet" / "version_0" / "metrics.json").read_text())
     assert metrics["weights"] == f"local-dir:{folder}" and metrics["backbone"] == f"local-dir:{folder}"
-    unknown = run_tlbench("fit", "--data.root", str(tiny_dataset), *TINY_FIT_ARGS, "--model.backbone", "resnt18", cwd=tmp_path)
+    unknown = run_tlbench(*fit, "--model.backbone", "resnt18", cwd=tmp_path)
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
     assert "did you mean resnet18" in unknown.stderr.strip().splitlines()[-1]

@@ -13,6 +13,7 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics import MetricCollection
@@ -290,7 +291,8 @@ class TransferLearningModule(pl.LightningModule):
         self.test_outputs.append(outputs)
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        """``python -m tlbench predict``: class probabilities and split-table rows of the test split's images."""
+        """``python -m tlbench predict``: class probabilities and row indices of the images ``predict_dataloader``
+        serves (``--data.predict_dir`` or the test split); ``PredictionCSVWriter`` writes them out."""
         return {"probs": self(batch[0]).softmax(dim=1).float(), "rows": batch[2]}
 
     def gathered_test_outputs(self) -> dict[str, torch.Tensor]:
@@ -318,8 +320,11 @@ class TransferLearningModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
     def configure_callbacks(self) -> list[pl.Callback]:
+        """The run's callbacks; when predicting, also the writer of ``predictions_predict.csv``."""
         from tlbench.callbacks.finetuning import PhaseCheckpoint, PhaseSchedule
+        from tlbench.callbacks.prediction_writer import PredictionCSVWriter
         from tlbench.callbacks.recorder import RunRecorder
 
         phases = [phase for phase, epochs in (("head", self.hparams.head_epochs), ("finetune", self.hparams.finetune_epochs)) if epochs > 0]
-        return [PhaseSchedule(), RunRecorder(), *(PhaseCheckpoint(phase) for phase in phases), PhaseCheckpoint(None)]
+        callbacks = [PhaseSchedule(), RunRecorder(), *map(PhaseCheckpoint, phases), PhaseCheckpoint(None)]
+        return [*callbacks, PredictionCSVWriter()] if self.trainer.state.fn == TrainerFn.PREDICTING else callbacks
