@@ -26,7 +26,7 @@ import pandas as pd
 from tlbench.configs import recipe_args
 from tlbench.errors import TLBenchError
 from tlbench.io import write_csv, write_json
-from tlbench.rundir import finished_metrics, has_checkpoint
+from tlbench.rundir import experiment_name, finished_metrics, has_checkpoint
 
 STATUS_FILE = "grid_status.csv"
 PLAN_FILE = "grid.json"
@@ -66,7 +66,7 @@ class Cell:
 
     @property
     def experiment(self) -> str:
-        return f"{self.dataset}_{self.backbone}_seed{self.seed}"
+        return f"{experiment_name(self.dataset, self.backbone)}_seed{self.seed}"
 
     @property
     def label(self) -> str:

@@ -27,8 +27,11 @@ VERSION = re.compile(r"version_(\d+)")
 
 
 def experiment_name(dataset: str, backbone: str) -> str:
-    """The default run name, ``<dataset folder>_<backbone>`` (``/`` and ``:`` of hub ids made file-safe)."""
-    return re.sub(r"[/:]+", "-", f"{dataset}_{backbone}")
+    """The default run name, ``<dataset folder>_<backbone>``: registry names as given, the last part of an
+    ``hf-hub:`` or ``local-dir:`` id, whose slashes and colon would otherwise nest folders."""
+    source, _, model_id = backbone.partition(":")
+    label = Path(model_id).name if source in ("hf-hub", "local-dir") and model_id else backbone
+    return f"{dataset}_{label}"
 
 
 def run_logger(trainer: pl.Trainer) -> TensorBoardLogger | None:

@@ -28,14 +28,20 @@ from tlbench.rundir import checkpoint_dir, run_dir, update_metrics, write_metric
 HISTORY_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
 
-def predictions_table(probs: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, split_rows: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    """One row per image: true and predicted label, top-k labels with probabilities, every class probability."""
+def predictions_table(
+    probs: torch.Tensor, targets: torch.Tensor | None, rows: torch.Tensor, split_rows: pd.DataFrame, classes: list[str]
+) -> pd.DataFrame:
+    """One row per image: path (and split), true label when ``targets`` are known, predicted label, top-k labels
+    with probabilities, every class probability."""
     k = min(5, len(classes))
     top_probs, top_index = probs.topk(k, dim=1)
-    table = pd.DataFrame({"path": split_rows.path.iloc[rows.tolist()].tolist(), "split": split_rows.split.iloc[rows.tolist()].tolist()})
-    table["true_label"] = [classes[i] for i in targets.tolist()]
+    columns = [column for column in ("path", "split") if column in split_rows]
+    table = split_rows[columns].iloc[rows.tolist()].reset_index(drop=True)
+    if targets is not None:
+        table["true_label"] = [classes[i] for i in targets.tolist()]
     table["pred_label"] = [classes[i] for i in top_index[:, 0].tolist()]
-    table["correct"] = (table.true_label == table.pred_label).astype(int)
+    if targets is not None:
+        table["correct"] = (table.true_label == table.pred_label).astype(int)
     for rank in range(k):
         table[f"top{rank + 1}_label"] = [classes[i] for i in top_index[:, rank].tolist()]
         table[f"top{rank + 1}_prob"] = top_probs[:, rank].tolist()

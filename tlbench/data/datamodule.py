@@ -16,13 +16,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from pytorch_lightning.utilities import rank_zero_warn
 
-from tlbench.data.audit import preflight
+from tlbench.data.audit import preflight, scan_files
 from tlbench.data.decode_cache import DecodedImageCache
 from tlbench.data.decode_cache import prune as prune_decoded
-from tlbench.data.discover import check_root
-from tlbench.data.images import load_rgb
+from tlbench.data.discover import check_root, files_under
+from tlbench.data.images import is_image_file, load_rgb
 from tlbench.data.split import make_split, read_split, split_summary
 from tlbench.data.transforms import Preprocessing, loader_transform
+from tlbench.errors import TLBenchError
 from tlbench.rundir import run_dir
 from tlbench.models.feature_cache import CachedFeatureDataset
 
@@ -49,6 +50,20 @@ class ImageTableDataset(Dataset):
         return self.transform(image), self.targets[i], i
 
 
+class UnlabelledImages(Dataset):
+    """Image files as ``(uint8_image, -1, index)``: the test split's item layout, with no label, for predict."""
+
+    def __init__(self, paths: list[Path], transform) -> None:
+        self.paths = paths
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        return self.transform(load_rgb(self.paths[i])), -1, i
+
+
 def default_num_workers() -> int:
     """Leave one core to the training process; loader workers beyond the cores only contend with it."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -67,6 +82,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         skip_bad_images: bool = False,
         dedupe: bool = False,
         decode_cache: bool = True,
+        predict_dir: str | None = None,
     ) -> None:
         """
         Args:
@@ -80,6 +96,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             dedupe: drop later copies of images duplicated across train/val/test instead of stopping.
             decode_cache: keep images decoded and shrunk to the training resolution on disk, so later epochs and
                 runs skip JPEG decoding (see data/decode_cache.py).
+            predict_dir: a folder of images (searched recursively) for ``predict``; default: the test split.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -92,6 +109,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.skip_bad_images = skip_bad_images
         self.dedupe = dedupe
         self.decode_cache = decode_cache
+        self.predict_dir = predict_dir
+        self._predict_rows: pd.DataFrame | None = None
         self.skipped: list[tuple[str, str]] = []
         self.preprocessing: Preprocessing | None = None
         self.table: pd.DataFrame | None = None
@@ -174,5 +193,32 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.dataset(self.test_on), shuffle=False)
 
+    def predict_rows(self) -> pd.DataFrame:
+        """The files ``predict_dataloader`` serves, in its row order: the test split's rows, or the usable images
+        under ``predict_dir`` (absolute ``path``). Non-image and unusable files there are warned about and left out."""
+        if self.predict_dir is None:
+            table = self.prepare_split()
+            return table[table.split == self.test_on].reset_index(drop=True)
+        if self._predict_rows is None:
+            folder = Path(self.predict_dir).expanduser()
+            if not folder.is_dir():
+                raise TLBenchError(f"--data.predict_dir {folder} is not a folder; pass a folder of images")
+            files = [path.relative_to(folder).as_posix() for path in files_under(folder)]
+            images = [path for path in files if is_image_file(Path(path))]
+            scans = scan_files(folder, images)
+            skipped = [(path, "not an image file") for path in files if path not in scans]
+            skipped += [(path, scan.reason) for path, scan in scans.items() if scan.reason]
+            for path, reason in skipped:
+                rank_zero_warn(f"{folder / path}: skipped, {reason}")
+            usable = [str((folder / path).resolve()) for path, scan in scans.items() if not scan.reason]
+            if not usable:
+                raise TLBenchError(f"--data.predict_dir {folder} holds no usable image (.jpg, .png, .bmp, .webp, .tif)")
+            self._predict_rows = pd.DataFrame({"path": usable})
+        return self._predict_rows
+
     def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        if self.predict_dir is None:
+            return self.test_dataloader()
+        transform = loader_transform(self.preprocessing or Preprocessing(), augment=False)
+        images = UnlabelledImages([Path(path) for path in self.predict_rows().path], transform)
+        return self._loader(images, shuffle=False)

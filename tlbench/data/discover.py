@@ -33,15 +33,20 @@ def _class_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not is_ignored(p.name))
 
 
-def images_under(folder: Path) -> list[Path]:
+def files_under(folder: Path) -> list[Path]:
+    """Every file below ``folder``, recursively and sorted, except hidden and OS-generated ones."""
     found = []
     for path in sorted(folder.rglob("*")):
         relative_parts = path.relative_to(folder).parts
         if any(is_ignored(part) for part in relative_parts):
             continue
-        if path.is_file() and is_image_file(path):
+        if path.is_file():
             found.append(path)
     return found
+
+
+def images_under(folder: Path) -> list[Path]:
+    return [path for path in files_under(folder) if is_image_file(path)]
 
 
 def scan_class_folders(root: Path, base: Path | None = None) -> list[Sample]:

@@ -130,11 +130,20 @@ def plot_top_losses(table: pd.DataFrame, data_root: str | Path, path: str | Path
     an image that no longer decodes is shown as a captioned blank rather than failing the whole report.
     With no mistakes the PNG says so, so the artefact always exists.
     """
+    return _save(top_losses_figure(table, data_root, n), path)
+
+
+TOP_LOSSES_TITLE = "Most confidently wrong: true / predicted (p)"
+
+
+def top_losses_figure(table: pd.DataFrame, data_root: str | Path, n: int = 12) -> Figure:
+    """The figure of ``plot_top_losses``, at least as wide as its title: one or two 3-inch panels are narrower
+    than the title, which ``tight_layout`` leaves cut off at both edges rather than widening the figure."""
     worst = _wrong_by_confidence(table).head(n)
     if worst.empty:
         figure = Figure(figsize=(4.0, 1.5))
         figure.text(0.5, 0.5, "no misclassified images", ha="center", va="center", fontsize=12)
-        return _save(figure, path)
+        return figure
     columns = min(4, len(worst))
     rows = math.ceil(len(worst) / columns)
     figure = Figure(figsize=(3.0 * columns, 3.2 * rows))
@@ -149,9 +158,11 @@ def plot_top_losses(table: pd.DataFrame, data_root: str | Path, path: str | Path
         ax.set_title(f"{row.true_label} / {row.pred_label} ({row.wrong_prob:.2f})", fontsize=9)
     for ax in axes:
         ax.axis("off")
-    figure.suptitle("Most confidently wrong: true / predicted (p)")
+    title = figure.suptitle(TOP_LOSSES_TITLE)
+    title_width = title.get_window_extent(FigureCanvasAgg(figure).get_renderer()).width / figure.dpi
+    figure.set_figwidth(max(figure.get_figwidth(), title_width + 0.5))
     figure.tight_layout()
-    return _save(figure, path)
+    return figure
 
 
 def plot_contact_sheet(paths: list[Path], titles: list[str], captions: list[str], path: str | Path, columns: int = 4) -> Path:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import timm
 import torch
-from timm.models import group_parameters
+from timm.models import get_arch_pretrained_cfgs, group_parameters, parse_model_name, split_model_name_tag
 from torch import nn
 
 from tlbench.data.transforms import Preprocessing
@@ -17,27 +19,57 @@ from tlbench.models import baselines  # noqa: F401  registers cnn6/cnn1 with tim
 from tlbench.models.weights import EMBEDDED_WEIGHTS, load_into, read_state_dict
 
 BACKBONE_ALIASES = {"xception": "legacy_xception"}
+NAME_FORMS = ("a timm model name with an optional pretrained tag (resnet50, resnet50.a1_in1k), hf-hub:ORG/REPO,"
+              " local-dir:FOLDER (timm's config.json + weights), or cnn6 / cnn1")
 
 
-def canonical_name(name: str) -> str:
-    return BACKBONE_ALIASES.get(name, name)
+def resolve_name(name: str) -> str:
+    """``name`` as ``timm.create_model`` takes it, checked in one line before anything is built or fetched.
+
+    Registry names may carry a pretrained tag (``resnet50.a1_in1k``: those weights, not the default ones), and
+    the study's aliases (``xception``) are replaced. ``hf-hub:`` ids are checked when fetched; a ``local-dir:``
+    folder must hold timm's ``config.json``.
+    """
+    try:
+        source, model_id = parse_model_name(name)
+    except ValueError as error:
+        raise TLBenchError(f"backbone '{name}': {error}") from None
+    if source == "local-dir":
+        if not (Path(model_id).expanduser() / "config.json").is_file():
+            raise TLBenchError(f"backbone '{name}': {model_id} has no config.json; write the folder with"
+                               " timm.models.save_for_hf(model, FOLDER) (config.json + weights)")
+        return f"{source}:{Path(model_id).expanduser()}"
+    if source is not None:
+        return name
+    arch, tag = split_model_name_tag(model_id)
+    arch = BACKBONE_ALIASES.get(arch, arch)
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch.lower(), timm.list_models(), n=3, cutoff=0.7)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise TLBenchError(f"unknown backbone '{name}'; {hint}use {NAME_FORMS}")
+    tags = [known.split(".", 1)[1] for known in get_arch_pretrained_cfgs(arch) if "." in known]
+    if tag and tag not in tags:
+        known = f"its tags: {', '.join(tags)}" if tags else "it has no pretrained tags"
+        raise TLBenchError(f"backbone '{name}': {arch} has no pretrained tag '{tag}'; {known}")
+    return f"{arch}.{tag}" if tag else arch
 
 
 def create_classifier(name: str, pretrained: bool = True, weights: str | None = None, num_classes: int = 1000) -> tuple[nn.Module, str]:
     """A timm model with its ``num_classes`` classifier and the description of the weights it got.
 
-    Preference: explicit ``weights`` file, embedded offline weights, timm hub download. ``pretrained=False``
-    (or a from-scratch baseline) gives random initialisation.
+    Preference: explicit ``weights`` file, embedded offline weights, timm's own loading (hub download, or the
+    weights of a ``local-dir:`` folder). ``pretrained=False`` (or a from-scratch baseline) gives random
+    initialisation. Embedded weights serve untagged names only: they are Google's TF-trained EfficientNet-Lite
+    weights (timm's ``tf_efficientnet_liteN.in1k``), not timm's ``efficientnet_liteN.ra_in1k`` retraining, so a
+    tagged name asks for other weights than the embedded ones.
     """
-    name = canonical_name(name)
-    if name not in timm.list_models() and name not in baselines.BASELINES:
-        raise TLBenchError(f"unknown backbone '{name}'; use a timm model name (timm.list_models()), or cnn6 / cnn1")
+    name = resolve_name(name)
     if weights:
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+        model = _create(name, pretrained=False, num_classes=num_classes)
         load_into(model, read_state_dict(weights), f"weights file {weights}")
         return model, f"file:{weights}"
     if not pretrained or name in baselines.BASELINES:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes), "random"
+        return _create(name, pretrained=False, num_classes=num_classes), "random"
     if name in EMBEDDED_WEIGHTS:
         embedded = EMBEDDED_WEIGHTS[name]
         model = timm.create_model(name, pretrained=False, num_classes=1000)
@@ -46,16 +78,38 @@ def create_classifier(name: str, pretrained: bool = True, weights: str | None = 
         if num_classes != 1000:
             model.reset_classifier(num_classes)
         return model, f"embedded:{embedded.package}"
+    model = _create(name, pretrained=True, num_classes=num_classes)
+    if name.startswith("local-dir:"):
+        return model, name
+    return model, f"timm-hub:{model.pretrained_cfg.get('hf_hub_id') or name}"
+
+
+def _create(name: str, pretrained: bool, num_classes: int) -> nn.Module:
+    """``timm.create_model``; whatever it has to fetch (hub weights or config, a folder's files) fails in one line."""
+    if not pretrained and parse_model_name(name)[0] is None:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes)
     try:
         with _offline_unless_reachable():
-            model = timm.create_model(name, pretrained=True, num_classes=num_classes)
+            return timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
     except Exception as error:  # hub failures surface as many exception types (socket, HTTP, huggingface_hub)
-        raise TLBenchError(
-            f"could not download ImageNet weights for '{name}' from the timm hub ({type(error).__name__}); on a machine with"
-            f" network run once: python -c \"import timm; timm.create_model('{name}', pretrained=True)\" (it caches them),"
-            " or save them and pass --model.weights PATH (.pth/.safetensors), or --model.pretrained false"
-        ) from None
-    return model, f"timm-hub:{model.pretrained_cfg.get('hf_hub_id') or name}"
+        raise TLBenchError(_fetch_failure(name, error)) from None
+
+
+def _fetch_failure(name: str, error: Exception) -> str:
+    if name.startswith("local-dir:"):
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0]}" if str(error) else type(error).__name__
+        return (f"cannot build backbone '{name}' from its folder ({reason}); it needs timm's config.json and, for"
+                " pretrained weights, model.safetensors or pytorch_model.bin (timm.models.save_for_hf writes both)")
+    fetch = f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\" (it caches them)"
+    if name.startswith("hf-hub:"):  # its config too comes from the hub, so no offline alternative applies
+        return (f"could not download '{name}' from the Hugging Face hub ({type(error).__name__}); on a machine with"
+                f" network run once: {fetch}")
+    arch = split_model_name_tag(name)[0]
+    offline = arch in EMBEDDED_WEIGHTS and arch != name
+    embedded = f", or --model.backbone {arch} (embedded weights, offline)" if offline else ""
+    return (f"could not download ImageNet weights for '{name}' from the timm hub ({type(error).__name__}); on a machine"
+            f" with network run once: {fetch}, or save them and pass --model.weights PATH (.pth/.safetensors), or"
+            f" --model.pretrained false{embedded}")
 
 
 @contextmanager

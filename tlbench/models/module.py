@@ -13,6 +13,7 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics import MetricCollection
@@ -81,7 +82,8 @@ class TransferLearningModule(pl.LightningModule):
     ) -> None:
         """
         Args:
-            backbone: timm model name (vgg16, inception_v3, xception, resnet50, efficientnet_lite0, ...) or cnn6/cnn1.
+            backbone: timm model name (vgg16, xception, resnet50, efficientnet_lite0, ...), optionally with a pretrained
+                tag (resnet50.a1_in1k), an hf-hub:ORG/REPO or local-dir:FOLDER id, or cnn6/cnn1.
             pretrained: start from ImageNet weights (embedded for efficientnet_lite0/1/2, else the timm hub).
             weights: a local .pth/.safetensors file with backbone weights; wins over ``pretrained``.
             input_size: override the backbone's native input resolution (pixels).
@@ -289,7 +291,8 @@ class TransferLearningModule(pl.LightningModule):
         self.test_outputs.append(outputs)
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        """``python -m tlbench predict``: class probabilities and split-table rows of the test split's images."""
+        """``python -m tlbench predict``: class probabilities and row indices of the images ``predict_dataloader``
+        serves (``--data.predict_dir`` or the test split); ``PredictionCSVWriter`` writes them out."""
         return {"probs": self(batch[0]).softmax(dim=1).float(), "rows": batch[2]}
 
     def gathered_test_outputs(self) -> dict[str, torch.Tensor]:
@@ -317,9 +320,12 @@ class TransferLearningModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
     def configure_callbacks(self) -> list[pl.Callback]:
+        """The run's callbacks; when predicting, also the writer of ``predictions_predict.csv``."""
         from tlbench.callbacks.evaluation import TestBestPhases
         from tlbench.callbacks.finetuning import PhaseCheckpoint, PhaseSchedule
+        from tlbench.callbacks.prediction_writer import PredictionCSVWriter
         from tlbench.callbacks.recorder import RunRecorder
 
         phases = [phase for phase, epochs in (("head", self.hparams.head_epochs), ("finetune", self.hparams.finetune_epochs)) if epochs > 0]
-        return [PhaseSchedule(), RunRecorder(), TestBestPhases(), *(PhaseCheckpoint(phase) for phase in phases), PhaseCheckpoint(None)]
+        callbacks = [PhaseSchedule(), RunRecorder(), TestBestPhases(), *map(PhaseCheckpoint, phases), PhaseCheckpoint(None)]
+        return [*callbacks, PredictionCSVWriter()] if self.trainer.state.fn == TrainerFn.PREDICTING else callbacks
