@@ -18,6 +18,7 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from tlbench.callbacks.recorder import run_dir
+from tlbench.configs import resolve_config_path
 from tlbench.data.datamodule import ImageFolderDataModule
 from tlbench.data.split import read_split
 from tlbench.errors import TLBenchError
@@ -25,20 +26,7 @@ from tlbench.evaluation.runs import finish_run
 from tlbench.evaluation.summary import format_summary
 from tlbench.models.module import TransferLearningModule
 
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TRAINER_DEFAULTS = {"log_every_n_steps": 1, "num_sanity_val_steps": 0}
-
-
-def resolve_config_path(value: str) -> str:
-    """``dogs_vgg19.yaml`` or ``dogs_vgg19`` -> ``configs/dogs_vgg19.yaml`` when it is not a path that exists."""
-    if Path(value).exists():
-        return value
-    for folder in (Path.cwd() / "configs", REPO_CONFIGS):
-        for candidate in (folder / value, folder / f"{value}.yaml"):
-            if candidate.is_file():
-                return str(candidate)
-    available = sorted(p.stem for p in REPO_CONFIGS.glob("*.yaml")) if REPO_CONFIGS.is_dir() else []
-    raise TLBenchError(f"config '{value}' not found (looked in ./ and configs/); available: {', '.join(available) or 'none'}")
 
 
 def resolve_config_args(argv: list[str]) -> list[str]:

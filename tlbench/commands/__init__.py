@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 import typing
 from collections.abc import Callable
 
 from tlbench.errors import TLBenchError
 
 PASSTHROUGH_PARAMETER = "fit_args"
+
+
+def show_progress(progress: bool | None) -> bool:
+    """A command's ``--progress``: bars on stderr when asked, by default only when stderr is a terminal, so logs
+    and captured output stay clean."""
+    return sys.stderr.isatty() if progress is None else progress
 
 
 def _undot(function: Callable, args: list[str]) -> list[str]:

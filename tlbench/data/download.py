@@ -611,3 +611,90 @@ def write_source_md(out: Path, source: Source, downloads: dict[str, str], counts
     lines += [f"- {url} sha256={digest}" for url, digest in downloads.items()]
     lines += ["", "Images per class:", ""] + [f"- {name}: {count}" for name, count in sorted(counts.items())]
     (out / "SOURCE.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------------- a whole dataset
+
+FAILURE_REPORT = "failed_images.csv"
+
+
+@dataclass
+class DownloadResult:
+    """The dataset folder, images per class, and how many Open Images downloads failed (``FAILURE_REPORT``)."""
+
+    path: Path
+    counts: dict[str, int] = field(default_factory=dict)
+    failures: int = 0
+    existed: bool = False  # made by an earlier download and kept; nothing was downloaded
+
+
+def _from_archive(source: Source, cache: Path, staging: Path, mirror: str | None) -> tuple[dict[str, str], dict[str, int]]:
+    archive = source.archive
+    url = apply_mirror(archive.url, mirror)
+    digest = fetch(url, cache / archive.filename, sha256=archive.sha256, md5=archive.md5, size=archive.size)
+    extracted = cache / "extracted"
+    shutil.rmtree(extracted, ignore_errors=True)
+    safe_extract(cache / archive.filename, extracted)
+    counts = CONVERTERS[source.name](extracted, staging, source)
+    shutil.rmtree(extracted)  # kept on failure so the user can inspect it; the archive itself stays cached
+    return {url: digest}, counts
+
+
+def _from_open_images(
+    source: Source, cache: Path, staging: Path, mirror: str | None, per_class: int
+) -> tuple[dict[str, str], dict[str, int], int]:
+    files = OPEN_IMAGES_FILES
+    shared = cache.parent / "open_images"  # metadata shared by noodles and dogs, kept by --force (hundreds of MB)
+    downloads = {}
+    for archive in (files.class_descriptions, files.image_labels):
+        url = apply_mirror(archive.url, mirror)
+        downloads[url] = fetch(url, shared / archive.filename, sha256=archive.sha256, md5=archive.md5, size=archive.size)
+    label_to_folder = resolve_open_images_labels(shared / files.class_descriptions.filename, source.open_images)
+    candidates = select_open_images(shared / files.image_labels.filename, label_to_folder)
+    result = download_open_images(candidates, files.image_url, staging, cache / "images", per_class, mirror=mirror)
+    staging.mkdir(parents=True, exist_ok=True)
+    write_failure_report(staging / FAILURE_REPORT, result.failures)
+    return downloads, result.counts, len(result.failures)
+
+
+def download_dataset(name: str, root: str | Path = "data", mirror: str | None = None, per_class: int = 200,
+                     force: bool = False) -> DownloadResult:
+    """Download dataset ``name`` into ``root/name/<class>/*.jpg``, with its ``SOURCE.md``.
+
+    Archives are cached in ``root/.downloads`` and resumed if interrupted; the dataset folder only appears once
+    it is complete (it is built in ``root/.name.partial``), so a half-finished run never looks like data to
+    training commands. An existing folder made by an earlier download is kept unless ``force``.
+
+    Args:
+        name: leaves, birds, butterflies, noodles or dogs.
+        root: folder that receives ``root/name``.
+        mirror: base URL replacing scheme and host of every download URL (a local copy of the hosts' paths).
+        per_class: Open Images datasets only: at most this many images per class.
+        force: rebuild ``root/name`` and download again even if it exists.
+    """
+    source = get_source(name)
+    if per_class < 1:
+        raise TLBenchError(f"--per_class must be at least 1, got {per_class}")
+    root_path = Path(root).expanduser()
+    out = root_path / name
+    cache = root_path / ".downloads" / name
+    if out.exists() and not force:
+        if (out / "SOURCE.md").exists():
+            return DownloadResult(out, existed=True)
+        raise TLBenchError(f"{out} exists but was not made by 'data download'; move it away or pass --force to replace it")
+    if force:
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
+    staging = root_path / f".{name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+
+    failures = 0
+    if source.archive is not None:
+        downloads, counts = _from_archive(source, cache, staging, mirror)
+    else:
+        downloads, counts, failures = _from_open_images(source, cache, staging, mirror, per_class)
+    if not sum(counts.values()):
+        raise TLBenchError(f"no images of {', '.join(source.classes or counts)} found for '{name}'; check --mirror or the source")
+    write_source_md(staging, source, downloads, counts)
+    staging.replace(out)
+    return DownloadResult(out, counts, failures)
