@@ -18,4 +18,5 @@ def resolve_config_path(value: str) -> str:
             if candidate.is_file():
                 return str(candidate)
     available = sorted(p.stem for p in REPO_CONFIGS.glob("*.yaml")) if REPO_CONFIGS.is_dir() else []
-    raise TLBenchError(f"config '{value}' not found (looked in ./ and configs/); available: {', '.join(available) or 'none'}")
+    raise TLBenchError(f"config '{value}' not found (looked in ./ and configs/);"
+                       f" available: {', '.join(available) or 'none'}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -36,6 +37,11 @@ LOG_DIR = "grid_logs"
 RESERVED_OPTIONS = ("--config", "--model", "--data.root", "--data.split_seed", "--seed_everything", "--experiment",
                     "--trainer.default_root_dir", "--ckpt_path")
 GRID_KEYS = ("data_dir", "datasets", "backbones", "seeds", "overrides")
+# A running cell's newest log line is shown this often: redrawn in place on a terminal, as a plain line in a log.
+LIVE_SECONDS = 1.0
+ECHO_SECONDS = 10.0
+# Only a log's tail is read for its last line: a long fit's log (progress bars included) grows to megabytes.
+TAIL_BYTES = 8192
 
 
 @dataclass
@@ -184,9 +190,38 @@ def cell_command(cell: Cell, spec: GridSpec, output: Path) -> list[str]:
 
 
 def last_line(log: Path) -> str:
-    """The last non-empty line of a cell's log: fit prints user errors and tracebacks end there."""
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    """The last non-empty line of a cell's log: fit prints user errors and tracebacks end there, and a progress
+    bar's newest state is its last ``\\r``-separated segment."""
+    with log.open("rb") as stream:
+        stream.seek(max(0, log.stat().st_size - TAIL_BYTES))
+        text = stream.read().decode(errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def run_cell(command: list[str], log: Path, show: Callable[[str], None], every: float) -> int:
+    """Run ``command`` with its output in ``log`` and return its exit status; meanwhile, every ``every`` seconds,
+    ``show`` the log's newest non-empty line when it changed, so a fit of hours is visibly alive."""
+    shown = ""
+    with log.open("w") as stream, subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT) as process:
+        try:
+            while True:
+                try:
+                    return process.wait(timeout=every)
+                except subprocess.TimeoutExpired:
+                    line = last_line(log)
+                    if line and line != shown:
+                        show(line)
+                        shown = line
+        except BaseException:  # Ctrl+C or a failed write: the cell must not outlive the grid
+            process.kill()
+            raise
+
+
+def _live_line(text: str) -> None:
+    """``text`` redrawn in place on stderr, cut to the terminal's width so it never wraps; ``""`` clears it."""
+    width = shutil.get_terminal_size().columns - 1
+    print(f"\r\x1b[K{text[:width]}", end="", file=sys.stderr, flush=True)
 
 
 def _clock(seconds: float) -> str:
@@ -200,13 +235,19 @@ def write_status(output: Path, spec: GridSpec, cells: list[Cell]) -> None:
     write_json(output / PLAN_FILE, {"spec": asdict(spec), "cells": rows})
 
 
-def run_grid(spec: GridSpec, output: str | Path, echo: Callable[[str], None] = partial(print, flush=True)) -> list[Cell]:
+def run_grid(
+    spec: GridSpec,
+    output: str | Path,
+    echo: Callable[[str], None] = partial(print, flush=True),
+    progress: bool = False,
+) -> list[Cell]:
     """Run every unfinished cell in order, one ``fit`` subprocess each; a failing cell does not stop the grid.
 
     The status files are rewritten after every cell, so they are current even if the grid is killed.
     Each cell's stdout and stderr go to ``grid_logs/<experiment>.log``; a failure is recorded with the log's
     last line. Progress is one line per cell: position, outcome, elapsed time and the time left estimated
-    from the mean duration of the cells run so far.
+    from the mean duration of the cells run so far. While a cell runs, its log's newest line is shown: with
+    ``progress`` redrawn in place on stderr every ``LIVE_SECONDS``, else echoed at most every ``ECHO_SECONDS``.
     """
     output = Path(output)
     cells = plan_cells(spec)
@@ -224,8 +265,10 @@ def run_grid(spec: GridSpec, output: str | Path, echo: Callable[[str], None] = p
         log = output / LOG_DIR / f"{cell.experiment}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         cell_start = time.monotonic()
-        with log.open("w") as stream:
-            cell.returncode = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT).returncode
+        show, every = (_live_line, LIVE_SECONDS) if progress else (echo, ECHO_SECONDS)
+        cell.returncode = run_cell(command, log, lambda line: show(f"  {cell.experiment}: {line}"), every)
+        if progress:
+            _live_line("")
         cell.seconds = round(time.monotonic() - cell_start, 2)
         durations.append(cell.seconds)
         metrics = finished_metrics(output, cell.experiment)

@@ -5,6 +5,7 @@ The killed-and-resumed grid is the session fixture ``grid_study`` (tests/command
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,7 @@ import pandas as pd
 from tests.commands.conftest import CELL_OVERRIDES, DATASETS, EXPERIMENTS, SEEDS, cell_metrics, finished_cells
 from tests.conftest import make_dataset, run_tlbench
 from tlbench.__main__ import main
-from tlbench.grid import CONFIGS, build_spec, is_finished, load_grid_file, recipe_args
+from tlbench.grid import CONFIGS, build_spec, is_finished, load_grid_file, recipe_args, run_cell
 
 
 def test_grid_runs_every_cell_into_its_own_run_directory(grid_study):
@@ -85,3 +86,15 @@ def test_grid_rejects_overrides_it_sets_itself_and_stray_pass_through(tmp_path, 
     assert "sets --experiment itself" in capsys.readouterr().err
     assert main(["report", str(tmp_path), "--", "--model.head_epochs", "1"]) == 2
     assert "no arguments after '--'" in capsys.readouterr().err
+
+
+def test_a_running_cell_shows_its_newest_log_line_while_it_runs(tmp_path):
+    script = ("import sys, time\n"
+              "print('epoch 1', flush=True); time.sleep(1.5)\n"
+              "sys.stdout.write('bar 10%\\rbar 90%'); sys.stdout.flush(); time.sleep(1.5)\n"
+              "sys.exit(3)")
+    shown: list[str] = []
+    returncode = run_cell([sys.executable, "-c", script], tmp_path / "cell.log", shown.append, every=0.2)
+    assert returncode == 3
+    assert shown == ["epoch 1", "bar 90%"]  # each line once; a progress bar by its newest state
+    assert (tmp_path / "cell.log").read_bytes() == b"epoch 1\nbar 10%\rbar 90%"

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import sys
 
+from tlbench.commands import show_progress
 from tlbench.data.download import FAILURE_REPORT, download_dataset
 
 
-def download(name: str, root: str = "data", mirror: str | None = None, per_class: int = 200, force: bool = False) -> None:
+def download(
+    name: str, root: str = "data", mirror: str | None = None, per_class: int = 200, force: bool = False,
+    progress: bool | None = None,
+) -> None:
     """Download dataset NAME (leaves, birds, butterflies, noodles, dogs) into ROOT/NAME/<class>/*.jpg.
 
     Archives are cached in ROOT/.downloads and resumed if interrupted; the dataset folder only appears once
@@ -19,8 +23,9 @@ def download(name: str, root: str = "data", mirror: str | None = None, per_class
         mirror: Base URL replacing scheme and host of every download URL (a local copy of the hosts' paths).
         per_class: Open Images datasets only: at most this many images per class.
         force: Rebuild ROOT/NAME and download again even if it exists.
+        progress: Progress bars on stderr (default: only when stderr is a terminal).
     """
-    result = download_dataset(name, root, mirror, per_class, force)
+    result = download_dataset(name, root, mirror, per_class, force, show_progress(progress))
     if result.existed:
         print(f"{result.path} already exists (pass --force to download it again)", file=sys.stderr)
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tlbench.commands import show_progress
 from tlbench.grid import build_spec, load_grid_file, run_grid
 
 
@@ -13,6 +14,7 @@ def grid(
     output: str = "runs",
     grid: str | None = None,
     fit_args: list[str] | None = None,
+    progress: bool | None = None,
 ) -> int:
     """Run a grid of fits; rerun the same command to resume (finished cells are skipped).
 
@@ -31,10 +33,12 @@ def grid(
         grid: a grid YAML (configs/grids/quick.yaml) with datasets, backbones, seeds, data_dir, overrides;
             command-line values win over it.
         fit_args: fit overrides for every cell; what follows ``--`` lands here, after the grid file's overrides.
+        progress: redraw the running cell's newest log line in place on stderr (default: when stderr is a
+            terminal); otherwise it is printed as a line at most every 10 seconds.
     """
     file_values = load_grid_file(grid) if grid else {}
     if fit_args:
         file_values["overrides"] = [*(file_values.get("overrides") or []), *fit_args]
     spec = build_spec(file_values, {"datasets": datasets, "backbones": backbones, "seeds": seeds, "data_dir": data_dir})
-    cells = run_grid(spec, output)
+    cells = run_grid(spec, output, progress=show_progress(progress))
     return 1 if any(cell.status == "failed" for cell in cells) else 0

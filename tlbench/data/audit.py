@@ -380,7 +380,8 @@ def audit_dataset(
             split_note = f"not splittable, leakage not checked: {error}"
     result = audit(root_path, table, near_threshold, min_side, progress)
     if not result.files:
-        raise TLBenchError(f"no image files under {root_path}; expected {root_path}/<class>/<image>.jpg (jpg, png, bmp, webp, tif)")
+        raise TLBenchError(f"no image files under {root_path};"
+                           f" expected {root_path}/<class>/<image>.jpg (jpg, png, bmp, webp, tif)")
     out = Path(output or ".")
     return DatasetAudit(result, split_note, write_bad_files(result.bad, out / "bad_files.csv"),
                         write_duplicates(result.duplicates, out / "duplicates.csv"))
