@@ -28,6 +28,7 @@ from tlbench.io import write_csv
 from tlbench.models.backbones import create_classifier
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import TrainedModel
+from tlbench.outputs import dataset_name, default_output
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 SHEET_LABELS = 3
@@ -105,7 +106,8 @@ def check_dataset(
     """ImageNet's predictions on ``per_class`` images per class, their per-class summary and the training advice.
 
     Writes ``check.csv`` (one row per image: class, path, top-k ImageNet labels and probabilities) and
-    ``contact_sheet.png`` (thumbnails with their top-3 labels) to ``output`` (default ``check/``).
+    ``contact_sheet.png`` (thumbnails with their top-3 labels) to ``output`` (default
+    ``lightning_logs/check/<dataset>_<backbone>/``).
 
     Args:
         config: a fit config (shipped name or a run's config.yaml); its data root and backbone are the defaults.
@@ -136,7 +138,7 @@ def check_dataset(
                            f" run 'python -m tlbench data audit {root}'")
     summary = class_summary(results)
     train_per_class = float(table[table.split == "train"].label.value_counts().median())
-    out = Path(output or "check")
+    out = Path(output) if output else default_output("check", f"{dataset_name(root)}_{backbone}")
     csv = write_csv(out / "check.csv", results)
     captions = [format_labels(row, min(SHEET_LABELS, top_k), "\n", 28) if not row["error"] else row["error"]
                 for _, row in results.iterrows()]

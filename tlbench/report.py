@@ -32,6 +32,7 @@ from tlbench.evaluation.artifacts import CONFIDENCE, SIGNIFICANCE, compare_phase
 from tlbench.evaluation.files import atomic_path
 from tlbench.grid import dataset_stem, is_finished
 from tlbench.io import read_json, write_csv
+from tlbench.outputs import LOGS, default_output
 
 STUDY_2017 = Path(__file__).resolve().parent / "data" / "study2017.csv"
 PHASES = ("head", "finetune")
@@ -233,9 +234,16 @@ def study_table(summary: pd.DataFrame) -> pd.DataFrame | None:
     return pd.DataFrame(rows) if rows else None
 
 
-def write_report(runs_dir: str | Path, output: str | Path) -> Path:
-    """``report.md``, ``report.csv`` (summary rows), ``runs.csv`` (per run and phase) and the PNG figures."""
-    output = Path(output)
+def default_report_dir(runs_dir: str | Path) -> Path:
+    """``lightning_logs/reports/<runs folder name>``, or ``.../reports/all`` for all of ``lightning_logs``."""
+    runs = Path(runs_dir).resolve()
+    return default_output("reports", "all" if runs == LOGS.resolve() else runs.name)
+
+
+def write_report(runs_dir: str | Path = LOGS, output: str | Path | None = None) -> Path:
+    """``report.md``, ``report.csv`` (summary rows), ``runs.csv`` (per run and phase) and the PNG figures, in
+    ``output`` (default: ``default_report_dir(runs_dir)``)."""
+    output = Path(output) if output else default_report_dir(runs_dir)
     runs, left_out = collect_runs(runs_dir)
     table = run_table(runs)
     summary = summarize(runs, table)

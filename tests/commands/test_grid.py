@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from tests.commands.conftest import CELL_OVERRIDES, DATASETS, EXPERIMENTS, SEEDS, cell_metrics, finished_cells
+from tests.commands.conftest import (CELL_OVERRIDES, DATASETS, EXPERIMENTS, GRID_STATUS, SEEDS, cell_metrics,
+                                     finished_cells)
 from tests.conftest import make_dataset, run_tlbench
 from tlbench.__main__ import main
 from tlbench.grid import CONFIGS, build_spec, is_finished, load_grid_file, recipe_args, run_cell
@@ -18,7 +19,7 @@ from tlbench.grid import CONFIGS, build_spec, is_finished, load_grid_file, recip
 
 def test_grid_runs_every_cell_into_its_own_run_directory(grid_study):
     assert grid_study.rerun.returncode == 0, grid_study.rerun.stdout[-3000:] + grid_study.rerun.stderr[-3000:]
-    status = pd.read_csv(grid_study.runs / "grid_status.csv")
+    status = pd.read_csv(grid_study.runs / GRID_STATUS)
     assert sorted(status.experiment) == sorted(EXPERIMENTS)
     assert set(status.status) <= {"done", "skipped"}
     for row in status.itertuples():
@@ -42,7 +43,7 @@ def test_every_backbone_sees_the_same_split_per_dataset_and_seed(grid_study):
 
 
 def test_rerun_after_kill_skips_finished_cells_and_completes_the_rest(grid_study):
-    status = pd.read_csv(grid_study.runs / "grid_status.csv").set_index("experiment")
+    status = pd.read_csv(grid_study.runs / GRID_STATUS).set_index("experiment")
     assert f"{len(grid_study.killed_after)} already finished" in grid_study.rerun.stdout
     for experiment, mtime in grid_study.killed_after.items():
         assert status.loc[experiment, "status"] == "skipped"
@@ -58,7 +59,8 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tmp_path):
                          f"overrides: [{', '.join(repr(arg) for arg in CELL_OVERRIDES)}]\n")
     result = run_tlbench("grid", "--grid", str(grid_file), "--output", "runs", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 1, result.stderr[-2000:]
-    status = pd.read_csv(tmp_path / "runs" / "grid_status.csv").set_index("experiment")
+    status_file = tmp_path / "runs" / "lightning_logs" / "grids" / "grid" / "grid_status.csv"  # named by grid.yaml
+    status = pd.read_csv(status_file).set_index("experiment")
     assert status.loc["single_cnn1_seed3", "status"] == "failed"
     assert "at least 2 classes" in status.loc["single_cnn1_seed3", "error"]
     assert status.loc["alpha_cnn1_seed3", "status"] == "done"

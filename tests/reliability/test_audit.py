@@ -171,8 +171,9 @@ def test_cli_exit_codes_and_csvs(dataset, tmp_path, cache_dir, photo):
         photo(dataset / ("cat" if index < 8 else "dog") / f"{index}.jpg", seed=index)
     clean = run_cli(str(dataset), cwd=tmp_path, cache=cache_dir)
     assert clean.returncode == 0, clean.stderr
-    assert read_rows(tmp_path / "bad_files.csv") == [["path", "reason"]]
-    assert read_rows(tmp_path / "duplicates.csv") == [["group", "kind", "match", "path", "label", "split"]]
+    assert read_rows(tmp_path / "lightning_logs" / "audit" / "data" / "bad_files.csv") == [["path", "reason"]]
+    assert read_rows(tmp_path / "lightning_logs" / "audit" / "data" / "duplicates.csv") == [
+        ["group", "kind", "match", "path", "label", "split"]]
 
     (dataset / "cat" / "empty.jpg").touch()
     (dataset / "dog" / "copy.jpg").write_bytes((dataset / "cat" / "0.jpg").read_bytes())

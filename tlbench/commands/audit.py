@@ -42,8 +42,8 @@ def audit(
 
     Args:
         root: data root: class folders, or train/val[/test] folders of class folders.
-        output: folder for bad_files.csv and duplicates.csv (default: the current folder); always written, so an
-            old report never outlives its fix.
+        output: folder for bad_files.csv and duplicates.csv (default: lightning_logs/audit/<ROOT name>); always
+            written, so an old report never outlives its fix.
         split_seed: seed of the stratified split whose train/val/test leakage is checked (as in fit).
         near_threshold: pHash bits (of 64) within which two images count as the same picture; -1: exact only.
         min_side: images whose shorter side is below this many pixels are bad ("too small").

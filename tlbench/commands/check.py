@@ -30,7 +30,7 @@ def check(
         backbone: timm backbone with ImageNet weights; wins over the config's (default: efficientnet_lite0).
         per_class: images looked at per class.
         top_k: ImageNet labels listed per image.
-        output: folder for check.csv and contact_sheet.png (default: check).
+        output: folder for check.csv and contact_sheet.png (default: lightning_logs/check/<dataset>_<backbone>).
         seed: which images are sampled.
         progress: progress bar on stderr (default: only when stderr is a terminal).
     """

@@ -41,6 +41,7 @@ from tlbench.data.images import MIN_SIDE, ImageLoadError, is_image_file, load_rg
 from tlbench.data.split import make_split
 from tlbench.errors import TLBenchError
 from tlbench.io import cache_dir
+from tlbench.outputs import dataset_name, default_output
 
 # Hamming distance (of 64 bits) at or below which two images count as near-duplicates. On the bundled photo sets
 # a resized, recompressed or burst-shot copy is 0-4 bits away while different photos of the same species start
@@ -369,7 +370,7 @@ def audit_dataset(
 
     Leakage is checked on the pre-split folders, else on the stratified split of ``split_seed`` (when the data can
     be split at all). Both CSVs are always written, so an old report never outlives its fix; ``output`` defaults
-    to the current folder.
+    to ``lightning_logs/audit/<dataset>/``.
     """
     root_path = check_root(root)
     table, split_note = None, "pre-split folders"
@@ -382,7 +383,7 @@ def audit_dataset(
     if not result.files:
         raise TLBenchError(f"no image files under {root_path};"
                            f" expected {root_path}/<class>/<image>.jpg (jpg, png, bmp, webp, tif)")
-    out = Path(output or ".")
+    out = Path(output) if output else default_output("audit", dataset_name(root_path))
     return DatasetAudit(result, split_note, write_bad_files(result.bad, out / "bad_files.csv"),
                         write_duplicates(result.duplicates, out / "duplicates.csv"))
 
@@ -443,7 +444,7 @@ def preflight(
     scans = scan_files(root, [file.path for file in files], min_side, progress)
     bad = [(file.path, scans[file.path].reason) for file in files if scans[file.path].reason]
     groups = find_duplicates(files, scans, near_threshold)
-    report = "bad_files.csv from 'python -m tlbench data audit ROOT'"
+    report = "lightning_logs/audit/<dataset>/bad_files.csv from 'python -m tlbench data audit ROOT'"
     if report_dir is not None:
         report = str(write_bad_files(bad, Path(report_dir) / "bad_files.csv"))
         write_duplicates(groups, Path(report_dir) / "duplicates.csv")
