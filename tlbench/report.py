@@ -31,6 +31,7 @@ from tlbench.evaluation import plots, stats
 from tlbench.evaluation.artifacts import CONFIDENCE, SIGNIFICANCE, compare_phases
 from tlbench.configs import dataset_stem
 from tlbench.io import read_json, write_csv, write_text
+from tlbench.outputs import LOGS, default_output
 from tlbench.rundir import is_finished
 
 STUDY_2017 = Path(__file__).resolve().parent / "data" / "study2017.csv"
@@ -212,9 +213,16 @@ def study_table(summary: pd.DataFrame) -> pd.DataFrame | None:
     return pd.DataFrame(rows) if rows else None
 
 
-def write_report(runs_dir: str | Path, output: str | Path) -> Path:
-    """``report.md``, ``report.csv`` (summary rows), ``runs.csv`` (per run and phase) and the PNG figures."""
-    output = Path(output)
+def default_report_dir(runs_dir: str | Path) -> Path:
+    """``lightning_logs/reports/<runs folder name>``, or ``.../reports/all`` for all of ``lightning_logs``."""
+    runs = Path(runs_dir).resolve()
+    return default_output("reports", "all" if runs == LOGS.resolve() else runs.name)
+
+
+def write_report(runs_dir: str | Path = LOGS, output: str | Path | None = None) -> Path:
+    """``report.md``, ``report.csv`` (summary rows), ``runs.csv`` (per run and phase) and the PNG figures, in
+    ``output`` (default: ``default_report_dir(runs_dir)``)."""
+    output = Path(output) if output else default_report_dir(runs_dir)
     runs, left_out = collect_runs(runs_dir)
     table = run_table(runs)
     summary = summarize(runs, table)

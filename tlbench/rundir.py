@@ -19,8 +19,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from tlbench.errors import TLBenchError
 from tlbench.io import read_json, write_json
+from tlbench.outputs import LOGS
 
-LOGS = "lightning_logs"
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.json"
 VERSION = re.compile(r"version_(\d+)")
@@ -41,7 +41,7 @@ def run_logger(trainer: pl.Trainer) -> TensorBoardLogger | None:
 
 def _lightning_default(logger: TensorBoardLogger, trainer: pl.Trainer) -> bool:
     """Lightning's own default logger (``lightning_logs/version_N``, no experiment name)."""
-    return logger.name == LOGS and Path(logger.root_dir).parent == Path(trainer.default_root_dir)
+    return logger.name == LOGS.name and Path(logger.root_dir).parent == Path(trainer.default_root_dir)
 
 
 def install_run_logger(trainer: pl.Trainer, experiment: str, version: int | None = None) -> TensorBoardLogger:

@@ -32,6 +32,8 @@ _BACKBONE = TINY_FIT_ARGS.index("--model.backbone")
 CELL_OVERRIDES = TINY_FIT_ARGS[:_BACKBONE] + TINY_FIT_ARGS[_BACKBONE + 2:]
 DATASETS, BACKBONES, SEEDS = ("alpha", "beta"), ("cnn1", "cnn6"), (0, 1)
 EXPERIMENTS = [f"{d}_{b}_seed{s}" for d in DATASETS for b in BACKBONES for s in SEEDS]
+# Where the grid's status lands under its --output: lightning_logs/grids/<datasets>_<backbones>_seed<seeds>/.
+GRID_STATUS = Path("lightning_logs/grids/alpha-beta_cnn1-cnn6_seed0-1/grid_status.csv")
 
 
 @dataclass
@@ -76,4 +78,4 @@ def grid_study(tmp_path_factory) -> GridStudy:
 
 def cell_metrics(study: GridStudy) -> pd.Series:
     """experiment -> absolute path of the metrics.json the grid recorded for it."""
-    return pd.read_csv(study.runs / "grid_status.csv").set_index("experiment").metrics
+    return pd.read_csv(study.runs / GRID_STATUS).set_index("experiment").metrics

@@ -6,7 +6,7 @@ import pandas as pd
 from timm.data import ImageNetInfo
 
 from tests.conftest import run_tlbench
-from tlbench.commands.check import config_values
+from tlbench.check import config_values
 
 # ImageNet-1k bird classes: cock..jay, partridge..black swan (ex. mammals), white stork..red-breasted merganser.
 BIRD_INDICES = [*range(7, 25), *range(80, 101), *range(127, 147)]

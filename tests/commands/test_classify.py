@@ -65,3 +65,11 @@ def test_classify_without_images_names_the_inputs(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(TLBenchError, match="no image files in .*empty"):
         classify(str(tmp_path / "no_run"), [str(tmp_path / "empty")])
+
+
+def test_classify_bar_on_stderr_only_when_asked(leaves_run, tmp_path):
+    images = [str(path) for path in sorted((SHARED_DATA / "leaves3").glob("*/*"))[:3]]
+    quiet = run_tlbench("classify", str(leaves_run), *images, cwd=tmp_path)
+    assert quiet.returncode == 0 and "classifying" not in quiet.stderr
+    shown = run_tlbench("classify", str(leaves_run), *images, "--progress", "true", cwd=tmp_path)
+    assert shown.returncode == 0 and "classifying: 100%" in shown.stderr and "3/3" in shown.stderr

@@ -5,21 +5,23 @@ The killed-and-resumed grid is the session fixture ``grid_study`` (tests/command
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-from tests.commands.conftest import CELL_OVERRIDES, DATASETS, EXPERIMENTS, SEEDS, cell_metrics, finished_cells
+from tests.commands.conftest import (CELL_OVERRIDES, DATASETS, EXPERIMENTS, GRID_STATUS, SEEDS, cell_metrics,
+                                     finished_cells)
 from tests.conftest import make_dataset, run_tlbench
 from tlbench.__main__ import main
 from tlbench.configs import CONFIGS, load_grid_file, recipe_args
-from tlbench.grid import build_spec
+from tlbench.grid import build_spec, run_cell
 from tlbench.rundir import is_finished
 
 
 def test_grid_runs_every_cell_into_its_own_run_directory(grid_study):
     assert grid_study.rerun.returncode == 0, grid_study.rerun.stdout[-3000:] + grid_study.rerun.stderr[-3000:]
-    status = pd.read_csv(grid_study.runs / "grid_status.csv")
+    status = pd.read_csv(grid_study.runs / GRID_STATUS)
     assert sorted(status.experiment) == sorted(EXPERIMENTS)
     assert set(status.status) <= {"done", "skipped"}
     for row in status.itertuples():
@@ -43,7 +45,7 @@ def test_every_backbone_sees_the_same_split_per_dataset_and_seed(grid_study):
 
 
 def test_rerun_after_kill_skips_finished_cells_and_completes_the_rest(grid_study):
-    status = pd.read_csv(grid_study.runs / "grid_status.csv").set_index("experiment")
+    status = pd.read_csv(grid_study.runs / GRID_STATUS).set_index("experiment")
     assert f"{len(grid_study.killed_after)} already finished" in grid_study.rerun.stdout
     for experiment, mtime in grid_study.killed_after.items():
         assert status.loc[experiment, "status"] == "skipped"
@@ -59,7 +61,8 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tmp_path):
                          f"overrides: [{', '.join(repr(arg) for arg in CELL_OVERRIDES)}]\n")
     result = run_tlbench("grid", "--grid", str(grid_file), "--output", "runs", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 1, result.stderr[-2000:]
-    status = pd.read_csv(tmp_path / "runs" / "grid_status.csv").set_index("experiment")
+    status_file = tmp_path / "runs" / "lightning_logs" / "grids" / "grid" / "grid_status.csv"  # named by grid.yaml
+    status = pd.read_csv(status_file).set_index("experiment")
     assert status.loc["single_cnn1_seed3", "status"] == "failed"
     assert "at least 2 classes" in status.loc["single_cnn1_seed3", "error"]
     assert status.loc["alpha_cnn1_seed3", "status"] == "done"
@@ -87,3 +90,15 @@ def test_grid_rejects_overrides_it_sets_itself_and_stray_pass_through(tmp_path, 
     assert "sets --experiment itself" in capsys.readouterr().err
     assert main(["report", str(tmp_path), "--", "--model.head_epochs", "1"]) == 2
     assert "no arguments after '--'" in capsys.readouterr().err
+
+
+def test_a_running_cell_shows_its_newest_log_line_while_it_runs(tmp_path):
+    script = ("import sys, time\n"
+              "print('epoch 1', flush=True); time.sleep(1.5)\n"
+              "sys.stdout.write('bar 10%\\rbar 90%'); sys.stdout.flush(); time.sleep(1.5)\n"
+              "sys.exit(3)")
+    shown: list[str] = []
+    returncode = run_cell([sys.executable, "-c", script], tmp_path / "cell.log", shown.append, every=0.2)
+    assert returncode == 3
+    assert shown == ["epoch 1", "bar 90%"]  # each line once; a progress bar by its newest state
+    assert (tmp_path / "cell.log").read_bytes() == b"epoch 1\nbar 10%\rbar 90%"

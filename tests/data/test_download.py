@@ -356,3 +356,13 @@ def test_fetch_replaces_damaged_cached_file(server, tmp_path):
     (tmp_path / "a.tar").write_bytes(b"corrupted")
     assert dl.fetch(url, tmp_path / "a.tar", sha256=hashlib.sha256(data).hexdigest(), progress=False)
     assert (tmp_path / "a.tar").read_bytes() == data
+
+
+def test_cli_download_bar_on_stderr_only_when_asked(server, tmp_path):
+    data = fake_leaves()
+    serve(server, dl.SOURCES["leaves"].archive.url, data)
+    quiet = run_cli("leaves", "--root", str(tmp_path / "quiet"), "--mirror", server.url)
+    assert quiet.returncode == 0 and quiet.stderr == ""  # captured, not a terminal: no bar in logs
+    shown = run_cli("leaves", "--root", str(tmp_path / "shown"), "--mirror", server.url, "--progress", "true")
+    assert shown.returncode == 0, shown.stderr
+    assert "leaves.tar: 100%" in shown.stderr and "leaves.tar" not in shown.stdout

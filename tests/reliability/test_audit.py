@@ -171,8 +171,9 @@ def test_cli_exit_codes_and_csvs(dataset, tmp_path, cache_dir, photo):
         photo(dataset / ("cat" if index < 8 else "dog") / f"{index}.jpg", seed=index)
     clean = run_cli(str(dataset), cwd=tmp_path, cache=cache_dir)
     assert clean.returncode == 0, clean.stderr
-    assert read_rows(tmp_path / "bad_files.csv") == [["path", "reason"]]
-    assert read_rows(tmp_path / "duplicates.csv") == [["group", "kind", "match", "path", "label", "split"]]
+    assert read_rows(tmp_path / "lightning_logs" / "audit" / "data" / "bad_files.csv") == [["path", "reason"]]
+    assert read_rows(tmp_path / "lightning_logs" / "audit" / "data" / "duplicates.csv") == [
+        ["group", "kind", "match", "path", "label", "split"]]
 
     (dataset / "cat" / "empty.jpg").touch()
     (dataset / "dog" / "copy.jpg").write_bytes((dataset / "cat" / "0.jpg").read_bytes())
@@ -239,3 +240,27 @@ def test_audit_command_refuses_a_folder_without_images(tmp_path):
     (tmp_path / "empty" / "cat").mkdir(parents=True)
     with pytest.raises(TLBenchError, match="no image files under"):
         audit_command(str(tmp_path / "empty"), output=str(tmp_path))
+
+
+def test_audit_shows_a_scan_bar_on_stderr_only_when_asked(dataset, tmp_path, cache_dir, photo):
+    for index in range(6, 9):
+        photo(dataset / ("cat" if index < 8 else "dog") / f"{index}.jpg", seed=index)
+    quiet = run_cli(str(dataset), "--output", "quiet", cwd=tmp_path, cache=cache_dir)
+    assert quiet.returncode == 0 and quiet.stderr == ""  # captured, not a terminal: no bar in logs
+    shown = run_cli(str(dataset), "--output", "shown", "--progress", "true", cwd=tmp_path, cache=tmp_path / "fresh")
+    assert shown.returncode == 0, shown.stderr
+    assert "scanning data: 100%" in shown.stderr and "9/9" in shown.stderr and "scanning" not in shown.stdout
+
+
+@pytest.mark.parametrize("enable_progress_bar", [True, False])
+def test_fit_scan_bar_follows_the_trainers_progress_bar(dataset, capsys, enable_progress_bar):
+    from pytorch_lightning import Trainer
+
+    from tlbench.data.datamodule import ImageFolderDataModule
+
+    datamodule = ImageFolderDataModule(str(dataset), split_file=None)
+    datamodule.trainer = Trainer(logger=False, accelerator="cpu", enable_progress_bar=enable_progress_bar,
+                                 enable_model_summary=False)
+    capsys.readouterr()
+    assert len(datamodule.prepare_split()) == 6
+    assert ("scanning data" in capsys.readouterr().err) == enable_progress_bar

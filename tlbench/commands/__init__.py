@@ -1,20 +1,28 @@
 """Commands other than fit/validate/test/predict: one typed function each, called by the CLI and by tests.
 
 ``run_command`` turns what a person types into the function's typed arguments through jsonargparse, with
-three conveniences: LightningCLI-style dotted flags (``--data.root``), a trailing list of words for a list
-parameter (``classify RUN a.jpg b.png dir/``), and fit overrides after ``--`` (``grid ... -- --data.batch_size 16``).
+four conveniences: LightningCLI-style dotted flags (``--data.root``), a trailing list of words for a list
+parameter (``classify RUN a.jpg b.png dir/``), the first parameter as an optional positional word when every
+parameter has a default (``report [RUNS_DIR]``), and fit overrides after ``--`` (``grid ... -- --data.batch_size 16``).
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import sys
 import typing
 from collections.abc import Callable
 
 from tlbench.errors import TLBenchError
 
 PASSTHROUGH_PARAMETER = "fit_args"
+
+
+def show_progress(progress: bool | None) -> bool:
+    """A command's ``--progress``: bars on stderr when asked, by default only when stderr is a terminal, so logs
+    and captured output stay clean."""
+    return sys.stderr.isatty() if progress is None else progress
 
 
 def _undot(function: Callable, args: list[str]) -> list[str]:
@@ -35,6 +43,34 @@ def _undot(function: Callable, args: list[str]) -> list[str]:
     return result
 
 
+def _positional_indices(args: list[str]) -> list[int]:
+    """Indices of the positional words of ``args``; every ``--flag`` takes a value (``--flag V``, ``--flag=V``)."""
+    positional, i = [], 0
+    while i < len(args):
+        if args[i].startswith("--"):
+            i += 1 if "=" in args[i] else 2
+            continue
+        positional.append(i)
+        i += 1
+    return positional
+
+
+def _optional_first_positional(function: Callable, args: list[str]) -> list[str]:
+    """``report runs/`` as ``report --runs_dir runs/`` when every parameter has a default.
+
+    jsonargparse makes only required parameters positional, but a command whose input has a sensible default
+    (``report`` reads ``lightning_logs``) should still take it as a plain word, as it did when it was required.
+    """
+    parameters = list(inspect.signature(function).parameters.values())
+    if not parameters or any(p.default is p.empty for p in parameters) or {"-h", "--help"} & set(args):
+        return args
+    positional = _positional_indices(args)
+    if not positional:
+        return args
+    first = positional[0]
+    return [*args[:first], f"--{parameters[0].name}", *args[first:]]
+
+
 def _gather_list_positional(function: Callable, args: list[str]) -> list[str]:
     """Positional words beyond the other required parameters, as one list for a trailing ``list[...]`` parameter.
 
@@ -45,14 +81,7 @@ def _gather_list_positional(function: Callable, args: list[str]) -> list[str]:
     required = [name for name, p in inspect.signature(function).parameters.items() if p.default is p.empty]
     if not required or typing.get_origin(hints.get(required[-1])) is not list or {"-h", "--help"} & set(args):
         return args
-    positional, i = [], 0
-    while i < len(args):
-        if args[i].startswith("--"):
-            i += 1 if "=" in args[i] else 2
-            continue
-        positional.append(i)
-        i += 1
-    items = positional[len(required) - 1 :]
+    items = _positional_indices(args)[len(required) - 1 :]
     if not items:
         return args
     return [arg for i, arg in enumerate(args) if i not in items] + [json.dumps([args[i] for i in items])]
@@ -72,6 +101,7 @@ def run_command(function: Callable, args: list[str]) -> int:
     """Parse ``args`` for ``function``, call it, and return its exit status (0 unless it returns an int)."""
     from jsonargparse import auto_cli
 
-    args = _gather_list_positional(function, _undot(function, _pass_through(function, args)))
+    args = _undot(function, _pass_through(function, args))
+    args = _optional_first_positional(function, _gather_list_positional(function, args))
     result = auto_cli(function, args=args, as_positional=True)
     return result if isinstance(result, int) else 0

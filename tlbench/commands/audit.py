@@ -7,14 +7,9 @@ Scripts can therefore gate training on ``python -m tlbench data audit DIR``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from tlbench.data.audit import NEAR_THRESHOLD, AuditResult, write_bad_files, write_duplicates
-from tlbench.data.audit import audit as audit_dataset
-from tlbench.data.discover import check_root, find_split_folders
+from tlbench.commands import show_progress
+from tlbench.data.audit import NEAR_THRESHOLD, AuditResult, audit_dataset
 from tlbench.data.images import MIN_SIDE
-from tlbench.data.split import make_split
-from tlbench.errors import TLBenchError
 
 
 def _print_summary(result: AuditResult, split_note: str) -> None:
@@ -35,30 +30,28 @@ def _print_summary(result: AuditResult, split_note: str) -> None:
         print(f"  {number}. {group.describe()}")
 
 
-def audit(root: str, output: str | None = None, split_seed: int = 0, near_threshold: int = NEAR_THRESHOLD, min_side: int = MIN_SIDE) -> int:
+def audit(
+    root: str,
+    output: str | None = None,
+    split_seed: int = 0,
+    near_threshold: int = NEAR_THRESHOLD,
+    min_side: int = MIN_SIDE,
+    progress: bool | None = None,
+) -> int:
     """Decode every image under ROOT once and report bad files and duplicates; exit 0 clean, 1 problems found.
 
     Args:
         root: data root: class folders, or train/val[/test] folders of class folders.
-        output: folder for bad_files.csv and duplicates.csv (default: the current folder); always written, so an
-            old report never outlives its fix.
+        output: folder for bad_files.csv and duplicates.csv (default: lightning_logs/audit/<ROOT name>); always
+            written, so an old report never outlives its fix.
         split_seed: seed of the stratified split whose train/val/test leakage is checked (as in fit).
         near_threshold: pHash bits (of 64) within which two images count as the same picture; -1: exact only.
         min_side: images whose shorter side is below this many pixels are bad ("too small").
+        progress: progress bar on stderr (default: only when stderr is a terminal).
     """
-    root_path = check_root(root)
-    table, split_note = None, "pre-split folders"
-    if not find_split_folders(root_path):
-        try:
-            table, split_note = make_split(root_path, split_seed), f"split seed {split_seed}"
-        except TLBenchError as error:
-            split_note = f"not splittable, leakage not checked: {error}"
-    result = audit_dataset(root_path, table, near_threshold, min_side)
-    if not result.files:
-        raise TLBenchError(f"no image files under {root_path}; expected {root_path}/<class>/<image>.jpg (jpg, png, bmp, webp, tif)")
-    _print_summary(result, split_note)
-    out = Path(output or ".")
-    written = [write_bad_files(result.bad, out / "bad_files.csv"), write_duplicates(result.duplicates, out / "duplicates.csv")]
-    print(f"wrote {written[0]} and {written[1]}")
+    report = audit_dataset(root, output, split_seed, near_threshold, min_side, show_progress(progress))
+    result = report.result
+    _print_summary(result, report.split_note)
+    print(f"wrote {report.bad_files_csv} and {report.duplicates_csv}")
     print("clean" if result.clean else f"problems found: {len(result.bad)} bad files, {len(result.duplicates)} duplicate groups")
     return 0 if result.clean else 1

@@ -1,79 +1,11 @@
-"""``python -m tlbench check``: what does the pretrained ImageNet classifier see in my data, and what should I train?
-
-Runs the backbone with its own 1000-class ImageNet head on a few images per class, prints the top-k ImageNet
-labels per image, summarises per class how confident and consistent those predictions are, and turns that
-into the cs231n head-only vs fine-tune advice (thresholds and their limits: ``tlbench.evaluation.domain``).
-Seconds on a CPU, before committing minutes to a training run.
-"""
+"""``python -m tlbench check``: what does the pretrained ImageNet classifier see in my data, and what should I train?"""
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
-import pandas as pd
-import yaml
-from timm.data import ImageNetInfo
-
-from tlbench.commands.classify import classify_paths
-from tlbench.configs import resolve_config_path
-from tlbench.data.split import make_split
-from tlbench.data.transforms import Preprocessing
-from tlbench.errors import TLBenchError
-from tlbench.evaluation.domain import class_summary, recommend
-from tlbench.evaluation.plots import plot_contact_sheet
-from tlbench.io import write_csv
-from tlbench.models.backbones import create_classifier
-from tlbench.models.inference import Predictor
-from tlbench.models.loading import TrainedModel
-
-DEFAULT_BACKBONE = "efficientnet_lite0"
-SHEET_LABELS = 3
-
-
-def config_values(config: str) -> tuple[str | None, str | None]:
-    """``data.root`` and ``model.backbone`` of a fit config, as ``fit`` would read them.
-
-    Both config shapes are supported: a run's resolved ``config.yaml`` (nested mappings) and the shipped
-    two-line configs whose ``data:``/``model:`` entries name other YAML files, resolved relative to the
-    including file as jsonargparse does. Bare names (``birds_efficientnet_lite0``) resolve in ``configs/``.
-    """
-    path = Path(resolve_config_path(config))
-    values = yaml.safe_load(path.read_text()) or {}
-
-    def section(name: str) -> dict:
-        value = values.get(name) or {}
-        return (yaml.safe_load((path.parent / value).read_text()) or {}) if isinstance(value, str) else value
-
-    return section("data").get("root"), section("model").get("backbone")
-
-
-def imagenet_labels() -> list[str]:
-    """The 1000 ImageNet descriptions (offline, from timm), made unique: "crane" is a bird and a machine."""
-    info = ImageNetInfo()
-    names = [info.index_to_description(i) for i in range(1000)]
-    repeated = Counter(names)
-    return [f"{name} #{i}" if repeated[name] > 1 else name for i, name in enumerate(names)]
-
-
-def imagenet_predictor(backbone: str) -> Predictor:
-    """The backbone with its ImageNet head, wrapped like a trained model so classify's batching is reused."""
-    model, source = create_classifier(backbone)
-    if source == "random" or getattr(model, "num_classes", 1000) != 1000:
-        raise TLBenchError(f"check needs a backbone with ImageNet-1k weights; '{backbone}' has none ({source})")
-    preprocessing = Preprocessing.from_timm_config(model.pretrained_cfg)
-    return Predictor(TrainedModel(model.eval(), imagenet_labels(), preprocessing, backbone, "imagenet", Path(source)))
-
-
-def sample_images(table: pd.DataFrame, per_class: int, seed: int) -> pd.DataFrame:
-    """``per_class`` images of every class (all it has if fewer), the same ones for the same seed."""
-    groups = [group.sample(n=min(per_class, len(group)), random_state=seed) for _, group in table.groupby("label", sort=True)]
-    return pd.concat(groups, ignore_index=True)
-
-
-def _format_labels(row: pd.Series, top_k: int, separator: str = "  ", width: int | None = None) -> str:
-    """``label prob`` for the top ``top_k`` ImageNet labels of one row of ``check.csv``."""
-    return separator.join(f"{row[f'top{r}_label'][:width]} {row[f'top{r}_prob']:.2f}" for r in range(1, top_k + 1))
+from tlbench.check import check_dataset, format_labels
+from tlbench.commands import show_progress
 
 
 def check(
@@ -82,8 +14,9 @@ def check(
     backbone: str | None = None,
     per_class: int = 2,
     top_k: int = 5,
-    output: str = "check",
+    output: str | None = None,
     seed: int = 0,
+    progress: bool | None = None,
 ) -> None:
     """Show ImageNet's predictions on a few images per class and recommend head-only or fine-tuning.
 
@@ -97,40 +30,21 @@ def check(
         backbone: timm backbone with ImageNet weights; wins over the config's (default: efficientnet_lite0).
         per_class: images looked at per class.
         top_k: ImageNet labels listed per image.
-        output: folder for check.csv and contact_sheet.png.
+        output: folder for check.csv and contact_sheet.png (default: lightning_logs/check/<dataset>_<backbone>).
         seed: which images are sampled.
+        progress: progress bar on stderr (default: only when stderr is a terminal).
     """
-    config_root, config_backbone = config_values(config) if config else (None, None)
-    root = data_root or config_root
-    if root is None:
-        raise TLBenchError("no data folder: pass --data.root DIR or a --config that names one")
-    if per_class < 1 or not 1 <= top_k <= 1000:
-        raise TLBenchError(f"--per_class must be at least 1 and --top_k in 1..1000 (got {per_class} and {top_k})")
-    table = make_split(root)
-    backbone = backbone or config_backbone or DEFAULT_BACKBONE
-    predictor = imagenet_predictor(backbone)
-    sample = sample_images(table, per_class, seed)
-    predictions = classify_paths(predictor, [Path(root) / path for path in sample.path], top_k)
-    results = pd.concat([sample[["label"]], predictions], axis=1)
-
-    print(f"{backbone} ImageNet predictions on {len(results)} images of {Path(root)} ({per_class} per class, seed {seed})")
-    for row in results.itertuples(index=False):
-        row = pd.Series(row._asdict())
-        print(f"  {row.label}/{Path(row.path).name}: {row.error or _format_labels(row, top_k)}")
-    if (results.error != "").all():
-        raise TLBenchError(f"none of the {len(results)} sampled images could be read; run 'python -m tlbench data audit {root}'")
-    summary = class_summary(results)
+    result = check_dataset(config, data_root, backbone, per_class, top_k, output, seed, show_progress(progress))
+    predictions = result.predictions
+    print(f"{result.backbone} ImageNet predictions on {len(predictions)} images of {result.root}"
+          f" ({per_class} per class, seed {seed})")
+    for row in predictions.to_dict("records"):
+        print(f"  {row['label']}/{Path(row['path']).name}: {row['error'] or format_labels(row, top_k)}")
     print("per class: confidence = mean top-1 probability; consistency = share with the class's most common top-1 label")
-    for row in summary.itertuples(index=False):
+    for row in result.summary.itertuples(index=False):
         collision = f"  (same label as {row.collides_with})" if row.collides_with else ""
-        print(f"  {row.label:<24} confidence {row.confidence:.2f}  consistency {row.consistency:.2f}  -> {row.imagenet_label}{collision}")
-    train_per_class = float(table[table.split == "train"].label.value_counts().median())
-    advice = recommend(summary, train_per_class)
-    print(f"recommendation: {advice.advice}")
-    print(f"reason: {advice.reason}")
-
-    out = Path(output)
-    write_csv(out / "check.csv", results)
-    captions = [_format_labels(row, min(SHEET_LABELS, top_k), "\n", 28) if not row["error"] else row["error"] for _, row in results.iterrows()]
-    plot_contact_sheet([Path(p) for p in results.path], list(results.label), captions, out / "contact_sheet.png")
-    print(f"wrote {out / 'check.csv'} and {out / 'contact_sheet.png'}")
+        print(f"  {row.label:<24} confidence {row.confidence:.2f}  consistency {row.consistency:.2f}"
+              f"  -> {row.imagenet_label}{collision}")
+    print(f"recommendation: {result.advice.advice}")
+    print(f"reason: {result.advice.reason}")
+    print(f"wrote {result.csv} and {result.contact_sheet}")

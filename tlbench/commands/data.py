@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from tlbench.data.split import make_split, split_summary, write_split
+from tlbench.data.split import default_split_path, make_split, split_summary, write_split
 
 
 def split(root: str, split_seed: int = 0, output: str | None = None) -> None:
@@ -16,10 +16,10 @@ def split(root: str, split_seed: int = 0, output: str | None = None) -> None:
     Args:
         root: dataset folder (class sub-folders, or train/val[/test]).
         split_seed: seed of the stratified 70/20/10 split.
-        output: where to write the CSV (default: ROOT_split_seedN.csv in the current folder).
+        output: where to write the CSV (default: lightning_logs/splits/<ROOT name>_seed<N>.csv).
     """
     table = make_split(root, split_seed)
-    path = write_split(table, output or f"{Path(root).resolve().name}_split_seed{split_seed}.csv")
+    path = write_split(table, output or default_split_path(root, split_seed))
     sizes = split_summary(table)
     print(f"{path}: {len(table)} images, train/val/test = {sizes['train']}/{sizes['val']}/{sizes['test']}")
 

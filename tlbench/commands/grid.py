@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from tlbench.commands import show_progress
 from tlbench.configs import load_grid_file
 from tlbench.grid import build_spec, run_grid
 
@@ -11,31 +14,35 @@ def grid(
     backbones: str | None = None,
     seeds: str | None = None,
     data_dir: str | None = None,
-    output: str = "runs",
+    output: str = ".",
     grid: str | None = None,
     fit_args: list[str] | None = None,
+    progress: bool | None = None,
 ) -> int:
     """Run a grid of fits; rerun the same command to resume (finished cells are skipped).
 
-    Each cell is ``fit --experiment <dataset>_<backbone>_seed<k> --data.split_seed k --seed_everything k``
-    under OUTPUT, with configs/<dataset>_<backbone>.yaml when the study ships one, else
-    configs/models/<backbone>.yaml. Fit overrides for every cell go after ``--``:
+    Each cell is ``fit --experiment <dataset>_<backbone>_seed<k> --data.split_seed k --seed_everything k``,
+    landing in OUTPUT/lightning_logs/<experiment>/version_N like any fit, with configs/<dataset>_<backbone>.yaml
+    when the study ships one, else configs/models/<backbone>.yaml. Fit overrides for every cell go after ``--``:
     ``python -m tlbench grid --datasets birds10 --backbones cnn6 -- --model.finetune_epochs 2``.
-    Exit status 1 if any cell failed (see OUTPUT/grid_status.csv).
+    The grid's status and cell logs go to OUTPUT/lightning_logs/grids/<name>/ (name: the grid file's, else
+    <datasets>_<backbones>_seed<seeds>). Exit status 1 if any cell failed (see grid_status.csv there).
 
     Args:
         datasets: comma-separated folder names under DATA_DIR, or paths.
         backbones: comma-separated backbone names (cnn6, efficientnet_lite0, vgg16, any timm name).
         seeds: comma-separated seeds; each sets both the split and the training seed (default 0).
         data_dir: folder holding the datasets named in DATASETS (default data).
-        output: root of every cell's run directory and of the grid's status files.
+        output: folder whose lightning_logs/ (and checkpoints/) receive the runs and the grid's status files.
         grid: a grid YAML (configs/grids/quick.yaml) with datasets, backbones, seeds, data_dir, overrides;
             command-line values win over it.
         fit_args: fit overrides for every cell; what follows ``--`` lands here, after the grid file's overrides.
+        progress: redraw the running cell's newest log line in place on stderr (default: when stderr is a
+            terminal); otherwise it is printed as a line at most every 10 seconds.
     """
     file_values = load_grid_file(grid) if grid else {}
     if fit_args:
         file_values["overrides"] = [*(file_values.get("overrides") or []), *fit_args]
     spec = build_spec(file_values, {"datasets": datasets, "backbones": backbones, "seeds": seeds, "data_dir": data_dir})
-    cells = run_grid(spec, output)
+    cells = run_grid(spec, output, Path(grid).stem if grid else None, progress=show_progress(progress))
     return 1 if any(cell.status == "failed" for cell in cells) else 0

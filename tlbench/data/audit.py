@@ -34,11 +34,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from tqdm import tqdm
 
 from tlbench.data.discover import check_root, find_split_folders, is_ignored
 from tlbench.data.images import MIN_SIDE, ImageLoadError, is_image_file, load_rgb
+from tlbench.data.split import make_split
 from tlbench.errors import TLBenchError
 from tlbench.io import cache_dir
+from tlbench.outputs import dataset_name, default_output
 
 # Hamming distance (of 64 bits) at or below which two images count as near-duplicates. On the bundled photo sets
 # a resized, recompressed or burst-shot copy is 0-4 bits away while different photos of the same species start
@@ -125,6 +128,16 @@ class AuditResult:
             if file.path not in bad:
                 counts[file.label][file.split] += 1
         return counts
+
+
+@dataclass
+class DatasetAudit:
+    """``audit_dataset``'s outcome: the audit, which split's leakage it checked, and the two CSVs it wrote."""
+
+    result: AuditResult
+    split_note: str
+    bad_files_csv: Path
+    duplicates_csv: Path
 
 
 @dataclass
@@ -251,13 +264,16 @@ def _scan_file(full: Path, min_side: int) -> Scan:
     return Scan(sha256, perceptual_hash(image))
 
 
-def scan_files(root: Path, paths: list[str], min_side: int = MIN_SIDE) -> dict[str, Scan]:
-    """``{path: Scan}`` for files relative to ``root``, decoding only those changed since the cached scan."""
+def scan_files(root: Path, paths: list[str], min_side: int = MIN_SIDE, progress: bool = False) -> dict[str, Scan]:
+    """``{path: Scan}`` for files relative to ``root``, decoding only those changed since the cached scan.
+
+    ``progress`` shows a bar on stderr: the first scan of a large dataset decodes every file and takes minutes.
+    """
     real_root = _real(root)
     cache_file = cache_path(root)
     cached = _read_cache(cache_file, min_side)
     scans: dict[str, Scan] = {}
-    for path in paths:
+    for path in tqdm(paths, desc=f"scanning {root.name}", unit="file", disable=not progress):
         full = root / path
         reason = _unreachable(full, real_root)
         if reason:
@@ -320,17 +336,56 @@ def find_duplicates(files: list[AuditedFile], scans: dict[str, Scan], near_thres
     return sorted(groups, key=lambda group: _split_rank(group.members[0]))
 
 
-def audit(root: str | Path, table: pd.DataFrame | None = None, near_threshold: int = NEAR_THRESHOLD, min_side: int = MIN_SIDE) -> AuditResult:
-    """Walk, decode and hash every image of ``root``; ``table`` (path, label, split) supplies the splits to check."""
+def audit(
+    root: str | Path,
+    table: pd.DataFrame | None = None,
+    near_threshold: int = NEAR_THRESHOLD,
+    min_side: int = MIN_SIDE,
+    progress: bool = False,
+) -> AuditResult:
+    """Walk, decode and hash every image of ``root``; ``table`` (path, label, split) supplies the splits to check.
+
+    ``progress`` shows a bar on stderr while files are decoded.
+    """
     root = check_root(root)
     found = list_dataset(root)
     files = found.files
     if table is not None:
         split_of = dict(zip(table.path, table.split))
         files = [replace(file, split=split_of.get(file.path, file.split)) for file in files]
-    scans = scan_files(root, [file.path for file in files], min_side)
+    scans = scan_files(root, [file.path for file in files], min_side, progress)
     bad = found.bad + [(file.path, scans[file.path].reason) for file in files if scans[file.path].reason]
     return AuditResult(root, files, bad, find_duplicates(files, scans, near_threshold), found.ignored)
+
+
+def audit_dataset(
+    root: str | Path,
+    output: str | Path | None = None,
+    split_seed: int = 0,
+    near_threshold: int = NEAR_THRESHOLD,
+    min_side: int = MIN_SIDE,
+    progress: bool = False,
+) -> DatasetAudit:
+    """Audit a data root as ``fit`` would split it and write ``bad_files.csv`` and ``duplicates.csv``.
+
+    Leakage is checked on the pre-split folders, else on the stratified split of ``split_seed`` (when the data can
+    be split at all). Both CSVs are always written, so an old report never outlives its fix; ``output`` defaults
+    to ``lightning_logs/audit/<dataset>/``.
+    """
+    root_path = check_root(root)
+    table, split_note = None, "pre-split folders"
+    if not find_split_folders(root_path):
+        try:
+            table, split_note = make_split(root_path, split_seed), f"split seed {split_seed}"
+        except TLBenchError as error:
+            split_note = f"not splittable, leakage not checked: {error}"
+    result = audit(root_path, table, near_threshold, min_side, progress)
+    if not result.files:
+        raise TLBenchError(f"no image files under {root_path};"
+                           f" expected {root_path}/<class>/<image>.jpg (jpg, png, bmp, webp, tif)")
+    out = Path(output) if output else default_output("audit", dataset_name(root_path))
+    return DatasetAudit(result, split_note, write_bad_files(result.bad, out / "bad_files.csv"),
+                        write_duplicates(result.duplicates, out / "duplicates.csv"))
 
 
 def write_bad_files(bad: list[tuple[str, str]], path: str | Path) -> Path:
@@ -366,6 +421,7 @@ def preflight(
     near_threshold: int = NEAR_THRESHOLD,
     min_side: int = MIN_SIDE,
     report_dir: str | Path | None = None,
+    progress: bool = False,
 ) -> PreflightResult:
     """Check the files of a split table before training; refuse with the fix, or drop and list what was asked.
 
@@ -378,16 +434,17 @@ def preflight(
         near_threshold: pHash bits within which two images are the same picture; below 0, exact copies only.
         min_side: shorter side below which an image is unusable.
         report_dir: when given, ``bad_files.csv`` and ``duplicates.csv`` are written there and named in errors.
+        progress: show a bar on stderr while files are decoded (fit passes its ``enable_progress_bar``).
 
     Duplicates within one split (including ones with conflicting labels) do not leak and are returned as
     ``problems`` for the log.
     """
     root = check_root(root)
     files = [AuditedFile(str(p), str(l), str(s)) for p, l, s in table[["path", "label", "split"]].itertuples(index=False)]
-    scans = scan_files(root, [file.path for file in files], min_side)
+    scans = scan_files(root, [file.path for file in files], min_side, progress)
     bad = [(file.path, scans[file.path].reason) for file in files if scans[file.path].reason]
     groups = find_duplicates(files, scans, near_threshold)
-    report = "bad_files.csv from 'python -m tlbench data audit ROOT'"
+    report = "lightning_logs/audit/<dataset>/bad_files.csv from 'python -m tlbench data audit ROOT'"
     if report_dir is not None:
         report = str(write_bad_files(bad, Path(report_dir) / "bad_files.csv"))
         write_duplicates(groups, Path(report_dir) / "duplicates.csv")

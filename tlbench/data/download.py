@@ -1,8 +1,8 @@
 """Download the 2017 study's five datasets from their original hosts and convert them to ``ROOT/<name>/<class>/*.jpg``.
 
-Everything here uses the standard library (urllib, tarfile, zipfile, hashlib) plus Pillow, so that fetching data
-never needs Lightning or a GPU. The hosts are research servers that drop connections and move files, so every
-download is resumable (HTTP Range into a ``.part`` file), checked against a known checksum where one is known,
+Everything here uses the standard library (urllib, tarfile, zipfile, hashlib) plus Pillow and tqdm, so that
+fetching data never needs Lightning or a GPU. The hosts are research servers that drop connections and move files,
+so every download is resumable (HTTP Range into a ``.part`` file), checked against a known checksum where one is known,
 and every archive is validated member by member before anything is written: an archive is untrusted input.
 """
 
@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
 
 from tlbench.data.images import ImageLoadError, is_image_file, load_rgb
 from tlbench.errors import TLBenchError
@@ -227,37 +229,6 @@ def apply_mirror(url: str, mirror: str | None) -> str:
 # --------------------------------------------------------------------------------------------------- fetch
 
 
-class _Progress:
-    """A one-line progress meter on stderr, redrawn at most a few times a second so logs stay small."""
-
-    def __init__(self, label: str, total: int | None, unit: str = "MB", enabled: bool = True) -> None:
-        self.label, self.total, self.unit, self.enabled = label, total, unit, enabled
-        self.scale = 1e6 if unit == "MB" else 1
-        self.done = 0
-        self._last_draw = 0.0
-
-    def update(self, amount: int) -> None:
-        self.done += amount
-        now = time.monotonic()
-        if self.enabled and now - self._last_draw > 0.25:
-            self._last_draw = now
-            self._draw()
-
-    def _draw(self) -> None:
-        done = f"{self.done / self.scale:.1f}" if self.unit == "MB" else str(self.done)
-        if self.total:
-            total = f"{self.total / self.scale:.1f}" if self.unit == "MB" else str(self.total)
-            text = f"{self.label}: {done}/{total} {self.unit} ({100 * self.done // self.total}%)"
-        else:
-            text = f"{self.label}: {done} {self.unit}"
-        print(f"\r{text}", end="", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.enabled:
-            self._draw()
-            print(file=sys.stderr, flush=True)
-
-
 def _hashes(path: Path) -> tuple[str, str]:
     sha256, md5 = hashlib.sha256(), hashlib.md5()
     with path.open("rb") as file:
@@ -303,13 +274,13 @@ def _download_once(url: str, part: Path, timeout: float, progress: bool) -> None
             start = 0
         length = response.headers.get("Content-Length")
         total = start + int(length) if length and length.isdigit() else None
-        meter = _Progress(PurePosixPath(urllib.parse.urlsplit(url).path).name or url, total, enabled=progress)
-        meter.update(start)
-        with part.open("ab" if resumed else "wb") as file:
+        label = PurePosixPath(urllib.parse.urlsplit(url).path).name or url
+        with part.open("ab" if resumed else "wb") as file, tqdm(
+            total=total, initial=start, desc=label, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress
+        ) as bar:
             for chunk in iter(lambda: response.read(CHUNK_SIZE), b""):
                 file.write(chunk)
-                meter.update(len(chunk))
-        meter.close()
+                bar.update(len(chunk))
         if total is not None and part.stat().st_size < total:
             raise ConnectionError(f"connection closed after {part.stat().st_size} of {total} bytes")
 
@@ -323,7 +294,7 @@ def fetch(
     retries: int = 3,
     timeout: float = 60.0,
     backoff: float = 2.0,
-    progress: bool = True,
+    progress: bool = False,
 ) -> str:
     """Download ``url`` to ``dest`` (resuming ``dest.part``), verify it, and return its SHA-256.
 
@@ -560,8 +531,12 @@ def download_open_images(
     workers: int = 8,
     retries: int = 3,
     backoff: float = 2.0,
+    progress: bool = False,
 ) -> OpenImagesResult:
-    """Download up to ``per_class`` decodable images per folder, trying further candidates when some fail."""
+    """Download up to ``per_class`` decodable images per folder, trying further candidates when some fail.
+
+    ``progress`` shows one bar per folder on stderr (images, not bytes: each image is a separate small download).
+    """
     result = OpenImagesResult()
 
     def one(image_id: str, folder: str) -> ImageFailure | None:
@@ -577,18 +552,17 @@ def download_open_images(
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for folder, ids in candidates.items():
-            meter = _Progress(folder, min(per_class, len(ids)), unit="images")
             done, position = 0, 0
-            while done < per_class and position < len(ids):
-                batch = ids[position : position + per_class - done]
-                position += len(batch)
-                for failure in pool.map(lambda i: one(i, folder), batch):
-                    if failure is None:
-                        done += 1
-                        meter.update(1)
-                    else:
-                        result.failures.append(failure)
-            meter.close()
+            with tqdm(total=min(per_class, len(ids)), desc=folder, unit="image", disable=not progress) as bar:
+                while done < per_class and position < len(ids):
+                    batch = ids[position : position + per_class - done]
+                    position += len(batch)
+                    for failure in pool.map(lambda i: one(i, folder), batch):
+                        if failure is None:
+                            done += 1
+                            bar.update(1)
+                        else:
+                            result.failures.append(failure)
             result.counts[folder] = done
     return result
 
@@ -611,3 +585,98 @@ def write_source_md(out: Path, source: Source, downloads: dict[str, str], counts
     lines += [f"- {url} sha256={digest}" for url, digest in downloads.items()]
     lines += ["", "Images per class:", ""] + [f"- {name}: {count}" for name, count in sorted(counts.items())]
     (out / "SOURCE.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------------- a whole dataset
+
+FAILURE_REPORT = "failed_images.csv"
+
+
+@dataclass
+class DownloadResult:
+    """The dataset folder, images per class, and how many Open Images downloads failed (``FAILURE_REPORT``)."""
+
+    path: Path
+    counts: dict[str, int] = field(default_factory=dict)
+    failures: int = 0
+    existed: bool = False  # made by an earlier download and kept; nothing was downloaded
+
+
+def _from_archive(
+    source: Source, cache: Path, staging: Path, mirror: str | None, progress: bool
+) -> tuple[dict[str, str], dict[str, int]]:
+    archive = source.archive
+    url = apply_mirror(archive.url, mirror)
+    digest = fetch(url, cache / archive.filename, sha256=archive.sha256, md5=archive.md5, size=archive.size,
+                   progress=progress)
+    extracted = cache / "extracted"
+    shutil.rmtree(extracted, ignore_errors=True)
+    safe_extract(cache / archive.filename, extracted)
+    counts = CONVERTERS[source.name](extracted, staging, source)
+    shutil.rmtree(extracted)  # kept on failure so the user can inspect it; the archive itself stays cached
+    return {url: digest}, counts
+
+
+def _from_open_images(
+    source: Source, cache: Path, staging: Path, mirror: str | None, per_class: int, progress: bool
+) -> tuple[dict[str, str], dict[str, int], int]:
+    files = OPEN_IMAGES_FILES
+    shared = cache.parent / "open_images"  # metadata shared by noodles and dogs, kept by --force (hundreds of MB)
+    downloads = {}
+    for archive in (files.class_descriptions, files.image_labels):
+        url = apply_mirror(archive.url, mirror)
+        downloads[url] = fetch(url, shared / archive.filename, sha256=archive.sha256, md5=archive.md5,
+                               size=archive.size, progress=progress)
+    label_to_folder = resolve_open_images_labels(shared / files.class_descriptions.filename, source.open_images)
+    candidates = select_open_images(shared / files.image_labels.filename, label_to_folder)
+    result = download_open_images(candidates, files.image_url, staging, cache / "images", per_class, mirror=mirror,
+                                  progress=progress)
+    staging.mkdir(parents=True, exist_ok=True)
+    write_failure_report(staging / FAILURE_REPORT, result.failures)
+    return downloads, result.counts, len(result.failures)
+
+
+def download_dataset(name: str, root: str | Path = "data", mirror: str | None = None, per_class: int = 200,
+                     force: bool = False, progress: bool = False) -> DownloadResult:
+    """Download dataset ``name`` into ``root/name/<class>/*.jpg``, with its ``SOURCE.md``.
+
+    Archives are cached in ``root/.downloads`` and resumed if interrupted; the dataset folder only appears once
+    it is complete (it is built in ``root/.name.partial``), so a half-finished run never looks like data to
+    training commands. An existing folder made by an earlier download is kept unless ``force``.
+
+    Args:
+        name: leaves, birds, butterflies, noodles or dogs.
+        root: folder that receives ``root/name``.
+        mirror: base URL replacing scheme and host of every download URL (a local copy of the hosts' paths).
+        per_class: Open Images datasets only: at most this many images per class.
+        force: rebuild ``root/name`` and download again even if it exists.
+        progress: show download progress bars on stderr.
+    """
+    source = get_source(name)
+    if per_class < 1:
+        raise TLBenchError(f"--per_class must be at least 1, got {per_class}")
+    root_path = Path(root).expanduser()
+    out = root_path / name
+    cache = root_path / ".downloads" / name
+    if out.exists() and not force:
+        if (out / "SOURCE.md").exists():
+            return DownloadResult(out, existed=True)
+        raise TLBenchError(f"{out} exists but was not made by 'data download';"
+                           " move it away or pass --force to replace it")
+    if force:
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
+    staging = root_path / f".{name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+
+    failures = 0
+    if source.archive is not None:
+        downloads, counts = _from_archive(source, cache, staging, mirror, progress)
+    else:
+        downloads, counts, failures = _from_open_images(source, cache, staging, mirror, per_class, progress)
+    if not sum(counts.values()):
+        raise TLBenchError(f"no images of {', '.join(source.classes or counts)} found for '{name}';"
+                           " check --mirror or the source")
+    write_source_md(staging, source, downloads, counts)
+    staging.replace(out)
+    return DownloadResult(out, counts, failures)

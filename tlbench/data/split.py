@@ -15,6 +15,7 @@ import pandas as pd
 
 from tlbench.data.discover import Sample, check_root, find_split_folders, scan_class_folders
 from tlbench.errors import TLBenchError
+from tlbench.outputs import dataset_name, default_output
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.7, 0.2, 0.1)
@@ -94,6 +95,11 @@ def make_split(root: str | Path, seed: int = 0) -> pd.DataFrame:
 def split_summary(table: pd.DataFrame) -> dict[str, int]:
     counts = Counter(table.split)
     return {split: int(counts.get(split, 0)) for split in SPLITS}
+
+
+def default_split_path(root: str | Path, seed: int) -> Path:
+    """``lightning_logs/splits/<dataset>_seed<N>.csv``: where ``data split`` writes a manifest unless told."""
+    return default_output("splits", f"{dataset_name(root)}_seed{seed}.csv")
 
 
 def write_split(table: pd.DataFrame, path: str | Path) -> Path:

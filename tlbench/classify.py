@@ -1,0 +1,113 @@
+"""Label new images with a trained model: ``classify_files`` for files and folders, ``classify_paths`` for a list.
+
+Images go through ``load_rgb`` and the model's own saved preprocessing, exactly as in training and test, so a
+photo gets the same answer here as in ``predictions_<phase>.csv``. One bad file costs one row, never the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from tlbench.data.discover import images_under
+from tlbench.data.images import ImageLoadError, load_rgb
+from tlbench.errors import TLBenchError
+from tlbench.io import write_csv
+from tlbench.models.inference import Predictor
+from tlbench.models.loading import TrainedModel, load_trained
+
+
+@dataclass
+class Classification:
+    """What ``classify_files`` did: the model used, one row per file, and the CSV written (if asked for)."""
+
+    trained: TrainedModel
+    table: pd.DataFrame
+    csv: Path | None
+
+    @property
+    def failed(self) -> int:
+        """Files that could not be classified (their ``error`` column says why)."""
+        return int((self.table.error != "").sum())
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given (a non-image among them gets an error row); folders searched recursively for images.
+
+    Folders follow the data rules: image extensions in any case, hidden and OS files (``.DS_Store``,
+    ``__MACOSX``) skipped. A path that does not exist is kept so that its row says "file not found".
+    """
+    paths = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        paths += images_under(path) if path.is_dir() else [path]
+    return paths
+
+
+def _batches(paths: list[Path], size: int) -> Iterator[list[Path]]:
+    for start in range(0, len(paths), size):
+        yield paths[start : start + size]
+
+
+def classify_paths(predictor: Predictor, paths: list[Path], top_k: int, progress: bool = False) -> pd.DataFrame:
+    """One row per path: ``path, top1_label, top1_prob, ..., error`` (labels empty and error set on failure).
+
+    Images are decoded one batch at a time, so a folder of thousands of photos never sits in memory at once.
+    ``progress`` shows a bar on stderr.
+    """
+    k = min(top_k, len(predictor.trained.classes))
+    rows = []
+    with tqdm(total=len(paths), desc="classifying", unit="image", disable=not progress) as bar:
+        for batch in _batches(paths, predictor.batch_size):
+            images, loaded, errors = [], [], {}
+            for path in batch:
+                try:
+                    images.append(load_rgb(path))
+                    loaded.append(path)
+                except ImageLoadError as error:
+                    errors[path] = str(error)
+            predictions = dict(zip(loaded, predictor.top_k(images, k))) if images else {}
+            for path in batch:
+                row: dict = {"path": str(path)}
+                for rank, (label, prob) in enumerate(predictions.get(path, []), 1):
+                    row[f"top{rank}_label"], row[f"top{rank}_prob"] = label, round(prob, 6)
+                row["error"] = errors.get(path, "")
+                rows.append(row)
+            bar.update(len(batch))
+    columns = ["path", *(f"top{r}_{kind}" for r in range(1, k + 1) for kind in ("label", "prob")), "error"]
+    return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def classify_files(
+    model: str | Path,
+    inputs: list[str],
+    top_k: int = 3,
+    phase: str | None = None,
+    batch_size: int = 32,
+    output: str | Path | None = None,
+    progress: bool = False,
+) -> Classification:
+    """Classify image files and folders with a trained model (run directory, ``.ckpt`` or bundle).
+
+    Args:
+        model: a run directory, a ``.ckpt`` written by ``fit``, or an exported bundle.
+        inputs: image files and/or folders (searched recursively).
+        top_k: most probable classes per image.
+        phase: with a run directory, the phase whose best checkpoint is used (default: the last trained).
+        batch_size: images decoded and run through the model at once (bounds memory on large folders).
+        output: also write the table as CSV here.
+        progress: show a progress bar on stderr.
+    """
+    if top_k < 1 or batch_size < 1:
+        raise TLBenchError(f"--top_k and --batch_size must be at least 1 (got {top_k} and {batch_size})")
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise TLBenchError(f"no image files in {', '.join(inputs)}"
+                           " (looked for .jpg, .jpeg, .png, .bmp, .webp, .tif, any case)")
+    trained = load_trained(model, phase)
+    table = classify_paths(Predictor(trained, batch_size), paths, top_k, progress)
+    return Classification(trained, table, write_csv(output, table) if output else None)
