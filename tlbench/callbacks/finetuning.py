@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.strategies import DDPStrategy
 
+from tlbench.callbacks.feature_cache import FeatureCaching
 from tlbench.errors import TLBenchError
 from tlbench.io import fsync_replace
 
@@ -39,23 +40,14 @@ def head_phase_snapshot(checkpoint: dict) -> dict:
     return changing
 
 
+def caches_features(trainer: pl.Trainer, epoch: int) -> bool:
+    """Whether epoch ``epoch`` trains the head on cached features, as ``FeatureCaching`` schedules it."""
+    caching = FeatureCaching.attached_to(trainer)
+    return caching is not None and caching.caches_features(epoch)
+
+
 class PhaseSchedule(pl.Callback):
-    """Switch from the head phase to the fine-tune phase after ``head_epochs`` epochs.
-
-    While the head trains on cached features, dataloaders are rebuilt every epoch (each epoch may use another
-    cached view, and the first fine-tune epoch needs images again); afterwards they are kept. Lightning rebuilds
-    the training loader before ``on_train_epoch_start`` but the validation loader only when validation starts,
-    so rebuilding stops at the end of the first fine-tune epoch: stopping earlier would validate the fine-tuned
-    backbone on the head phase's stale cached features.
-    """
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if pl_module.uses_feature_cache(trainer.current_epoch):
-            trainer.reload_dataloaders_every_n_epochs = 1
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not pl_module.uses_feature_cache(trainer.current_epoch):
-            trainer.reload_dataloaders_every_n_epochs = 0
+    """Switch from the head phase to the fine-tune phase after ``head_epochs`` epochs."""
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if pl_module.phase == "head" and trainer.current_epoch >= pl_module.hparams.head_epochs:
@@ -100,7 +92,7 @@ class PhaseCheckpoint(ModelCheckpoint):
         module = trainer.lightning_module
         wrong_phase = self.phase is not None and module.phase != self.phase
         epoch = trainer.current_epoch
-        cheap_epoch = self.phase is None and module.uses_feature_cache(epoch) and epoch < module.hparams.head_epochs - 1
+        cheap_epoch = self.phase is None and caches_features(trainer, epoch) and caches_features(trainer, epoch + 1)
         return wrong_phase or cheap_epoch or super()._should_skip_saving_checkpoint(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -115,7 +107,7 @@ class PhaseCheckpoint(ModelCheckpoint):
 
     def _defers_writes(self, trainer: pl.Trainer) -> bool:
         """Best checkpoints of a head phase on cached features stay in memory until the phase ends."""
-        return self.phase is not None and trainer.lightning_module.uses_feature_cache(trainer.current_epoch)
+        return self.phase is not None and caches_features(trainer, trainer.current_epoch)
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         if self._defers_writes(trainer):
@@ -152,5 +144,5 @@ class PhaseCheckpoint(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if not pl_module.uses_feature_cache(trainer.current_epoch + 1):
+        if not caches_features(trainer, trainer.current_epoch + 1):
             self._flush(trainer)
