@@ -4,11 +4,15 @@ import json
 
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
 import torch
+from torch.utils.data import TensorDataset
 
 from tests.conftest import TINY_FIT_ARGS, make_image, run_tlbench
+from tlbench.callbacks.feature_cache import FeatureCaching
+from tlbench.data.datamodule import ImageFolderDataModule
 from tlbench.data.images import load_rgb
-from tlbench.models.feature_cache import cache_key, weights_digest
+from tlbench.models.feature_cache import cache_key, compute_features, weights_digest
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import load_trained
 from tlbench.models.module import TransferLearningModule
@@ -92,3 +96,57 @@ def test_fine_tune_validation_on_cached_frozen_layers_matches_running_the_whole_
     plain = fine_tune_history(tiny_dataset, tmp_path / "off", "false")
     for column in ("train_loss", "train_acc", "val_loss", "val_acc"):
         assert cached[column].tolist() == pytest.approx(plain[column].tolist(), abs=1e-5), column
+
+
+class RecordBatchInputs(pl.Callback):
+    """What the module was told its batches hold, at the end of every epoch (after that epoch's validation)."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict] = []
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.seen.append(dict(pl_module.batch_inputs))
+
+
+def test_a_plain_lightning_trainer_caches_features_without_being_told(tiny_dataset, tmp_path, monkeypatch):
+    """``Trainer().fit(module, datamodule)``, as a library user writes it: the module adds ``FeatureCaching`` itself,
+    the head phase trains on cached pooled features, fine-tune validation on the frozen layers' activations, and a
+    later ``validate`` runs on images again."""
+    monkeypatch.setenv("TLBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    model = TransferLearningModule(backbone="cnn6", pretrained=False, input_size=32, head_hidden=8, head_epochs=2,
+                                   finetune_epochs=1, unfreeze_blocks=1)
+    data = ImageFolderDataModule(root=str(tiny_dataset), batch_size=8, num_workers=0, decode_cache=False)
+    recorder = RecordBatchInputs()
+    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path, callbacks=[recorder])
+    trainer.fit(model, data)
+    assert FeatureCaching.attached_to(trainer) is not None
+    depth = model.frozen_trunk_depth()
+    assert recorder.seen == [{"train": "pooled", "val": "pooled"}] * 2 + [{"train": "images", "val": depth}]
+    assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 2
+    assert model.batch_inputs == {"train": "images", "val": "images"} and data.precomputed_inputs is None
+    trainer.validate(model, data, verbose=False)
+
+
+def test_without_feature_caching_every_loader_serves_images(tiny_dataset, tmp_path):
+    model = TransferLearningModule(backbone="cnn1", pretrained=False, input_size=32, head_hidden=8, head_epochs=1,
+                                   finetune_epochs=0, cache_features=False)
+    assert not any(isinstance(callback, FeatureCaching) for callback in model.configure_callbacks())
+    data = ImageFolderDataModule(root=str(tiny_dataset), batch_size=8, num_workers=0, decode_cache=False)
+    recorder = RecordBatchInputs()
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, callbacks=[recorder])
+    trainer.fit(model, data)
+    assert recorder.seen == [{}]
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_feature_extraction_shows_a_one_line_progress_bar_on_request(progress, capsys):
+    dataset = TensorDataset(torch.zeros(10, 3, 4, 4), torch.zeros(10, dtype=torch.long), torch.arange(10))
+    result = compute_features(lambda batch: batch.mean(dim=(2, 3)), dataset, views=2, batch_size=4, num_workers=0,
+                              seed=0, device=torch.device("cpu"), description="caching features: train (2 views)",
+                              progress=progress)
+    assert result.features.shape == (2, 10, 3)
+    err = capsys.readouterr().err
+    assert ("caching features: train (2 views)" in err and "6/6" in err) == progress
+    assert err == "" or progress

@@ -8,41 +8,32 @@ parameters and BatchNorm layers train (see ``TransferLearningModule.apply_phase`
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
-from weakref import proxy
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.strategies import DDPStrategy
 
+from tlbench.callbacks.checkpoint_io import CrashSafeCheckpointIO
+from tlbench.callbacks.feature_cache import FeatureCaching
 from tlbench.errors import TLBenchError
-from tlbench.io import fsync_replace
 from tlbench.rundir import checkpoint_dir
 
 
-def head_phase_snapshot(checkpoint: dict) -> dict:
-    """A copy of a head-phase checkpoint that later steps cannot change. The frozen backbone's tensors stay
-    bit-identical until the phase ends (tested) and are shared rather than copied: for efficientnet_lite0 that
-    copies the 5 MB head instead of 19 MB every epoch the validation loss improves."""
-    state = checkpoint["state_dict"]
-    changing = copy.deepcopy({**checkpoint, "state_dict": {k: v for k, v in state.items() if not k.startswith("backbone.")}})
-    changing["state_dict"] = {k: state[k] if k.startswith("backbone.") else changing["state_dict"][k] for k in state}
-    return changing
+def cheap_epoch(trainer: pl.Trainer) -> bool:
+    """Whether this epoch and the next train the head on cached features (as ``FeatureCaching`` schedules them):
+    epochs of milliseconds, whose checkpoints are not worth writing at once."""
+    caching = FeatureCaching.attached_to(trainer)
+    epoch = trainer.current_epoch
+    return caching is not None and caching.caches_features(epoch) and caching.caches_features(epoch + 1)
 
 
 LIGHTNING_DEFAULT_MAX_EPOCHS = 1000  # what Lightning sets when max_epochs is left unset
 
 
 class PhaseSchedule(pl.Callback):
-    """Switch from the head phase to the fine-tune phase after ``head_epochs`` epochs.
-
-    While the head trains on cached features, dataloaders are rebuilt every epoch (each epoch may use another
-    cached view, and the first fine-tune epoch needs images again); afterwards they are kept. Lightning rebuilds
-    the training loader before ``on_train_epoch_start`` but the validation loader only when validation starts,
-    so rebuilding stops at the end of the first fine-tune epoch: stopping earlier would validate the fine-tuned
-    backbone on the head phase's stale cached features.
-    """
+    """Switch from the head phase to the fine-tune phase after ``head_epochs`` epochs."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """The schedule owns the epoch budget: ``max_epochs`` is ``head_epochs + finetune_epochs``. Lightning's
@@ -55,20 +46,13 @@ class PhaseSchedule(pl.Callback):
                                "set the epochs on the module (head_epochs, finetune_epochs) and leave max_epochs unset")
         trainer.fit_loop.max_epochs = total
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if pl_module.uses_feature_cache(trainer.current_epoch):
-            trainer.reload_dataloaders_every_n_epochs = 1
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not pl_module.uses_feature_cache(trainer.current_epoch):
-            trainer.reload_dataloaders_every_n_epochs = 0
-
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if pl_module.phase == "head" and trainer.current_epoch >= pl_module.hparams.head_epochs:
             pl_module.apply_phase("finetune")
             if isinstance(trainer.strategy, DDPStrategy):
                 # DDP registers the parameters that need gradients when it wraps the model: wrap again.
-                trainer.strategy.model = trainer.strategy._setup_model(trainer.strategy.lightning_module)
+                trainer.strategy.model = trainer.strategy.lightning_module
+                trainer.strategy.configure_ddp()
             trainer.strategy.setup_optimizers(trainer)
 
 
@@ -80,18 +64,20 @@ class PhaseCheckpoint(ModelCheckpoint):
     export and classify need nothing else); ``last.ckpt`` holds the full training state for resuming. Epochs of
     a head phase on cached features take milliseconds, far less than writing a checkpoint, so ``last.ckpt`` is
     written only at that phase's end and the phase's best checkpoint is kept in memory until then (Ctrl-C writes
-    it too): a crash inside it repeats a few seconds of work. Files are written under
-    a temporary name and renamed, so a kill during the write leaves the previous checkpoint loadable.
+    it too): a crash inside it repeats a few seconds of work. Files are written under a temporary name and
+    renamed, so a kill during the write leaves the previous checkpoint loadable (see ``CrashSafeCheckpointIO``).
+
+    Only public Lightning API: the saving logic stays ``ModelCheckpoint``'s, this class decides in the public
+    epoch hooks whether it runs at all, and writes go through ``trainer.strategy.checkpoint_io``.
     """
 
     def __init__(self, phase: str | None, dirpath: str | None = None) -> None:
         if phase is None:
             super().__init__(dirpath=dirpath, filename="last", save_top_k=1, monitor=None, enable_version_counter=False)
         else:
-            super().__init__(dirpath=dirpath, filename=f"{phase}-best-epoch{{epoch:02d}}", monitor="val_loss", mode="min",
-                             save_top_k=1, auto_insert_metric_name=False, save_weights_only=True)
+            super().__init__(dirpath=dirpath, filename=f"{phase}-best-epoch{{epoch:02d}}", monitor="val_loss",
+                             mode="min", save_top_k=1, auto_insert_metric_name=False, save_weights_only=True)
         self.phase = phase
-        self._pending: tuple[str, dict] | None = None
 
     @property
     def state_key(self) -> str:
@@ -101,62 +87,47 @@ class PhaseCheckpoint(ModelCheckpoint):
         if self.dirpath is None:
             self.dirpath = str(checkpoint_dir(trainer))
         super().setup(trainer, pl_module, stage)
-
-    def _should_skip_saving_checkpoint(self, trainer: pl.Trainer) -> bool:
-        module = trainer.lightning_module
-        wrong_phase = self.phase is not None and module.phase != self.phase
-        epoch = trainer.current_epoch
-        cheap_epoch = self.phase is None and module.uses_feature_cache(epoch) and epoch < module.hparams.head_epochs - 1
-        return wrong_phase or cheap_epoch or super()._should_skip_saving_checkpoint(trainer)
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        """On Ctrl-C, write ``last.ckpt`` with the progress so far (Lightning then exits with status 1).
-
-        Other exceptions (a NaN loss, a full disk) keep the previous ``last.ckpt``: it is the last good state.
-        """
-        if self.phase is None and isinstance(exception, KeyboardInterrupt):
-            self._save_checkpoint(trainer, self.format_checkpoint_name(self._monitor_candidates(trainer)))
-        if isinstance(exception, KeyboardInterrupt):
-            self._flush(trainer)
-
-    def _defers_writes(self, trainer: pl.Trainer) -> bool:
-        """Best checkpoints of a head phase on cached features stay in memory until the phase ends."""
-        return self.phase is not None and trainer.lightning_module.uses_feature_cache(trainer.current_epoch)
-
-    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        if self._defers_writes(trainer):
-            self._pending = (filepath, head_phase_snapshot(trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)))
-        else:
-            self._write(trainer, filepath, trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only))
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.after_save_checkpoint(proxy(self))
-
-    def _write(self, trainer: pl.Trainer, filepath: str, checkpoint: dict) -> None:
-        partial = f"{filepath}.partial"
-        try:
-            trainer.strategy.save_checkpoint(checkpoint, partial)
-            if trainer.is_global_zero:
-                fsync_replace(partial, filepath)
-        except OSError as error:
-            Path(partial).unlink(missing_ok=True)
-            raise TLBenchError(f"could not write checkpoint {filepath}: {error.strerror or error}; free disk space and resume with --ckpt_path last") from None
-        trainer.strategy.barrier("tlbench_checkpoint_rename")
-
-    def _flush(self, trainer: pl.Trainer) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            self._write(trainer, *pending)
-
-    def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        if self._pending is not None and self._pending[0] == filepath:
-            self._pending = None
-        elif Path(filepath).exists():
-            super()._remove_checkpoint(trainer, filepath)
+        if not isinstance(trainer.strategy.checkpoint_io, CrashSafeCheckpointIO):
+            trainer.strategy.checkpoint_io = CrashSafeCheckpointIO(trainer.strategy.checkpoint_io)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if not pl_module.uses_feature_cache(trainer.current_epoch + 1):
-            self._flush(trainer)
+        if not self._sits_out(trainer):
+            with self._writing(trainer, defer=cheap_epoch(trainer)):
+                super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._sits_out(trainer):
+            with self._writing(trainer, defer=cheap_epoch(trainer)):
+                super().on_validation_end(trainer, pl_module)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """On Ctrl-C, write ``last.ckpt`` with the progress so far and any deferred best checkpoint (Lightning then
+        exits with status 1). Other exceptions (a NaN loss, a full disk) keep the previous ``last.ckpt``: it is the
+        last good state."""
+        if isinstance(exception, KeyboardInterrupt):
+            with self._writing(trainer, defer=False):
+                if self.phase is None:
+                    trainer.save_checkpoint(self.format_checkpoint_name({}))
+
+    def _sits_out(self, trainer: pl.Trainer) -> bool:
+        """Another phase's best checkpoint, or ``last.ckpt`` during a cheap epoch."""
+        if self.phase is not None:
+            return trainer.lightning_module.phase != self.phase
+        return cheap_epoch(trainer)
+
+    @contextmanager
+    def _writing(self, trainer: pl.Trainer, defer: bool) -> Iterator[None]:
+        """Checkpoints saved inside stay in memory (``defer``) or are written, the deferred ones with them; a failed
+        write becomes one line naming the file."""
+        io = trainer.strategy.checkpoint_io
+        io.deferring = defer
+        try:
+            yield
+            if not defer:
+                io.flush()
+        except OSError as error:
+            where = error.filename or self.dirpath
+            raise TLBenchError(f"could not write checkpoint {where}: {error.strerror or error}; "
+                               "free disk space and resume with --ckpt_path last") from None
+        finally:
+            io.deferring = False

@@ -7,6 +7,7 @@ input size and normalisation), so a config never repeats what the weights alread
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +26,6 @@ from tlbench.data.split import make_split, read_split, split_summary
 from tlbench.data.transforms import Preprocessing, loader_transform
 from tlbench.errors import TLBenchError
 from tlbench.rundir import run_dir
-from tlbench.models.feature_cache import CachedFeatureDataset
 
 
 class ImageTableDataset(Dataset):
@@ -115,6 +115,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.preprocessing: Preprocessing | None = None
         self.table: pd.DataFrame | None = None
         self.classes: list[str] = []
+        # Asked for each split's inputs whenever Lightning builds its train or val loader: a dataset of
+        # ``(input, target, row)`` computed ahead (cached backbone features) to serve instead of the images, or None.
+        # Set by ``callbacks/feature_cache.py: FeatureCaching`` for the length of a fit.
+        self.precomputed_inputs: Callable[[str], Dataset | None] | None = None
 
     @property
     def dataset_name(self) -> str:
@@ -173,24 +177,19 @@ class ImageFolderDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
-    def _cached_features(self, split: str) -> Dataset | None:
-        """What the module asks ``split`` to serve this epoch instead of images (see ``cached_inputs``), else None."""
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        cached = module.cached_inputs(split, self) if hasattr(module, "cached_inputs") else None
-        if cached is None:
-            return None
-        return CachedFeatureDataset(cached, view=self.trainer.current_epoch if split == "train" else 0)
+    def _precomputed(self, split: str) -> Dataset | None:
+        return self.precomputed_inputs(split) if self.precomputed_inputs is not None else None
 
     def train_dataloader(self) -> DataLoader:
-        features = self._cached_features("train")
-        if features is not None:
-            return DataLoader(features, batch_size=self.batch_size, shuffle=True)
+        precomputed = self._precomputed("train")
+        if precomputed is not None:
+            return DataLoader(precomputed, batch_size=self.batch_size, shuffle=True)
         return self._loader(self.dataset("train", train_transforms=True), shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        features = self._cached_features("val")
-        if features is not None:
-            return DataLoader(features, batch_size=self.batch_size, shuffle=False)
+        precomputed = self._precomputed("val")
+        if precomputed is not None:
+            return DataLoader(precomputed, batch_size=self.batch_size, shuffle=False)
         return self._loader(self.dataset("val"), shuffle=False)
 
     def test_dataloader(self) -> DataLoader:

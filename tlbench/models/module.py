@@ -21,10 +21,12 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from tlbench.errors import TLBenchError
 from tlbench.models.backbones import create_backbone
-from tlbench.models.feature_cache import FeatureSet, head_features, trunk_activations
 from tlbench.models.heads import ClassifierHead
 
 Phase = Literal["head", "finetune"]
+# What a batch's inputs are: uint8 "images", the backbone's "pooled" features, or (an int d) the activations after
+# the first d layers of the backbone's ``layer_chain()``.
+BatchInputs = Literal["images", "pooled"] | int
 OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop"]
 
 
@@ -103,8 +105,8 @@ class TransferLearningModule(pl.LightningModule):
             lr_schedule: per-phase learning-rate schedule, cosine decay over the phase's epochs or constant.
             label_smoothing: cross-entropy label smoothing.
             cache_features: train the head phase on backbone features computed once, and validate fine-tuning on
-                the frozen layers' activations computed once (see models/feature_cache.py), instead of running the
-                frozen layers every epoch.
+                the frozen layers' activations computed once (see callbacks/feature_cache.py), instead of running
+                the frozen layers every epoch.
             cached_views: feature views cached per training image: 1 = centre crop (linear-probe style, cheapest);
                 K > 1 = K augmented views, epoch e training on view e % K (K backbone passes).
             channels_last: run the backbone in channels-last memory layout (faster convolutions with oneDNN on
@@ -127,8 +129,7 @@ class TransferLearningModule(pl.LightningModule):
         self.phase: Phase = "head" if head_epochs > 0 else "finetune"
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.test_outputs: list[dict[str, torch.Tensor]] = []
-        self._feature_sets: dict[str, FeatureSet] = {}
-        self._served: dict[str, FeatureSet | None] = {}
+        self.batch_inputs: dict[str, BatchInputs] = {}
         if classes:
             self.set_classes(classes)
 
@@ -181,19 +182,6 @@ class TransferLearningModule(pl.LightningModule):
                         module.train(self.hparams.train_bn and trainable)
         return self
 
-    def phase_for_epoch(self, epoch: int) -> Phase:
-        return "head" if epoch < self.hparams.head_epochs else "finetune"
-
-    def uses_feature_cache(self, epoch: int) -> bool:
-        """Whether epoch ``epoch`` trains the head on cached features (head phase, cache enabled)."""
-        return self.hparams.cache_features and self.phase_for_epoch(epoch) == "head"
-
-    def feature_set(self, split: str, datamodule) -> FeatureSet:
-        """Backbone features of ``split`` for the head phase, computed once per run (see models/feature_cache.py)."""
-        if split not in self._feature_sets:
-            self._feature_sets[split] = head_features(self, split, datamodule)
-        return self._feature_sets[split]
-
     def frozen_trunk_depth(self) -> int:
         """How many leading layers of the backbone's ``layer_chain()`` fine-tuning leaves frozen; 0 when the
         backbone is not a verified chain or its first layer trains."""
@@ -203,17 +191,10 @@ class TransferLearningModule(pl.LightningModule):
         trainable = {id(p) for p in self.backbone.top_blocks(self.hparams.unfreeze_blocks)}
         return next((depth for depth, layer in enumerate(chain) if any(id(p) in trainable for p in layer.parameters())), len(chain))
 
-    def cached_inputs(self, split: str, datamodule) -> FeatureSet | None:
-        """What the ``split`` loader serves this epoch instead of images, and which the steps then expect: pooled
-        features while the head trains on the frozen backbone; while fine-tuning, validation activations at the
-        top of the frozen layers (computed once per phase); otherwise None (images)."""
-        served = None
-        if self.uses_feature_cache(self.trainer.current_epoch):
-            served = self.feature_set(split, datamodule)
-        elif split == "val" and self.hparams.cache_features and (depth := self.frozen_trunk_depth()) > 0:
-            served = trunk_activations(self, split, datamodule, depth)
-        self._served[split] = served
-        return served
+    def set_batch_inputs(self, stage: str, inputs: BatchInputs) -> None:
+        """Declare what the batches of ``stage`` ("train", "val") hold from now on; "images" unless told otherwise.
+        ``FeatureCaching`` calls it whenever it hands a loader cached inputs instead of images."""
+        self.batch_inputs[stage] = inputs
 
     def backbone_frozen(self) -> bool:
         return not any(p.requires_grad for p in self.backbone.parameters())
@@ -253,12 +234,13 @@ class TransferLearningModule(pl.LightningModule):
         return self.head(self.encode(images))
 
     def _logits(self, inputs: torch.Tensor, stage: str) -> torch.Tensor:
-        served = self._served.get(stage)
-        if served is None:
+        """Logits of a ``stage`` batch, from whatever ``set_batch_inputs`` declared its inputs to be."""
+        kind = self.batch_inputs.get(stage, "images")
+        if kind == "images":
             return self(inputs)
-        if served.depth is None:
+        if kind == "pooled":
             return self.head(inputs)
-        return self.head(self.backbone.forward_from(self._network_input(inputs), served.depth))
+        return self.head(self.backbone.forward_from(self._network_input(inputs), kind))
 
     def _shared_step(self, batch, metrics: MetricCollection, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, targets = batch[0], batch[1]
@@ -320,12 +302,19 @@ class TransferLearningModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        """The run's callbacks; when predicting, also the writer of ``predictions_predict.csv``."""
+        """The two-phase schedule, the run recorder, feature caching (with ``cache_features``), the checkpoints and
+        the test of each phase's best checkpoint after fit; when predicting, also the writer of
+        ``predictions_predict.csv``. Lightning adds them on every run, so a plain ``Trainer().fit(module,
+        datamodule)`` runs the whole recipe."""
         from tlbench.callbacks.evaluation import TestBestPhases
+        from tlbench.callbacks.feature_cache import FeatureCaching
         from tlbench.callbacks.finetuning import PhaseCheckpoint, PhaseSchedule
         from tlbench.callbacks.prediction_writer import PredictionCSVWriter
         from tlbench.callbacks.recorder import RunRecorder
 
-        phases = [phase for phase, epochs in (("head", self.hparams.head_epochs), ("finetune", self.hparams.finetune_epochs)) if epochs > 0]
-        callbacks = [PhaseSchedule(), RunRecorder(), TestBestPhases(), *map(PhaseCheckpoint, phases), PhaseCheckpoint(None)]
+        hp = self.hparams
+        phases = [phase for phase, epochs in (("head", hp.head_epochs), ("finetune", hp.finetune_epochs)) if epochs > 0]
+        caching = [FeatureCaching(hp.head_epochs, hp.cached_views)] if hp.cache_features else []
+        checkpoints = [*(PhaseCheckpoint(phase) for phase in phases), PhaseCheckpoint(None)]
+        callbacks = [PhaseSchedule(), RunRecorder(), TestBestPhases(), *caching, *checkpoints]
         return [*callbacks, PredictionCSVWriter()] if self.trainer.state.fn == TrainerFn.PREDICTING else callbacks
