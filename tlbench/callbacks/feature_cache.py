@@ -85,15 +85,23 @@ class FeatureCaching(pl.Callback):
             trainer.reload_dataloaders_every_n_epochs = self._reload_setting
             self._head.clear()
 
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Hand the loaders back to images: the test after fit, and a later ``validate`` or ``test``, must not see
+        this fit's caches. (``teardown`` does it too, for a fit that ended in an error.)"""
+        self._release(trainer, pl_module)
+
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Hand the loaders back to images: a later ``validate`` or ``test`` must not see this fit's caches."""
-        if stage == "fit" and self.trainer is not None:
-            trainer.datamodule.precomputed_inputs = None
-            for split in ("train", "val"):
-                pl_module.set_batch_inputs(split, "images")
-            self._head.clear()
-            self._trunk = None
-            self.trainer = None
+        self._release(trainer, pl_module)
+
+    def _release(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.trainer is None:
+            return
+        trainer.datamodule.precomputed_inputs = None
+        for split in ("train", "val"):
+            pl_module.set_batch_inputs(split, "images")
+        self._head.clear()
+        self._trunk = None
+        self.trainer = None
 
     # -- serving ------------------------------------------------------------------------------------------------
     def inputs_for(self, split: str) -> Dataset | None:

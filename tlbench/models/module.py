@@ -13,7 +13,6 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics import MetricCollection
@@ -302,10 +301,10 @@ class TransferLearningModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        """The two-phase schedule, the run recorder, feature caching (with ``cache_features``), the checkpoints and
-        the test of each phase's best checkpoint after fit; when predicting, also the writer of
-        ``predictions_predict.csv``. Lightning adds them on every run, so a plain ``Trainer().fit(module,
-        datamodule)`` runs the whole recipe."""
+        """The two-phase schedule, the run recorder, feature caching (with ``cache_features``), the checkpoints,
+        the writer of ``predictions_predict.csv`` (acts in ``predict`` only) and the test of each phase's best
+        checkpoint after fit. Lightning adds them on every run, so a plain ``Trainer().fit(module, datamodule)``
+        runs the whole recipe."""
         from tlbench.callbacks.evaluation import TestBestPhases
         from tlbench.callbacks.feature_cache import FeatureCaching
         from tlbench.callbacks.finetuning import PhaseCheckpoint, PhaseSchedule
@@ -316,5 +315,5 @@ class TransferLearningModule(pl.LightningModule):
         phases = [phase for phase, epochs in (("head", hp.head_epochs), ("finetune", hp.finetune_epochs)) if epochs > 0]
         caching = [FeatureCaching(hp.head_epochs, hp.cached_views)] if hp.cache_features else []
         checkpoints = [*(PhaseCheckpoint(phase) for phase in phases), PhaseCheckpoint(None)]
-        callbacks = [PhaseSchedule(), RunRecorder(), TestBestPhases(), *caching, *checkpoints]
-        return [*callbacks, PredictionCSVWriter()] if self.trainer.state.fn == TrainerFn.PREDICTING else callbacks
+        # TestBestPhases last: its test after fit runs once every other callback has finished the fit.
+        return [PhaseSchedule(), RunRecorder(), *caching, *checkpoints, PredictionCSVWriter(), TestBestPhases()]
