@@ -91,7 +91,9 @@ def _check_size(size: tuple[int, int], min_side: int) -> None:
     """Refuse from the header alone, before ``load`` allocates pixels: bombs and images too small to use."""
     width, height = size
     if width * height > MAX_PIXELS:
-        raise ImageLoadError(f"possible decompression bomb: Image size ({width}x{height} pixels) exceeds limit of {MAX_PIXELS} pixels")
+        raise ImageLoadError(
+            f"possible decompression bomb: Image size ({width}x{height} pixels) exceeds limit of {MAX_PIXELS} pixels"
+        )
     if min(width, height) < min_side:
         raise ImageLoadError(f"too small ({width}x{height} px; minimum side {min_side} px)")
 
