@@ -17,7 +17,8 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def run_fit(workdir: Path, experiment: str, *args: str, cache_dir: Path | None = None) -> dict:
-    """``python -m tlbench fit`` as a user runs it; returns metrics.json plus wall time, that process's peak RSS and history."""
+    """``python -m tlbench fit`` as a user runs it; returns metrics.json plus wall time, that process's peak RSS
+    and history."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     if cache_dir is not None:

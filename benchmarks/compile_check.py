@@ -50,7 +50,8 @@ def main() -> None:
     compiled_first, compiled = timed_steps(model, torch.compile(model), args.steps, args.batch_size)
     break_even = (compiled_first - compiled) / max(1e-9, eager - compiled) if eager > compiled else float("inf")
     print_table(
-        f"torch.compile on a fine-tune step ({args.backbone}, batch {args.batch_size}, {torch.get_num_threads()} threads)",
+        f"torch.compile on a fine-tune step ({args.backbone}, batch {args.batch_size},"
+        f" {torch.get_num_threads()} threads)",
         [
             ("eager step", f"{eager:.2f} s", "1.00x"),
             ("compiled step (after compiling)", f"{compiled:.2f} s", f"{eager / compiled:.2f}x"),

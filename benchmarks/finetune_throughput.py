@@ -133,11 +133,13 @@ def main() -> None:
         "tlbench first epoch (cold decode, caching frozen layers)": n_train / first.seconds,
     }
     print_table(
-        f"Fine-tune throughput ({args.backbone}, top {args.unfreeze_blocks} blocks, batch {args.batch_size}, {torch.get_num_threads()} threads,"
+        f"Fine-tune throughput ({args.backbone}, top {args.unfreeze_blocks} blocks, batch {args.batch_size},"
+        f" {torch.get_num_threads()} threads,"
         f" {n_train} train / {cached['split_sizes']['val']} val images)",
         [
             (
-                f"bare PyTorch loop, pre-made tensors, channels_last (median of {', '.join(f'{r:.1f}' for r in bare_runs)})",
+                "bare PyTorch loop, pre-made tensors, channels_last"
+                f" (median of {', '.join(f'{r:.1f}' for r in bare_runs)})",
                 f"{reference:.1f} img/s",
                 "1.00x",
             ),

@@ -30,14 +30,17 @@ def main() -> None:
                 (
                     f"fit, {label}",
                     f"{metrics['wall_seconds']:.0f} s wall, peak RSS {metrics['peak_rss_mib']:.0f} MiB",
-                    f"head {phases['head']['train_seconds']:.0f} s, finetune {phases['finetune']['train_seconds']:.0f} s",
+                    f"head {phases['head']['train_seconds']:.0f} s,"
+                    f" finetune {phases['finetune']['train_seconds']:.0f} s",
                 )
             )
             rows.append(
                 (
                     f"  test accuracy ({label})",
-                    f"head {phases['head']['test_acc']:.2f} [{phases['head']['test_acc_ci95'][0]:.2f}, {phases['head']['test_acc_ci95'][1]:.2f}]",
-                    f"finetune {phases['finetune']['test_acc']:.2f} [{phases['finetune']['test_acc_ci95'][0]:.2f}, {phases['finetune']['test_acc_ci95'][1]:.2f}]",
+                    f"head {phases['head']['test_acc']:.2f} [{phases['head']['test_acc_ci95'][0]:.2f},"
+                    f" {phases['head']['test_acc_ci95'][1]:.2f}]",
+                    f"finetune {phases['finetune']['test_acc']:.2f} [{phases['finetune']['test_acc_ci95'][0]:.2f},"
+                    f" {phases['finetune']['test_acc_ci95'][1]:.2f}]",
                 )
             )
     print_table(

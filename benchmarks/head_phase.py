@@ -102,7 +102,8 @@ def main() -> None:
                 )
             )
     print_table(
-        f"Head phase vs one forward pass ({args.backbone}, {args.data.name}, batch {args.batch_size}, {torch.get_num_threads()} threads)",
+        f"Head phase vs one forward pass ({args.backbone}, {args.data.name}, batch {args.batch_size},"
+        f" {torch.get_num_threads()} threads)",
         rows,
     )
 

@@ -130,12 +130,14 @@ def main() -> None:
             process.terminate()
             process.wait(timeout=30)
     print(
-        f"model {args.model}, image {len(image)} bytes, micro-batch on = max_batch {args.max_batch}, window {args.window_ms:g} ms"
+        f"model {args.model}, image {len(image)} bytes,"
+        f" micro-batch on = max_batch {args.max_batch}, window {args.window_ms:g} ms"
     )
     print(f"{'concurrency':>11} {'batching':>8} {'ok':>5} {'failed':>6} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7}")
     for level, mode, result in sorted(rows, key=lambda row: (row[0], row[1])):
         print(
-            f"{level:>11} {mode:>8} {result['ok']:>5} {result['failed']:>6} {result['rps']:>7.1f} {result['p50']:>7.1f} {result['p95']:>7.1f}"
+            f"{level:>11} {mode:>8} {result['ok']:>5} {result['failed']:>6} {result['rps']:>7.1f}"
+            f" {result['p50']:>7.1f} {result['p95']:>7.1f}"
         )
 
 

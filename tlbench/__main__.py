@@ -51,7 +51,8 @@ def _resolve(argv: Sequence[str]) -> tuple[Callable, list[str]] | None:
     if isinstance(target, dict):
         if not rest or rest[0] not in target:
             raise TLBenchError(
-                f"'{argv[0]}' needs one of: {', '.join(target)} (e.g. python -m tlbench {argv[0]} {next(iter(target))} --help)"
+                f"'{argv[0]}' needs one of: {', '.join(target)}"
+                f" (e.g. python -m tlbench {argv[0]} {next(iter(target))} --help)"
             )
         target, rest = target[rest[0]], rest[1:]
     if target is None:

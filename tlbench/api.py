@@ -96,7 +96,8 @@ def fit(
         seed: seeds the training randomness (``seed_everything``), as ``--seed_everything`` does; the split has
             its own ``split_seed``.
         trainer: extra ``pytorch_lightning.Trainer`` arguments.
-        **options: ``TransferLearningModule`` / ``ImageFolderDataModule`` arguments (``head_epochs=3``, ``batch_size=16``).
+        **options: ``TransferLearningModule`` / ``ImageFolderDataModule`` arguments
+            (``head_epochs=3``, ``batch_size=16``).
     """
     model_options, data_options = _split_options(options)
     pl.seed_everything(seed, workers=True, verbose=False)

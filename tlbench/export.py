@@ -203,7 +203,8 @@ def export_bundle(
         if failed:
             detail = ", ".join(f"{name} {diff:.2e}" for name, diff in failed.items())
             raise TLBenchError(
-                f"export parity check failed on {described}: max abs probability difference {detail} > {PARITY_TOLERANCE:g}; nothing was written"
+                f"export parity check failed on {described}: max abs probability difference {detail}"
+                f" > {PARITY_TOLERANCE:g}; nothing was written"
             )
         parity = {"inputs": described, "tolerance": PARITY_TOLERANCE, "max_abs_diff": differences}
         write_json(staging / BUNDLE_MANIFEST, {**info, "parity": parity})

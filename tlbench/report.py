@@ -253,7 +253,9 @@ def study_table(summary: pd.DataFrame) -> pd.DataFrame | None:
                 {
                     "dataset": dataset,
                     "best here": f"{_percent(best.acc_mean)} ({best.backbone}, {best.phase})",
-                    "2017 study, best test acc (published)": f"{published.loc[stem, 'best_test_acc_percent']:g} ({stem})",
+                    "2017 study, best test acc (published)": (
+                        f"{published.loc[stem, 'best_test_acc_percent']:g} ({stem})"
+                    ),
                 }
             )
     return pd.DataFrame(rows) if rows else None
@@ -296,9 +298,11 @@ def write_report(runs_dir: str | Path = LOGS, output: str | Path | None = None) 
         sections.append(f"## {PHASE_TITLES[phase]}\n\n{caption}\n\n{_markdown_table(accuracy_table(summary, phase))}")
     if "finetune_pooled_p" in summary:
         sections.append(
-            "## Did fine-tuning help?\n\nChange in test accuracy from the head phase to the fine-tune phase (mean over seeds), "
-            "exact McNemar test on the same test images with the discordant pairs of all seeds pooled, and how many seeds "
-            f"are significant on their own (p < {SIGNIFICANCE:g}). Bold: significant pooled.\n\n{_markdown_table(finetune_table(summary))}"
+            "## Did fine-tuning help?\n\n"
+            "Change in test accuracy from the head phase to the fine-tune phase (mean over seeds), "
+            "exact McNemar test on the same test images with the discordant pairs of all seeds pooled,"
+            f" and how many seeds are significant on their own (p < {SIGNIFICANCE:g}). Bold: significant pooled.\n\n"
+            f"{_markdown_table(finetune_table(summary))}"
         )
     sections.append(
         "## Training time\n\nPer phase, mean over seeds; images/s = train images x epochs / training seconds "

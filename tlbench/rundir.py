@@ -102,7 +102,8 @@ def latest_checkpoint(root: Path, experiment: str) -> tuple[int, Path]:
     runs = _versions(Path(root) / CHECKPOINTS / experiment, "last.ckpt")
     if not runs:
         raise TLBenchError(
-            f"--ckpt_path last: no {CHECKPOINTS}/{experiment}/version_*/last.ckpt under {root}; start without --ckpt_path"
+            f"--ckpt_path last: no {CHECKPOINTS}/{experiment}/version_*/last.ckpt under {root};"
+            " start without --ckpt_path"
         )
     return runs[-1]
 

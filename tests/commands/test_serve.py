@@ -118,7 +118,11 @@ def test_oversized_body_is_413_with_or_without_content_length(server):
     assert declared.status_code == 413 and "1 MiB" in declared.json()["error"]
 
     boundary = "tlbenchboundary"
-    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n'.encode()
+    head = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="file"; filename="x.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
 
     def chunks():
         yield head

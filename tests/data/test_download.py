@@ -144,7 +144,7 @@ def jpgs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob("*.jpg"))
 
 
-# --------------------------------------------------------------------------------------------------- archives via the CLI
+# ------------------------------------------------------------------------------------------------- archives via the CLI
 
 
 def test_cli_butterflies_converts_pngs_to_jpeg_class_folders(server, tmp_path):
@@ -199,7 +199,7 @@ def test_unreachable_host_is_retried_then_clear_error(tmp_path):
     assert not (tmp_path / "a.zip").exists()
 
 
-# --------------------------------------------------------------------------------------------------- archives via functions
+# ----------------------------------------------------------------------------------------------- archives via functions
 
 
 def test_birds_keeps_only_study_classes_with_plain_names(server, tmp_path, monkeypatch):

@@ -168,7 +168,8 @@ class RunRecorder(pl.Callback):
         classes: list[str],
         name: str,
     ) -> dict:
-        """Write ``predictions_<name>.csv`` and its report files; the metrics, with the CSV's name under ``predictions``."""
+        """Write ``predictions_<name>.csv`` and its report files; the metrics, with the CSV's name under
+        ``predictions``."""
         datamodule = trainer.datamodule
         predictions = predictions_table(
             probs.cpu(), outputs["targets"].cpu(), outputs["rows"].cpu(), split_rows, classes

@@ -104,7 +104,8 @@ class TLBenchCLI(LightningCLI):
         change = describe_data_change(previous, current)
         if change and not self._active_config().get("force"):
             raise TLBenchError(
-                f"the data under {self.datamodule.root} changed since the checkpoint ({change}); resuming would mix datasets: pass --force to resume anyway, or start a new run without --ckpt_path"
+                f"the data under {self.datamodule.root} changed since the checkpoint ({change});"
+                " resuming would mix datasets: pass --force to resume anyway, or start a new run without --ckpt_path"
             )
 
 

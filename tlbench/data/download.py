@@ -119,10 +119,14 @@ SOURCES: dict[str, Source] = {
             name="leaves",
             title="Caltech Leaves 1999 (Markus Weber)",
             homepage="http://www.vision.caltech.edu/Image_Datasets/leaves/",
-            # The archive is fixed but its checksum is unknown to tlbench: sha256=None, the observed hash goes to SOURCE.md.
+            # The archive is fixed but its checksum is unknown to tlbench: sha256=None,
+            # the observed hash goes to SOURCE.md.
             archive=Archive("http://www.vision.caltech.edu/Image_Datasets/leaves/leaves.tar"),
             classes=("Leaf_01", "Leaf_02", "Leaf_03"),
-            citation="Markus Weber, Leaves dataset, California Institute of Technology, 1999 (Caltech Computational Vision archive).",
+            citation=(
+                "Markus Weber, Leaves dataset, California Institute of Technology, 1999"
+                " (Caltech Computational Vision archive)."
+            ),
             licence="Caltech Computational Vision archive: free for research use; no explicit licence is published.",
             notes=(
                 "186 JPEG images (896x592) of leaves against different backgrounds. tlbench assigns Leaf_01..Leaf_03 "
@@ -134,7 +138,8 @@ SOURCES: dict[str, Source] = {
             name="birds",
             title="Caltech-UCSD Birds-200-2011 (10-class subset)",
             homepage="https://www.vision.caltech.edu/datasets/cub_200_2011/",
-            # MD5 as published with the CaltechDATA record and used by many loaders; SHA-256 and size unknown to tlbench.
+            # MD5 as published with the CaltechDATA record and used by many loaders;
+            # SHA-256 and size unknown to tlbench.
             archive=Archive(
                 "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz?download=1",
                 md5="97eceeb196236b17998738112f37df78",
@@ -156,7 +161,10 @@ SOURCES: dict[str, Source] = {
                 "Technical Report CNS-TR-2011-001, California Institute of Technology, 2011."
             ),
             licence="Research and non-commercial use; images come from Flickr and keep their owners' rights.",
-            notes="Only the 10 classes of the 2017 study are kept; CUB folders such as 001.Black_footed_Albatross are renamed to the plain name.",
+            notes=(
+                "Only the 10 classes of the 2017 study are kept;"
+                " CUB folders such as 001.Black_footed_Albatross are renamed to the plain name."
+            ),
         ),
         Source(
             name="butterflies",
@@ -181,7 +189,10 @@ SOURCES: dict[str, Source] = {
                 "Descriptions. BMVC 2009."
             ),
             licence="Research use, as stated on the dataset page; images were collected from Google Image Search.",
-            notes="Images are named CCCNNNN.png with CCC the class id 001..010; segmentation masks are not kept; PNGs are converted to JPEG.",
+            notes=(
+                "Images are named CCCNNNN.png with CCC the class id 001..010;"
+                " segmentation masks are not kept; PNGs are converted to JPEG."
+            ),
         ),
         Source(
             name="noodles",

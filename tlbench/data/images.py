@@ -77,7 +77,8 @@ def _wide_to_l(image: Image.Image) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """A new 8-bit RGB image of ``image``: upright, first frame, transparency on white, wide modes scaled not clipped."""
+    """A new 8-bit RGB image of ``image``: upright, first frame, transparency on white, wide modes scaled not
+    clipped."""
     image = ImageOps.exif_transpose(image)
     if image.has_transparency_data:
         background = Image.new("RGBA", image.size, (*TRANSPARENCY_BACKGROUND, 255))

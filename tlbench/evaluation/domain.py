@@ -89,24 +89,27 @@ def recommend(summary: pd.DataFrame, train_per_class: float) -> Recommendation:
     consistency = float(summary.consistency.mean())
     similar = confidence >= SIMILAR_CONFIDENCE and consistency >= SIMILAR_CONSISTENCY
     small = train_per_class < SMALL_TRAIN_PER_CLASS
-    size = f"{'small' if small else 'large'} ({train_per_class:g} training images per class, threshold {SMALL_TRAIN_PER_CLASS})"
+    size = (
+        f"{'small' if small else 'large'} ({train_per_class:g} training images per class,"
+        f" threshold {SMALL_TRAIN_PER_CLASS})"
+    )
     domain = (
         f"{'similar to' if similar else 'different from'} ImageNet (median top-1 probability {confidence:.2f},"
         f" threshold {SIMILAR_CONFIDENCE}; consistency {consistency:.2f}, threshold {SIMILAR_CONSISTENCY})"
     )
     why = {
-        (
-            True,
-            True,
-        ): "ImageNet features already describe these images and a small dataset would mostly teach fine-tuned blocks to overfit",
-        (
-            False,
-            True,
-        ): "ImageNet's top-level features are about other things, so more of the network must adapt; small data means a low learning rate and watching val_loss",
-        (
-            True,
-            False,
-        ): "enough data to adapt the top blocks without overfitting, and the lower ImageNet features transfer as they are",
+        (True, True): (
+            "ImageNet features already describe these images and a small dataset would mostly teach"
+            " fine-tuned blocks to overfit"
+        ),
+        (False, True): (
+            "ImageNet's top-level features are about other things, so more of the network must adapt;"
+            " small data means a low learning rate and watching val_loss"
+        ),
+        (True, False): (
+            "enough data to adapt the top blocks without overfitting,"
+            " and the lower ImageNet features transfer as they are"
+        ),
         (False, False): "enough data to retrain every block, and ImageNet features fit this domain poorly",
     }[(similar, small)]
     return Recommendation(similar, small, ADVICE[(similar, small)], f"data is {size}; images are {domain}: {why}")

@@ -50,8 +50,10 @@ def format_summary(metrics: dict) -> str:
         rows = [(phase, values), *([(f"{phase}+tta", values["tta"])] if values.get("tta") else [])]
         for name, row in rows:
             lines.append(
-                f"{name:<13} {values.get('epochs', '-'):>6} {_fmt(values.get('train_seconds'), 1):>8} {_fmt(values.get('val_acc')):>8} "
-                f"{_fmt(row.get('test_acc')):>9} {_interval(row, 'test_acc_ci95'):>18} {_fmt(row.get('test_macro_f1')):>9} "
+                f"{name:<13} {values.get('epochs', '-'):>6} {_fmt(values.get('train_seconds'), 1):>8}"
+                f" {_fmt(values.get('val_acc')):>8} "
+                f"{_fmt(row.get('test_acc')):>9} {_interval(row, 'test_acc_ci95'):>18}"
+                f" {_fmt(row.get('test_macro_f1')):>9} "
                 f"{_interval(row, 'test_macro_f1_ci95'):>19}"
             )
     if metrics.get("comparison"):

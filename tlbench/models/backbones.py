@@ -218,7 +218,8 @@ class FeatureExtractor(nn.Module):
         return x
 
     def forward_from(self, activations: torch.Tensor, depth: int) -> torch.Tensor:
-        """Pooled features from activations after ``depth`` layers: ``forward_from(forward_until(x, d), d) == forward(x)``."""
+        """Pooled features from activations after ``depth`` layers:
+        ``forward_from(forward_until(x, d), d) == forward(x)``."""
         for layer in self.layer_chain()[depth:]:
             activations = layer(activations)
         return self.pool(activations)

@@ -98,7 +98,8 @@ def load_bundle(bundle: Path, phase: str | None = None) -> TrainedModel:
             )
         if phase is not None and phase != manifest["phase"]:
             raise TLBenchError(
-                f"{bundle} holds the '{manifest['phase']}' phase, not '{phase}'; export that phase from the run directory"
+                f"{bundle} holds the '{manifest['phase']}' phase, not '{phase}';"
+                " export that phase from the run directory"
             )
         model = build_model(manifest["model"], manifest["phase"], manifest["preprocessing"])
         load_model(model, str(bundle / BUNDLE_WEIGHTS))
@@ -126,7 +127,8 @@ def load_trained(path: str | Path, phase: str | None = None) -> TrainedModel:
     if path.is_dir():
         if not (path / METRICS).is_file():
             raise TLBenchError(
-                f"{path} is not a tlbench run directory (no {METRICS}) or bundle (no {BUNDLE_MANIFEST}); pass a run directory, a bundle or a .ckpt file"
+                f"{path} is not a tlbench run directory (no {METRICS}) or bundle (no {BUNDLE_MANIFEST});"
+                " pass a run directory, a bundle or a .ckpt file"
             )
         path = checkpoint_for_run(path, phase)
     return model_from_checkpoint(read_checkpoint(path), path)

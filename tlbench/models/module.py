@@ -259,7 +259,8 @@ class TransferLearningModule(pl.LightningModule):
         loss = self.loss_fn(logits, targets)
         if not torch.isfinite(loss):
             raise TLBenchError(
-                f"training diverged: {stage} loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step};"
+                f"training diverged: {stage} loss is {loss.item()} at epoch {self.current_epoch},"
+                f" step {self.global_step};"
                 " lower --model.head_lr / --model.finetune_lr (last.ckpt holds the last finite state)"
             )
         metrics.update(logits, targets)

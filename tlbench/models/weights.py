@@ -70,7 +70,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch/safetensors raise many types for truncated or hostile files
         raise TLBenchError(
-            f"cannot read weights file {path} ({type(error).__name__}); it is truncated, not a weights file, or contains code"
+            f"cannot read weights file {path} ({type(error).__name__});"
+            " it is truncated, not a weights file, or contains code"
         ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -103,7 +104,8 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> 
     non_classifier = [k for k in missing + mismatched if not _is_classifier_key(model, k)]
     if non_classifier:
         raise TLBenchError(
-            f"{origin} does not fit this backbone: {len(non_classifier)} tensors missing or of another shape (first: {non_classifier[0]})"
+            f"{origin} does not fit this backbone: {len(non_classifier)} tensors missing or of another shape"
+            f" (first: {non_classifier[0]})"
         )
     model.load_state_dict(usable, strict=False)
 

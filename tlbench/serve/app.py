@@ -37,7 +37,9 @@ from tlbench.serve.limits import BodySizeLimit, Busy, ConcurrencyLimit
 UPLOAD_FIELD = "file"
 # The page's script and styles are inline and it fetches only this server: nothing else may run or load.
 PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src blob:; connect-src 'self'",
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src blob:; connect-src 'self'"
+    ),
     "X-Content-Type-Options": "nosniff",
 }
 
