@@ -17,13 +17,27 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def run_fit(workdir: Path, experiment: str, *args: str, cache_dir: Path | None = None) -> dict:
-    """``python -m tlbench fit`` as a user runs it; returns metrics.json plus wall time, that process's peak RSS and history."""
+    """``python -m tlbench fit`` as a user runs it; returns metrics.json plus wall time, that process's peak RSS
+    and history."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     if cache_dir is not None:
         env["TLBENCH_CACHE_DIR"] = str(cache_dir)
-    command = [sys.executable, "-m", "tlbench", "fit", "--experiment", experiment, "--trainer.default_root_dir", str(workdir),
-               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "tlbench",
+        "fit",
+        "--experiment",
+        experiment,
+        "--trainer.default_root_dir",
+        str(workdir),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        *args,
+    ]
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True, env=env)
@@ -40,7 +54,9 @@ def run_fit(workdir: Path, experiment: str, *args: str, cache_dir: Path | None =
     return metrics
 
 
-def print_table(title: str, rows: list[tuple[str, str, str]], header: tuple[str, str, str] = ("measurement", "value", "ratio")) -> None:
+def print_table(
+    title: str, rows: list[tuple[str, str, str]], header: tuple[str, str, str] = ("measurement", "value", "ratio")
+) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(3)]
     print(f"\n{title}")
     for row in [header, *rows]:

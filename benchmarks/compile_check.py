@@ -12,8 +12,8 @@ import argparse
 import time
 
 import torch
-
 from common import print_table
+
 from tlbench.models.module import TransferLearningModule, build_optimizer
 
 
@@ -43,16 +43,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch_size", type=int, default=32)
     args = parser.parse_args()
-    model = TransferLearningModule(backbone=args.backbone, head_epochs=0, finetune_epochs=1, classes=[str(i) for i in range(10)]).train()
+    model = TransferLearningModule(
+        backbone=args.backbone, head_epochs=0, finetune_epochs=1, classes=[str(i) for i in range(10)]
+    ).train()
     eager_first, eager = timed_steps(model, model, args.steps, args.batch_size)
     compiled_first, compiled = timed_steps(model, torch.compile(model), args.steps, args.batch_size)
     break_even = (compiled_first - compiled) / max(1e-9, eager - compiled) if eager > compiled else float("inf")
     print_table(
-        f"torch.compile on a fine-tune step ({args.backbone}, batch {args.batch_size}, {torch.get_num_threads()} threads)",
+        f"torch.compile on a fine-tune step ({args.backbone}, batch {args.batch_size},"
+        f" {torch.get_num_threads()} threads)",
         [
             ("eager step", f"{eager:.2f} s", "1.00x"),
             ("compiled step (after compiling)", f"{compiled:.2f} s", f"{eager / compiled:.2f}x"),
-            ("first compiled step (compile time)", f"{compiled_first:.1f} s", f"break-even after {break_even:.0f} steps"),
+            (
+                "first compiled step (compile time)",
+                f"{compiled_first:.1f} s",
+                f"break-even after {break_even:.0f} steps",
+            ),
         ],
     )
 

@@ -14,9 +14,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from common import SHARED_DATA, print_table, run_fit
+from PIL import Image
 
 
 def make_phone_photos(root: Path, count: int, size: tuple[int, int] = (4000, 3000)) -> Path:
@@ -34,8 +33,24 @@ def make_phone_photos(root: Path, count: int, size: tuple[int, int] = (4000, 300
 
 
 def epoch_seconds(data: Path, scratch: Path, decode_cache: bool, name: str) -> float:
-    args = ["--data.root", str(data), "--model.head_epochs", "0", "--model.finetune_epochs", "2", "--data.batch_size", "16",
-            "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", "--data.decode_cache", str(decode_cache).lower(), "--data.dedupe", "true"]
+    args = [
+        "--data.root",
+        str(data),
+        "--model.head_epochs",
+        "0",
+        "--model.finetune_epochs",
+        "2",
+        "--data.batch_size",
+        "16",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.limit_test_batches",
+        "1",
+        "--data.decode_cache",
+        str(decode_cache).lower(),
+        "--data.dedupe",
+        "true",
+    ]
     metrics = run_fit(scratch / name, name, *args, cache_dir=scratch / f"cache_{name}")
     return float(metrics["history"].seconds.iloc[-1]), metrics["split_sizes"]["train"]
 
@@ -50,7 +65,9 @@ def main() -> None:
         scratch = Path(scratch)
         datasets = [(args.data.name, args.data)]
         if args.big_images:
-            datasets.append((f"{args.big_images} generated 4000x3000 JPEGs", make_phone_photos(scratch / "phone", args.big_images)))
+            datasets.append(
+                (f"{args.big_images} generated 4000x3000 JPEGs", make_phone_photos(scratch / "phone", args.big_images))
+            )
         for label, data in datasets:
             off, n = epoch_seconds(data, scratch, False, f"{data.name}_off")
             on, _ = epoch_seconds(data, scratch, True, f"{data.name}_on")

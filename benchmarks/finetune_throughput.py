@@ -25,14 +25,22 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import REPO, SHARED_DATA, print_table, run_fit
+
 from tlbench.models.module import TransferLearningModule, build_optimizer
 
 
-def bare_loop_images_per_second(backbone: str, classes: int, batch_size: int, unfreeze: int, steps: int, channels_last: bool) -> float:
-    model = TransferLearningModule(backbone=backbone, unfreeze_blocks=unfreeze, head_epochs=0, finetune_epochs=1,
-                                   channels_last=channels_last, classes=[str(i) for i in range(classes)])
+def bare_loop_images_per_second(
+    backbone: str, classes: int, batch_size: int, unfreeze: int, steps: int, channels_last: bool
+) -> float:
+    model = TransferLearningModule(
+        backbone=backbone,
+        unfreeze_blocks=unfreeze,
+        head_epochs=0,
+        finetune_epochs=1,
+        channels_last=channels_last,
+        classes=[str(i) for i in range(classes)],
+    )
     model.train()
     optimizer = build_optimizer("adamw", [p for p in model.parameters() if p.requires_grad], 1e-4, 0.9, 1e-4)
     size = model.preprocessing.input_size
@@ -65,21 +73,53 @@ def main() -> None:
     steps = max(1, int(0.7 * sum(1 for p in args.data.rglob("*") if p.is_file())) // args.batch_size)
 
     def bare(channels_last: bool = True) -> float:
-        return bare_loop_images_per_second(args.backbone, classes, args.batch_size, args.unfreeze_blocks, steps, channels_last)
+        return bare_loop_images_per_second(
+            args.backbone, classes, args.batch_size, args.unfreeze_blocks, steps, channels_last
+        )
 
     bare_runs, bare_nchw = [bare()], bare(channels_last=False)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        fit_args = ["--data.root", str(args.data), "--data.dedupe", "true", "--model.backbone", args.backbone, "--model.head_epochs", "0",
-                    "--model.finetune_epochs", str(args.epochs), "--model.unfreeze_blocks", str(args.unfreeze_blocks),
-                    "--data.batch_size", str(args.batch_size)]
+        fit_args = [
+            "--data.root",
+            str(args.data),
+            "--data.dedupe",
+            "true",
+            "--model.backbone",
+            args.backbone,
+            "--model.head_epochs",
+            "0",
+            "--model.finetune_epochs",
+            str(args.epochs),
+            "--model.unfreeze_blocks",
+            str(args.unfreeze_blocks),
+            "--data.batch_size",
+            str(args.batch_size),
+        ]
         cached = run_fit(scratch / "fit", "throughput", *fit_args, cache_dir=scratch / "cache")
         bare_runs.append(bare())
-        uncached = run_fit(scratch / "fit", "uncached", *fit_args, "--model.cache_features", "false", cache_dir=scratch / "cache")
+        uncached = run_fit(
+            scratch / "fit", "uncached", *fit_args, "--model.cache_features", "false", cache_dir=scratch / "cache"
+        )
         profile = subprocess.run(
-            [sys.executable, "-m", "tlbench", "fit", *fit_args, "--model.finetune_epochs", "1", "--trainer.profiler", "simple",
-             "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(scratch / "profile")],
-            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO), "TLBENCH_CACHE_DIR": str(scratch / "cache")},
+            [
+                sys.executable,
+                "-m",
+                "tlbench",
+                "fit",
+                *fit_args,
+                "--model.finetune_epochs",
+                "1",
+                "--trainer.profiler",
+                "simple",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.default_root_dir",
+                str(scratch / "profile"),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO), "TLBENCH_CACHE_DIR": str(scratch / "cache")},
         )
     bare_runs.append(bare())
     reference = sorted(bare_runs)[1]
@@ -93,15 +133,29 @@ def main() -> None:
         "tlbench first epoch (cold decode, caching frozen layers)": n_train / first.seconds,
     }
     print_table(
-        f"Fine-tune throughput ({args.backbone}, top {args.unfreeze_blocks} blocks, batch {args.batch_size}, {torch.get_num_threads()} threads,"
+        f"Fine-tune throughput ({args.backbone}, top {args.unfreeze_blocks} blocks, batch {args.batch_size},"
+        f" {torch.get_num_threads()} threads,"
         f" {n_train} train / {cached['split_sizes']['val']} val images)",
         [
-            (f"bare PyTorch loop, pre-made tensors, channels_last (median of {', '.join(f'{r:.1f}' for r in bare_runs)})", f"{reference:.1f} img/s", "1.00x"),
+            (
+                "bare PyTorch loop, pre-made tensors, channels_last"
+                f" (median of {', '.join(f'{r:.1f}' for r in bare_runs)})",
+                f"{reference:.1f} img/s",
+                "1.00x",
+            ),
             ("bare PyTorch loop, pre-made tensors, NCHW", f"{bare_nchw:.1f} img/s", f"{bare_nchw / reference:.2f}x"),
             *((name, f"{rate:.1f} img/s", f"{rate / reference:.2f}x") for name, rate in rates.items()),
         ],
     )
-    lines = [line for line in (profile.stdout + profile.stderr).splitlines() if line.startswith("|") and re.search(r"run_training_epoch|run_training_batch|train_dataloader_next|optimizer_step|backward|training_step|on_train_batch_end|validation_step|save_checkpoint|Total", line)]
+    lines = [
+        line
+        for line in (profile.stdout + profile.stderr).splitlines()
+        if line.startswith("|")
+        and re.search(
+            r"run_training_epoch|run_training_batch|train_dataloader_next|optimizer_step|backward|training_step|on_train_batch_end|validation_step|save_checkpoint|Total",
+            line,
+        )
+    ]
     print("\nWhere the fine-tune epoch's time goes (Lightning simple profiler, one epoch):")
     print("\n".join(lines[:16]))
 

@@ -26,11 +26,28 @@ def main() -> None:
         for label in ("cold caches", "warm caches"):
             metrics = run_fit(scratch / "runs", "birds", *fit_args, cache_dir=scratch / "cache")
             phases = metrics["phases"]
-            rows.append((f"fit, {label}", f"{metrics['wall_seconds']:.0f} s wall, peak RSS {metrics['peak_rss_mib']:.0f} MiB",
-                         f"head {phases['head']['train_seconds']:.0f} s, finetune {phases['finetune']['train_seconds']:.0f} s"))
-            rows.append((f"  test accuracy ({label})", f"head {phases['head']['test_acc']:.2f} [{phases['head']['test_acc_ci95'][0]:.2f}, {phases['head']['test_acc_ci95'][1]:.2f}]",
-                         f"finetune {phases['finetune']['test_acc']:.2f} [{phases['finetune']['test_acc_ci95'][0]:.2f}, {phases['finetune']['test_acc_ci95'][1]:.2f}]"))
-    print_table(f"birds_efficientnet_lite0.yaml on {args.data.name} (10 head + 5 fine-tune epochs)", rows, ("run", "time / memory", "phases"))
+            rows.append(
+                (
+                    f"fit, {label}",
+                    f"{metrics['wall_seconds']:.0f} s wall, peak RSS {metrics['peak_rss_mib']:.0f} MiB",
+                    f"head {phases['head']['train_seconds']:.0f} s,"
+                    f" finetune {phases['finetune']['train_seconds']:.0f} s",
+                )
+            )
+            rows.append(
+                (
+                    f"  test accuracy ({label})",
+                    f"head {phases['head']['test_acc']:.2f} [{phases['head']['test_acc_ci95'][0]:.2f},"
+                    f" {phases['head']['test_acc_ci95'][1]:.2f}]",
+                    f"finetune {phases['finetune']['test_acc']:.2f} [{phases['finetune']['test_acc_ci95'][0]:.2f},"
+                    f" {phases['finetune']['test_acc_ci95'][1]:.2f}]",
+                )
+            )
+    print_table(
+        f"birds_efficientnet_lite0.yaml on {args.data.name} (10 head + 5 fine-tune epochs)",
+        rows,
+        ("run", "time / memory", "phases"),
+    )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,23 @@ def default_image() -> bytes:
 
 def start_server(model: str, max_batch: int, window_ms: float) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    command = [sys.executable, "-m", "tlbench", "serve", model, "--port", str(port), "--max_batch", str(max_batch), "--batch_window_ms", str(window_ms), "--max_concurrency", "64", "--queue_timeout", "60"]
+    command = [
+        sys.executable,
+        "-m",
+        "tlbench",
+        "serve",
+        model,
+        "--port",
+        str(port),
+        "--max_batch",
+        str(max_batch),
+        "--batch_window_ms",
+        str(window_ms),
+        "--max_concurrency",
+        "64",
+        "--queue_timeout",
+        "60",
+    ]
     process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
@@ -82,7 +98,13 @@ async def load(url: str, image: bytes, requests: int, concurrency: int, time_lim
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
     quantiles = statistics.quantiles(latencies, n=20) if len(latencies) > 1 else [float("nan")] * 19
-    return {"ok": len(latencies), "failed": failures, "rps": len(latencies) / elapsed, "p50": quantiles[9] * 1000, "p95": quantiles[18] * 1000}
+    return {
+        "ok": len(latencies),
+        "failed": failures,
+        "rps": len(latencies) / elapsed,
+        "p50": quantiles[9] * 1000,
+        "p95": quantiles[18] * 1000,
+    }
 
 
 def main() -> None:
@@ -107,10 +129,16 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait(timeout=30)
-    print(f"model {args.model}, image {len(image)} bytes, micro-batch on = max_batch {args.max_batch}, window {args.window_ms:g} ms")
+    print(
+        f"model {args.model}, image {len(image)} bytes,"
+        f" micro-batch on = max_batch {args.max_batch}, window {args.window_ms:g} ms"
+    )
     print(f"{'concurrency':>11} {'batching':>8} {'ok':>5} {'failed':>6} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7}")
     for level, mode, result in sorted(rows, key=lambda row: (row[0], row[1])):
-        print(f"{level:>11} {mode:>8} {result['ok']:>5} {result['failed']:>6} {result['rps']:>7.1f} {result['p50']:>7.1f} {result['p95']:>7.1f}")
+        print(
+            f"{level:>11} {mode:>8} {result['ok']:>5} {result['failed']:>6} {result['rps']:>7.1f}"
+            f" {result['p50']:>7.1f} {result['p95']:>7.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,9 @@ def make_image(path: Path, colour: tuple[int, int, int], seed: int, size: int = 
 def make_dataset(root: Path, classes: int = 3, per_class: int = 10, size: int = 40, suffix: str = ".png") -> Path:
     for c in range(classes):
         for i in range(per_class):
-            make_image(root / f"class_{c}" / f"img_{i:03d}{suffix}", COLOURS[c % len(COLOURS)], seed=c * 1000 + i, size=size)
+            make_image(
+                root / f"class_{c}" / f"img_{i:03d}{suffix}", COLOURS[c % len(COLOURS)], seed=c * 1000 + i, size=size
+            )
     return root
 
 
@@ -60,19 +62,50 @@ def shared_data() -> Path:
 
 # A fast backbone for plumbing tests: the one-layer baseline at 32 px, one epoch per phase.
 TINY_FIT_ARGS = [
-    "--model.backbone", "cnn1", "--model.pretrained", "false", "--model.input_size", "32", "--model.head_hidden", "16",
-    "--model.head_epochs", "1", "--model.finetune_epochs", "1", "--model.unfreeze_blocks", "-1",
-    "--data.batch_size", "8", "--data.num_workers", "0", "--trainer.enable_progress_bar", "false",
-    "--trainer.enable_model_summary", "false", "--trainer.accelerator", "cpu",
+    "--model.backbone",
+    "cnn1",
+    "--model.pretrained",
+    "false",
+    "--model.input_size",
+    "32",
+    "--model.head_hidden",
+    "16",
+    "--model.head_epochs",
+    "1",
+    "--model.finetune_epochs",
+    "1",
+    "--model.unfreeze_blocks",
+    "-1",
+    "--data.batch_size",
+    "8",
+    "--data.num_workers",
+    "0",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--trainer.accelerator",
+    "cpu",
 ]
 
 
 def tlbench_env(env: dict | None = None) -> dict:
     """The environment of a ``python -m tlbench`` child: this checkout first on the path, two threads."""
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), **(env or {})}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+        **(env or {}),
+    }
 
 
 def run_tlbench(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m tlbench ARGS`` in a fresh process, as a user types it."""
-    return subprocess.run([sys.executable, "-m", "tlbench", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=tlbench_env(env))
+    return subprocess.run(
+        [sys.executable, "-m", "tlbench", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=tlbench_env(env),
+    )

@@ -31,7 +31,9 @@ class PauseAtStep(pl.Callback):
         self.marker = marker
         self.seconds = seconds
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         if trainer.global_step == self.step:
             Path(self.marker).touch()
             time.sleep(self.seconds)

@@ -11,12 +11,20 @@ import pytest
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import CSVLogger
 
-from tests.conftest import REPO, make_dataset, run_tlbench, TINY_FIT_ARGS
+from tests.conftest import REPO, TINY_FIT_ARGS, make_dataset, run_tlbench
 from tests.helpers import NoDirLogger
 from tlbench.errors import TLBenchError
 
-TINY = {"pretrained": False, "input_size": 32, "head_hidden": 16, "head_epochs": 1, "finetune_epochs": 1,
-        "unfreeze_blocks": -1, "batch_size": 8, "num_workers": 0}
+TINY = {
+    "pretrained": False,
+    "input_size": 32,
+    "head_hidden": 16,
+    "head_epochs": 1,
+    "finetune_epochs": 1,
+    "unfreeze_blocks": -1,
+    "batch_size": 8,
+    "num_workers": 0,
+}
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu"}
 
 
@@ -32,13 +40,26 @@ def test_readme_snippet_in_a_fresh_process(tmp_path):
         model = tlbench.load(run.dir)
         print(model.predict({images!r}))
     """)
-    result = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2",
-                                 "TLBENCH_CACHE_DIR": str(tmp_path / "cache"), "HOME": str(tmp_path)})
+    result = subprocess.run(
+        [sys.executable, "-c", snippet],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={
+            "PYTHONPATH": str(REPO),
+            "PATH": "/usr/bin:/bin",
+            "OMP_NUM_THREADS": "2",
+            "TLBENCH_CACHE_DIR": str(tmp_path / "cache"),
+            "HOME": str(tmp_path),
+        },
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "lightning_logs" / "images_efficientnet_lite0" / "version_0"
     assert f" {run_dir}\n" in result.stdout
-    assert (run_dir / "metrics.json").is_file() and (tmp_path / "checkpoints" / "images_efficientnet_lite0" / "version_0").is_dir()
+    assert (run_dir / "metrics.json").is_file() and (
+        tmp_path / "checkpoints" / "images_efficientnet_lite0" / "version_0"
+    ).is_dir()
     predictions = result.stdout.strip().splitlines()[-1]
     assert predictions.count("Prediction(") == 2 and "probabilities={'class_0':" in predictions
 
@@ -50,7 +71,9 @@ def test_plain_lightning_trainer_gets_the_run_layout_and_the_epoch_budget(tiny_d
     from tlbench.models.module import TransferLearningModule
     from tlbench.rundir import read_metrics
 
-    module = TransferLearningModule(backbone="cnn1", **{k: v for k, v in TINY.items() if k not in ("batch_size", "num_workers")})
+    module = TransferLearningModule(
+        backbone="cnn1", **{k: v for k, v in TINY.items() if k not in ("batch_size", "num_workers")}
+    )
     datamodule = ImageFolderDataModule(str(tiny_dataset), batch_size=8, num_workers=0)
     trainer = pl.Trainer(default_root_dir=str(tmp_path), num_sanity_val_steps=0, **QUIET)
     trainer.fit(module, datamodule)
@@ -67,14 +90,19 @@ def test_max_epochs_that_disagrees_with_the_phases_is_refused(tiny_dataset, tmp_
     from tlbench.data.datamodule import ImageFolderDataModule
     from tlbench.models.module import TransferLearningModule
 
-    module = TransferLearningModule(backbone="cnn1", **{k: v for k, v in TINY.items() if k not in ("batch_size", "num_workers")})
+    module = TransferLearningModule(
+        backbone="cnn1", **{k: v for k, v in TINY.items() if k not in ("batch_size", "num_workers")}
+    )
     trainer = pl.Trainer(default_root_dir=str(tmp_path), max_epochs=5, **QUIET)
     with pytest.raises(TLBenchError, match=r"max_epochs=5.*head_epochs \+ finetune_epochs = 2"):
         trainer.fit(module, ImageFolderDataModule(str(tiny_dataset), batch_size=8, num_workers=0))
 
 
-@pytest.mark.parametrize("make_loggers", [lambda root: [NoDirLogger()], lambda root: [CSVLogger(str(root / "csv")), NoDirLogger()]],
-                         ids=["log_dir-None", "csv-and-log_dir-None"])
+@pytest.mark.parametrize(
+    "make_loggers",
+    [lambda root: [NoDirLogger()], lambda root: [CSVLogger(str(root / "csv")), NoDirLogger()]],
+    ids=["log_dir-None", "csv-and-log_dir-None"],
+)
 def test_any_logger_keeps_the_run_directory(tiny_dataset, tmp_path, make_loggers):
     import tlbench
 
@@ -96,8 +124,17 @@ def test_unknown_option_is_one_line_with_close_matches(tiny_dataset):
 
 
 def test_cli_with_csv_logger(tiny_dataset, tmp_path):
-    result = run_tlbench("fit", "--data.root", str(tiny_dataset), *TINY_FIT_ARGS, "--trainer.logger", "CSVLogger",
-                         "--trainer.logger.save_dir", "csv_logs", cwd=tmp_path)
+    result = run_tlbench(
+        "fit",
+        "--data.root",
+        str(tiny_dataset),
+        *TINY_FIT_ARGS,
+        "--trainer.logger",
+        "CSVLogger",
+        "--trainer.logger.save_dir",
+        "csv_logs",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     run = tmp_path / "lightning_logs" / "tiny_cnn1" / "version_0"
     assert (run / "metrics.json").is_file() and list(run.glob("events.out.tfevents.*"))
@@ -107,9 +144,20 @@ def test_cli_with_csv_logger(tiny_dataset, tmp_path):
 def test_cli_with_mlflow_file_store(tiny_dataset, tmp_path):
     pytest.importorskip("mlflow")
     store = tmp_path / "mlruns"
-    result = run_tlbench("fit", "--data.root", str(tiny_dataset), *TINY_FIT_ARGS, "--trainer.logger", "MLFlowLogger",
-                         "--trainer.logger.experiment_name", "tiny", "--trainer.logger.tracking_uri", f"file:{store}", cwd=tmp_path,
-                         env={"MLFLOW_ALLOW_FILE_STORE": "true"})  # MLflow 3 asks file stores to opt in
+    result = run_tlbench(
+        "fit",
+        "--data.root",
+        str(tiny_dataset),
+        *TINY_FIT_ARGS,
+        "--trainer.logger",
+        "MLFlowLogger",
+        "--trainer.logger.experiment_name",
+        "tiny",
+        "--trainer.logger.tracking_uri",
+        f"file:{store}",
+        cwd=tmp_path,
+        env={"MLFLOW_ALLOW_FILE_STORE": "true"},
+    )  # MLflow 3 asks file stores to opt in
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "lightning_logs" / "tiny_cnn1" / "version_0" / "metrics.json").is_file()
     assert list(store.rglob("metrics/val_loss")), "MLflow recorded the validation loss"

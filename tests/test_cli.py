@@ -20,7 +20,14 @@ def test_fit_writes_the_run_contract_and_prints_a_summary(tiny_dataset, tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "lightning_logs" / "tiny_cnn1" / "version_0"
     ckpts = tmp_path / "checkpoints" / "tiny_cnn1" / "version_0"
-    for name in ("config.yaml", "split.csv", "history.csv", "metrics.json", "predictions_head.csv", "predictions_finetune.csv"):
+    for name in (
+        "config.yaml",
+        "split.csv",
+        "history.csv",
+        "metrics.json",
+        "predictions_head.csv",
+        "predictions_finetune.csv",
+    ):
         assert (run / name).is_file(), name
     assert list(run.glob("events.out.tfevents.*"))
     assert (ckpts / "last.ckpt").is_file()
@@ -54,7 +61,16 @@ def test_head_only_run_and_default_root_dir(tiny_dataset, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    result = fit(tiny_dataset, cwd, "--model.finetune_epochs", "0", "--trainer.default_root_dir", str(elsewhere), "--experiment", "probe")
+    result = fit(
+        tiny_dataset,
+        cwd,
+        "--model.finetune_epochs",
+        "0",
+        "--trainer.default_root_dir",
+        str(elsewhere),
+        "--experiment",
+        "probe",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(cwd.iterdir()) == []
     metrics = json.loads((elsewhere / "lightning_logs" / "probe" / "version_0" / "metrics.json").read_text())
@@ -74,9 +90,23 @@ def test_same_seed_gives_identical_split_and_predictions(tiny_dataset, tmp_path)
 def test_resume_after_kill_continues_in_the_right_phase(tiny_dataset, tmp_path, kill_epoch, resumed_phase):
     """Killed with SIGKILL at the phase boundary or inside fine-tuning, ``--ckpt_path last`` finishes the run
     fine-tuning the right parameters (Lightning #21901 re-freezes them)."""
-    args = ["--model.head_epochs", "2", "--model.finetune_epochs", "2", "--model.unfreeze_blocks", "1",
-            "--model.finetune_optimizer", "sgd"]
-    killed = fit(tiny_dataset, tmp_path, *args, "--trainer.callbacks+=tests.helpers.KillAtEpochStart", f"--trainer.callbacks.epoch={kill_epoch}")
+    args = [
+        "--model.head_epochs",
+        "2",
+        "--model.finetune_epochs",
+        "2",
+        "--model.unfreeze_blocks",
+        "1",
+        "--model.finetune_optimizer",
+        "sgd",
+    ]
+    killed = fit(
+        tiny_dataset,
+        tmp_path,
+        *args,
+        "--trainer.callbacks+=tests.helpers.KillAtEpochStart",
+        f"--trainer.callbacks.epoch={kill_epoch}",
+    )
     assert killed.returncode == -9
     last = tmp_path / "checkpoints" / "tiny_cnn1" / "version_0" / "last.ckpt"
     state = torch.load(last, map_location="cpu", weights_only=False)
@@ -98,7 +128,11 @@ def test_resume_after_kill_continues_in_the_right_phase(tiny_dataset, tmp_path, 
 def test_bare_config_names_resolve_in_configs(tmp_path):
     result = run_tlbench("fit", "--config", "dogs_vgg19.yaml", "--print_config", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "backbone: vgg19" in result.stdout and "root: data/dogs" in result.stdout and "finetune_optimizer: sgd" in result.stdout
+    assert (
+        "backbone: vgg19" in result.stdout
+        and "root: data/dogs" in result.stdout
+        and "finetune_optimizer: sgd" in result.stdout
+    )
     assert "\noptimizer:" not in result.stdout, "a top-level optimizer would replace the per-phase optimizers"
     missing = run_tlbench("fit", "--config", "nope_nothing.yaml", cwd=tmp_path)
     assert missing.returncode == 2 and missing.stderr.strip().startswith("error: config 'nope_nothing.yaml' not found")
@@ -106,7 +140,7 @@ def test_bare_config_names_resolve_in_configs(tmp_path):
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*_*.yaml")))
 def test_every_shipped_config_parses_with_its_dataset_and_backbone(config, monkeypatch):
-    from tlbench.cli import TLBenchCLI
+    from tlbench.commands.fit import TLBenchCLI
     from tlbench.configs import resolve_config_args
 
     class ParseOnly(TLBenchCLI):
@@ -133,7 +167,15 @@ def test_user_errors_are_one_line_without_traceback(tiny_dataset, tmp_path):
 
 
 def test_hub_weights_without_network_give_one_clear_line(tiny_dataset, tmp_path):
-    result = fit(tiny_dataset, tmp_path, "--model.backbone", "resnet18", "--model.pretrained", "true", env={"HF_HUB_OFFLINE": "1"})
+    result = fit(
+        tiny_dataset,
+        tmp_path,
+        "--model.backbone",
+        "resnet18",
+        "--model.pretrained",
+        "true",
+        env={"HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--model.weights PATH" in result.stderr.strip().splitlines()[-1]
 

@@ -7,27 +7,60 @@ import torch
 
 from tests.conftest import run_tlbench
 
-ARGS = ["--config", "leaves_efficientnet_lite0.yaml", "--model.head_epochs", "2", "--model.finetune_epochs", "1",
-        "--data.num_workers", "0", "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"]
+ARGS = [
+    "--config",
+    "leaves_efficientnet_lite0.yaml",
+    "--model.head_epochs",
+    "2",
+    "--model.finetune_epochs",
+    "1",
+    "--data.num_workers",
+    "0",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.accelerator",
+    "cpu",
+]
 
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(shared_data, tmp_path):
     data = ["--data.root", str(shared_data / "leaves3")]
     (tmp_path / "ddp").mkdir()
-    ddp = run_tlbench("fit", *ARGS, *data, "--trainer.strategy", "ddp", "--trainer.devices", "2",
-                      "--trainer.callbacks+=tests.helpers.AssertRanksInSync", cwd=tmp_path / "ddp",
-                      env={"TLBENCH_CACHE_DIR": str(tmp_path / "cache_ddp"), "OMP_NUM_THREADS": "1"})
+    ddp = run_tlbench(
+        "fit",
+        *ARGS,
+        *data,
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.callbacks+=tests.helpers.AssertRanksInSync",
+        cwd=tmp_path / "ddp",
+        env={"TLBENCH_CACHE_DIR": str(tmp_path / "cache_ddp"), "OMP_NUM_THREADS": "1"},
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     (tmp_path / "single").mkdir()
-    single = run_tlbench("fit", *ARGS, *data, "--trainer.devices", "1", cwd=tmp_path / "single", env={"TLBENCH_CACHE_DIR": str(tmp_path / "cache_single")})
+    single = run_tlbench(
+        "fit",
+        *ARGS,
+        *data,
+        "--trainer.devices",
+        "1",
+        cwd=tmp_path / "single",
+        env={"TLBENCH_CACHE_DIR": str(tmp_path / "cache_single")},
+    )
     assert single.returncode == 0, single.stderr[-3000:]
 
     run = ("lightning_logs", "leaves3_efficientnet_lite0", "version_0")
-    metrics = {name: json.loads((tmp_path / name).joinpath(*run, "metrics.json").read_text()) for name in ("ddp", "single")}
+    metrics = {
+        name: json.loads((tmp_path / name).joinpath(*run, "metrics.json").read_text()) for name in ("ddp", "single")
+    }
     for phase in ("head", "finetune"):
         assert metrics["ddp"]["phases"][phase]["test_n"] == metrics["single"]["phases"][phase]["test_n"] == 6
-        assert metrics["ddp"]["phases"][phase]["test_acc"] >= 0.8 and metrics["single"]["phases"][phase]["test_acc"] >= 0.8
+        assert (
+            metrics["ddp"]["phases"][phase]["test_acc"] >= 0.8 and metrics["single"]["phases"][phase]["test_acc"] >= 0.8
+        )
     assert not (tmp_path / "ddp").joinpath(*run[:-1], "version_1").exists(), "only rank zero writes the run directory"
 
     # Each process encoded half of the images; the gathered cache equals the single-process one.

@@ -26,9 +26,18 @@ from torch.nn.parallel import DistributedDataParallel
 
 
 def tiny_trainer(tmp_path, epochs: int, callbacks: list) -> pl.Trainer:
-    return pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, num_sanity_val_steps=0, limit_train_batches=2, limit_val_batches=1,
-                      default_root_dir=tmp_path, callbacks=callbacks)
+    return pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        default_root_dir=tmp_path,
+        callbacks=callbacks,
+    )
 
 
 class RecordingCheckpointIO(TorchCheckpointIO):
@@ -68,8 +77,13 @@ def test_model_checkpoint_writes_and_deletes_only_through_the_strategy_checkpoin
     trainer.fit(DecreasingLoss())
     assert trainer.strategy.checkpoint_io is io, "Strategy.checkpoint_io no longer returns the IO it was given"
     paths = [str(tmp_path / "ckpts" / f"best-epoch={epoch}.ckpt") for epoch in range(3)]
-    assert io.calls == [("save", paths[0]), ("save", paths[1]), ("remove", paths[0]),
-                        ("save", paths[2]), ("remove", paths[1])], "ModelCheckpoint bypasses checkpoint_io"
+    assert io.calls == [
+        ("save", paths[0]),
+        ("save", paths[1]),
+        ("remove", paths[0]),
+        ("save", paths[2]),
+        ("remove", paths[1]),
+    ], "ModelCheckpoint bypasses checkpoint_io"
     assert sorted(p.name for p in (tmp_path / "ckpts").iterdir()) == ["best-epoch=2.ckpt"]
 
 
@@ -123,8 +137,12 @@ def one_process_group():
 
 def test_configure_ddp_wraps_the_lightning_module_again(one_process_group):
     assert list(inspect.signature(DDPStrategy.configure_ddp).parameters) == ["self"]
-    strategy = DDPStrategy(accelerator=CPUAccelerator(), parallel_devices=[torch.device("cpu")],
-                           cluster_environment=LightningEnvironment(), process_group_backend="gloo")
+    strategy = DDPStrategy(
+        accelerator=CPUAccelerator(),
+        parallel_devices=[torch.device("cpu")],
+        cluster_environment=LightningEnvironment(),
+        process_group_backend="gloo",
+    )
     model = BoringModel()
     strategy.connect(model)
     strategy.configure_ddp()

@@ -50,7 +50,10 @@ def _resolve(argv: Sequence[str]) -> tuple[Callable, list[str]] | None:
     rest = list(argv[1:])
     if isinstance(target, dict):
         if not rest or rest[0] not in target:
-            raise TLBenchError(f"'{argv[0]}' needs one of: {', '.join(target)} (e.g. python -m tlbench {argv[0]} {next(iter(target))} --help)")
+            raise TLBenchError(
+                f"'{argv[0]}' needs one of: {', '.join(target)}"
+                f" (e.g. python -m tlbench {argv[0]} {next(iter(target))} --help)"
+            )
         target, rest = target[rest[0]], rest[1:]
     if target is None:
         return None
@@ -65,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         if argv[0] in LIGHTNING_SUBCOMMANDS:
-            from tlbench.cli import run_lightning_cli
+            from tlbench.commands.fit import run_lightning_cli
 
             run_lightning_cli(argv)
             return 0

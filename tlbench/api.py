@@ -66,13 +66,26 @@ def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     if unknown:
         close = difflib.get_close_matches(unknown[0], sorted(model_names | data_names), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise TLBenchError(f"tlbench.fit: unknown option {unknown[0]!r}{hint} (options are the arguments of "
-                           "TransferLearningModule and ImageFolderDataModule)")
-    return ({k: v for k, v in options.items() if k in model_names}, {k: v for k, v in options.items() if k in data_names})
+        raise TLBenchError(
+            f"tlbench.fit: unknown option {unknown[0]!r}{hint} (options are the arguments of "
+            "TransferLearningModule and ImageFolderDataModule)"
+        )
+    return (
+        {k: v for k, v in options.items() if k in model_names},
+        {k: v for k, v in options.items() if k in data_names},
+    )
 
 
-def fit(data: str | Path, *, backbone: str = "efficientnet_lite0", output: str | Path = ".", experiment: str | None = None,
-        seed: int = 0, trainer: dict[str, Any] | None = None, **options: Any) -> Run:
+def fit(
+    data: str | Path,
+    *,
+    backbone: str = "efficientnet_lite0",
+    output: str | Path = ".",
+    experiment: str | None = None,
+    seed: int = 0,
+    trainer: dict[str, Any] | None = None,
+    **options: Any,
+) -> Run:
     """Train head then fine-tune on the images under ``data``, test each phase's best checkpoint, and return the run.
 
     Args:
@@ -83,13 +96,19 @@ def fit(data: str | Path, *, backbone: str = "efficientnet_lite0", output: str |
         seed: seeds the training randomness (``seed_everything``), as ``--seed_everything`` does; the split has
             its own ``split_seed``.
         trainer: extra ``pytorch_lightning.Trainer`` arguments.
-        **options: ``TransferLearningModule`` / ``ImageFolderDataModule`` arguments (``head_epochs=3``, ``batch_size=16``).
+        **options: ``TransferLearningModule`` / ``ImageFolderDataModule`` arguments
+            (``head_epochs=3``, ``batch_size=16``).
     """
     model_options, data_options = _split_options(options)
     pl.seed_everything(seed, workers=True, verbose=False)
     datamodule = ImageFolderDataModule(str(data), **data_options)
     module = TransferLearningModule(backbone=backbone, **model_options)
-    settings = {**TRAINER_DEFAULTS, "default_root_dir": str(output), "max_epochs": module.total_epochs, **(trainer or {})}
+    settings = {
+        **TRAINER_DEFAULTS,
+        "default_root_dir": str(output),
+        "max_epochs": module.total_epochs,
+        **(trainer or {}),
+    }
     lightning = pl.Trainer(**settings)
     install_run_logger(lightning, experiment or experiment_name(datamodule.dataset_name, backbone))
     lightning.fit(module, datamodule)

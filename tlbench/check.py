@@ -83,8 +83,9 @@ def imagenet_predictor(backbone: str) -> Predictor:
 
 def sample_images(table: pd.DataFrame, per_class: int, seed: int) -> pd.DataFrame:
     """``per_class`` images of every class (all it has if fewer), the same ones for the same seed."""
-    groups = [group.sample(n=min(per_class, len(group)), random_state=seed)
-              for _, group in table.groupby("label", sort=True)]
+    groups = [
+        group.sample(n=min(per_class, len(group)), random_state=seed) for _, group in table.groupby("label", sort=True)
+    ]
     return pd.concat(groups, ignore_index=True)
 
 
@@ -134,14 +135,19 @@ def check_dataset(
     unreadable = results[results.error != ""]
     if len(unreadable) == len(results):
         example = f"{unreadable.path.iloc[0]}: {unreadable.error.iloc[0]}"
-        raise TLBenchError(f"none of the {len(results)} sampled images could be read (e.g. {example});"
-                           f" run 'python -m tlbench data audit {root}'")
+        raise TLBenchError(
+            f"none of the {len(results)} sampled images could be read (e.g. {example});"
+            f" run 'python -m tlbench data audit {root}'"
+        )
     summary = class_summary(results)
     train_per_class = float(table[table.split == "train"].label.value_counts().median())
     out = Path(output) if output else default_output("check", f"{dataset_name(root)}_{backbone}")
     csv = write_csv(out / "check.csv", results)
-    captions = [format_labels(row, min(SHEET_LABELS, top_k), "\n", 28) if not row["error"] else row["error"]
-                for _, row in results.iterrows()]
-    sheet = plot_contact_sheet([Path(p) for p in results.path], list(results.label), captions,
-                               out / "contact_sheet.png")
+    captions = [
+        format_labels(row, min(SHEET_LABELS, top_k), "\n", 28) if not row["error"] else row["error"]
+        for _, row in results.iterrows()
+    ]
+    sheet = plot_contact_sheet(
+        [Path(p) for p in results.path], list(results.label), captions, out / "contact_sheet.png"
+    )
     return CheckResult(Path(root), backbone, results, summary, recommend(summary, train_per_class), csv, sheet)

@@ -106,8 +106,9 @@ def classify_files(
         raise TLBenchError(f"--top_k and --batch_size must be at least 1 (got {top_k} and {batch_size})")
     paths = expand_inputs(inputs)
     if not paths:
-        raise TLBenchError(f"no image files in {', '.join(inputs)}"
-                           " (looked for .jpg, .jpeg, .png, .bmp, .webp, .tif, any case)")
+        raise TLBenchError(
+            f"no image files in {', '.join(inputs)} (looked for .jpg, .jpeg, .png, .bmp, .webp, .tif, any case)"
+        )
     trained = load_trained(model, phase)
     table = classify_paths(Predictor(trained, batch_size), paths, top_k, progress)
     return Classification(trained, table, write_csv(output, table) if output else None)

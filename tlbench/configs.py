@@ -36,7 +36,9 @@ def resolve_config_path(value: str) -> str:
     found = _find(value)
     if found is None:
         available = sorted(p.stem for p in CONFIGS.glob("*.yaml")) if CONFIGS.is_dir() else []
-        raise TLBenchError(f"config '{value}' not found (looked in ./ and configs/); available: {', '.join(available) or 'none'}")
+        raise TLBenchError(
+            f"config '{value}' not found (looked in ./ and configs/); available: {', '.join(available) or 'none'}"
+        )
     return str(found)
 
 

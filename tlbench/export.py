@@ -32,7 +32,15 @@ from tlbench.data.images import ImageLoadError, load_rgb
 from tlbench.errors import TLBenchError
 from tlbench.io import write_json
 from tlbench.models.inference import Predictor
-from tlbench.models.loading import ARCHITECTURE_SETTINGS, BUNDLE_FORMAT, BUNDLE_MANIFEST, BUNDLE_WEIGHTS, TrainedModel, load_bundle, load_trained
+from tlbench.models.loading import (
+    ARCHITECTURE_SETTINGS,
+    BUNDLE_FORMAT,
+    BUNDLE_MANIFEST,
+    BUNDLE_WEIGHTS,
+    TrainedModel,
+    load_bundle,
+    load_trained,
+)
 from tlbench.models.module import TransferLearningModule
 from tlbench.rundir import read_metrics
 
@@ -64,14 +72,18 @@ def parse_formats(formats: str) -> list[str]:
     requested = [name.strip().lower() for name in formats.split(",") if name.strip()]
     unknown = sorted(set(requested) - set(FORMATS))
     if unknown:
-        raise TLBenchError(f"unknown export format {', '.join(unknown)}; choose from {', '.join(FORMATS)} (comma-separated)")
+        raise TLBenchError(
+            f"unknown export format {', '.join(unknown)}; choose from {', '.join(FORMATS)} (comma-separated)"
+        )
     return [name for name in FORMATS if name == "safetensors" or name in requested]
 
 
 def require_onnx() -> None:
     missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
     if missing:
-        raise TLBenchError(f"ONNX export needs {' and '.join(missing)}; install them with: pip install 'tlbench[export]'")
+        raise TLBenchError(
+            f"ONNX export needs {' and '.join(missing)}; install them with: pip install 'tlbench[export]'"
+        )
 
 
 def parity_batch(run_dir: Path, predictor: Predictor, count: int = PARITY_IMAGES) -> tuple[torch.Tensor, str]:
@@ -81,7 +93,11 @@ def parity_batch(run_dir: Path, predictor: Predictor, count: int = PARITY_IMAGES
     another machine): the check still compares the exported graphs, only on less realistic inputs.
     """
     metrics = read_metrics(run_dir)
-    split = pd.read_csv(run_dir / "split.csv") if (run_dir / "split.csv").is_file() else pd.DataFrame(columns=["path", "split"])
+    split = (
+        pd.read_csv(run_dir / "split.csv")
+        if (run_dir / "split.csv").is_file()
+        else pd.DataFrame(columns=["path", "split"])
+    )
     rows = split[split["split"] == metrics.get("test_on", "test")]
     images = []
     for relative in rows["path"]:
@@ -94,7 +110,9 @@ def parity_batch(run_dir: Path, predictor: Predictor, count: int = PARITY_IMAGES
     if images:
         return predictor.tensor(images), f"{len(images)} {metrics.get('test_on', 'test')} images"
     size = predictor.trained.preprocessing.input_size
-    return torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(0)), f"{count} noise inputs (data root {metrics.get('data_root')} not readable)"
+    return torch.randn(
+        count, 3, size, size, generator=torch.Generator().manual_seed(0)
+    ), f"{count} noise inputs (data root {metrics.get('data_root')} not readable)"
 
 
 def manifest(trained: TrainedModel, run_dir: Path) -> dict:
@@ -109,7 +127,11 @@ def manifest(trained: TrainedModel, run_dir: Path) -> dict:
         "phase": trained.phase,
         "source_checkpoint": str(trained.source),
         "weights": trained.model.weights_source,
-        "metrics": {"dataset": metrics.get("dataset"), "test_on": metrics.get("test_on"), **{k: phase_metrics[k] for k in METRIC_KEYS if k in phase_metrics}},
+        "metrics": {
+            "dataset": metrics.get("dataset"),
+            "test_on": metrics.get("test_on"),
+            **{k: phase_metrics[k] for k in METRIC_KEYS if k in phase_metrics},
+        },
     }
 
 
@@ -123,7 +145,16 @@ def write_onnx(network: nn.Module, example: torch.Tensor, path: Path) -> torch.T
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notices
-        torch.onnx.export(network, (example,), str(path), dynamo=False, input_names=["images"], output_names=["probabilities"], dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=17)
+        torch.onnx.export(
+            network,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["images"],
+            output_names=["probabilities"],
+            dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
+            opset_version=17,
+        )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return torch.from_numpy(session.run(["probabilities"], {"images": example.numpy()})[0])
 
@@ -136,7 +167,9 @@ def write_torchscript(network: nn.Module, example: torch.Tensor, path: Path) -> 
         return torch.jit.load(str(path)).eval()(example)
 
 
-def export_bundle(run: str | Path, phase: str | None = None, formats: str = "safetensors", output: str | Path | None = None) -> tuple[Path, dict]:
+def export_bundle(
+    run: str | Path, phase: str | None = None, formats: str = "safetensors", output: str | Path | None = None
+) -> tuple[Path, dict]:
     """Write the bundle of ``run``'s ``phase`` to ``output``; returns its folder and the parity report."""
     from safetensors.torch import save_model
 
@@ -163,11 +196,16 @@ def export_bundle(run: str | Path, phase: str | None = None, formats: str = "saf
         if "onnx" in wanted:
             differences["onnx"] = max_abs_diff(expected, write_onnx(network, inputs, staging / ONNX_FILE))
         if "torchscript" in wanted:
-            differences["torchscript"] = max_abs_diff(expected, write_torchscript(network, inputs, staging / TORCHSCRIPT_FILE))
+            differences["torchscript"] = max_abs_diff(
+                expected, write_torchscript(network, inputs, staging / TORCHSCRIPT_FILE)
+            )
         failed = {name: diff for name, diff in differences.items() if not diff <= PARITY_TOLERANCE}
         if failed:
             detail = ", ".join(f"{name} {diff:.2e}" for name, diff in failed.items())
-            raise TLBenchError(f"export parity check failed on {described}: max abs probability difference {detail} > {PARITY_TOLERANCE:g}; nothing was written")
+            raise TLBenchError(
+                f"export parity check failed on {described}: max abs probability difference {detail}"
+                f" > {PARITY_TOLERANCE:g}; nothing was written"
+            )
         parity = {"inputs": described, "tolerance": PARITY_TOLERANCE, "max_abs_diff": differences}
         write_json(staging / BUNDLE_MANIFEST, {**info, "parity": parity})
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from the account that serves it

@@ -22,8 +22,8 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -40,8 +40,16 @@ LOG_DIR = "logs"
 # Grid names longer than this are shortened with a hash: a folder name must stay well below 255 bytes.
 MAX_NAME = 80
 # Options the grid sets per cell; an override of one would break the cell's run directory or its split.
-RESERVED_OPTIONS = ("--config", "--model", "--data.root", "--data.split_seed", "--seed_everything", "--experiment",
-                    "--trainer.default_root_dir", "--ckpt_path")
+RESERVED_OPTIONS = (
+    "--config",
+    "--model",
+    "--data.root",
+    "--data.split_seed",
+    "--seed_everything",
+    "--experiment",
+    "--trainer.default_root_dir",
+    "--ckpt_path",
+)
 # A running cell's newest log line is shown this often: redrawn in place on a terminal, as a plain line in a log.
 LIVE_SECONDS = 1.0
 ECHO_SECONDS = 10.0
@@ -97,7 +105,9 @@ def build_spec(file_values: dict, cli_values: dict) -> GridSpec:
     merged = {**file_values, **{key: value for key, value in cli_values.items() if value not in (None, [])}}
     missing = [key for key in ("datasets", "backbones") if not merged.get(key)]
     if missing:
-        raise TLBenchError(f"the grid needs {' and '.join('--' + key for key in missing)} (or a --grid file listing them)")
+        raise TLBenchError(
+            f"the grid needs {' and '.join('--' + key for key in missing)} (or a --grid file listing them)"
+        )
     try:
         seeds = [int(seed) for seed in parse_list(merged.get("seeds", 0))]
     except ValueError:
@@ -105,9 +115,16 @@ def build_spec(file_values: dict, cli_values: dict) -> GridSpec:
     overrides = [str(arg) for arg in merged.get("overrides") or []]
     reserved = sorted({arg.split("=", 1)[0] for arg in overrides} & set(RESERVED_OPTIONS))
     if reserved:
-        raise TLBenchError(f"the grid sets {', '.join(reserved)} itself for every cell; remove it from the fit overrides")
-    return GridSpec(parse_list(merged["datasets"]), parse_list(merged["backbones"]), seeds,
-                    str(merged.get("data_dir") or "data"), overrides)
+        raise TLBenchError(
+            f"the grid sets {', '.join(reserved)} itself for every cell; remove it from the fit overrides"
+        )
+    return GridSpec(
+        parse_list(merged["datasets"]),
+        parse_list(merged["backbones"]),
+        seeds,
+        str(merged.get("data_dir") or "data"),
+        overrides,
+    )
 
 
 def resolve_dataset(name: str, data_dir: str) -> Path:
@@ -115,7 +132,9 @@ def resolve_dataset(name: str, data_dir: str) -> Path:
     path = Path(name).expanduser() if ("/" in name or Path(name).is_absolute()) else Path(data_dir) / name
     if not path.is_dir():
         available = sorted(p.name for p in Path(data_dir).iterdir() if p.is_dir()) if Path(data_dir).is_dir() else []
-        raise TLBenchError(f"dataset '{name}': {path} is not a folder (in {data_dir}: {', '.join(available) or 'nothing'})")
+        raise TLBenchError(
+            f"dataset '{name}': {path} is not a folder (in {data_dir}: {', '.join(available) or 'nothing'})"
+        )
     return path
 
 
@@ -137,9 +156,26 @@ def plan_cells(spec: GridSpec) -> list[Cell]:
 
 def cell_command(cell: Cell, spec: GridSpec, output: Path) -> list[str]:
     """The ``fit`` command line of ``cell``; resumes with ``--ckpt_path last`` when a ``last.ckpt`` exists."""
-    command = [sys.executable, "-m", "tlbench", "fit", *cell.recipe, "--data.root", cell.data_root, "--model.backbone", cell.backbone,
-                "--data.split_seed", str(cell.seed), "--seed_everything", str(cell.seed),
-                "--trainer.default_root_dir", str(output), "--experiment", cell.experiment, *spec.overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "tlbench",
+        "fit",
+        *cell.recipe,
+        "--data.root",
+        cell.data_root,
+        "--model.backbone",
+        cell.backbone,
+        "--data.split_seed",
+        str(cell.seed),
+        "--seed_everything",
+        str(cell.seed),
+        "--trainer.default_root_dir",
+        str(output),
+        "--experiment",
+        cell.experiment,
+        *spec.overrides,
+    ]
     if has_checkpoint(output, cell.experiment):
         command += ["--ckpt_path", "last"]
     return command
@@ -187,11 +223,14 @@ def _clock(seconds: float) -> str:
 def grid_name(spec: GridSpec) -> str:
     """``<datasets>_<backbones>_seed<seeds>`` (``birds10-leaves3_cnn6_seed0-1``), the grid's folder under
     ``lightning_logs/grids/`` when no grid file names it: grids of other cells never share status files."""
-    parts = ["-".join(Path(name).name for name in spec.datasets), "-".join(spec.backbones),
-             "seed" + "-".join(map(str, spec.seeds))]
+    parts = [
+        "-".join(Path(name).name for name in spec.datasets),
+        "-".join(spec.backbones),
+        "seed" + "-".join(map(str, spec.seeds)),
+    ]
     name = re.sub(r"[^\w.-]+", "-", "_".join(parts))
     if len(name) > MAX_NAME:
-        name = f"{name[:MAX_NAME - 9]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+        name = f"{name[: MAX_NAME - 9]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
     return name
 
 
@@ -232,8 +271,10 @@ def run_grid(
         if metrics:
             cell.status, cell.metrics = "skipped", str(metrics.resolve())
     to_run = [cell for cell in cells if cell.status == "pending"]
-    echo(f"grid: {len(cells)} cells, {len(cells) - len(to_run)} already finished, {len(to_run)} to run"
-         f" -> {output / LOGS}, status in {status}")
+    echo(
+        f"grid: {len(cells)} cells, {len(cells) - len(to_run)} already finished, {len(to_run)} to run"
+        f" -> {output / LOGS}, status in {status}"
+    )
     write_status(status, spec, cells)
     start, durations = time.monotonic(), []
     for position, cell in enumerate(to_run, 1):
@@ -259,9 +300,13 @@ def run_grid(
         write_status(status, spec, cells)
         left = sum(durations) / len(durations) * (len(to_run) - position)
         finished = sum(other.status in ("done", "skipped") for other in cells)
-        echo(f"[{position}/{len(to_run)}] {cell.label}: {outcome} | {finished}/{len(cells)} cells finished | "
-             f"elapsed {_clock(time.monotonic() - start)} | left ~{_clock(left)}")
+        echo(
+            f"[{position}/{len(to_run)}] {cell.label}: {outcome} | {finished}/{len(cells)} cells finished | "
+            f"elapsed {_clock(time.monotonic() - start)} | left ~{_clock(left)}"
+        )
     failed = [cell for cell in cells if cell.status == "failed"]
-    echo(f"grid: {len(cells) - len(failed)}/{len(cells)} cells finished, {len(failed)} failed;"
-         f" status in {status / STATUS_FILE}")
+    echo(
+        f"grid: {len(cells) - len(failed)}/{len(cells)} cells finished, {len(failed)} failed;"
+        f" status in {status / STATUS_FILE}"
+    )
     return cells

@@ -25,7 +25,10 @@ from tlbench.errors import TLBenchError
 def cache_dir(kind: str) -> Path:
     """``$TLBENCH_CACHE_DIR/<kind>`` (default ``~/.cache/tlbench/<kind>``): caches live outside the data, which
     may be read-only or shared, and outside the project."""
-    base = os.environ.get("TLBENCH_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tlbench"
+    base = (
+        os.environ.get("TLBENCH_CACHE_DIR")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tlbench"
+    )
     return Path(base) / kind
 
 
@@ -65,7 +68,9 @@ def atomic_path(path: str | Path, durable: bool = True) -> Iterator[Path]:
             os.replace(temporary, path)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
-        raise TLBenchError(f"could not write {path}: {error.strerror or error}; free disk space or choose another output folder") from None
+        raise TLBenchError(
+            f"could not write {path}: {error.strerror or error}; free disk space or choose another output folder"
+        ) from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

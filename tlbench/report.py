@@ -26,17 +26,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tlbench.configs import dataset_stem
 from tlbench.errors import TLBenchError
 from tlbench.evaluation import plots, stats
 from tlbench.evaluation.artifacts import CONFIDENCE, SIGNIFICANCE, compare_phases
-from tlbench.configs import dataset_stem
 from tlbench.io import read_json, write_csv, write_text
 from tlbench.outputs import LOGS, default_output
 from tlbench.rundir import is_finished
 
 STUDY_2017 = Path(__file__).resolve().parent / "data" / "study2017.csv"
 PHASES = ("head", "finetune")
-PHASE_TITLES = {"head": "Head phase (frozen backbone)", "finetune": "Fine-tune phase (or from scratch for cnn baselines)"}
+PHASE_TITLES = {
+    "head": "Head phase (frozen backbone)",
+    "finetune": "Fine-tune phase (or from scratch for cnn baselines)",
+}
 
 
 @dataclass
@@ -85,16 +88,28 @@ def run_table(runs: list[Run]) -> pd.DataFrame:
         sizes = metrics["split_sizes"]
         for phase, values in metrics["phases"].items():
             seconds = values["train_seconds"]
-            rows.append({
-                "dataset": metrics["dataset"], "backbone": metrics["backbone"], "seed": int(metrics["split_seed"]),
-                "phase": phase, "test_acc": values["test_acc"], "test_acc_ci_lo": values["test_acc_ci95"][0],
-                "test_acc_ci_hi": values["test_acc_ci95"][1], "test_n": values["test_n"], "test_on": metrics["test_on"],
-                "epochs": values["epochs"], "train_seconds": seconds,
-                # Images the phase trained on per second of its training epochs (validation excluded).
-                "images_per_second": sizes["train"] * values["epochs"] / seconds if seconds > 0 else math.nan,
-                "classes": len(metrics["classes"]), "train": sizes["train"], "val": sizes["val"], "test": sizes["test"],
-                "metrics": str(run.path),
-            })
+            rows.append(
+                {
+                    "dataset": metrics["dataset"],
+                    "backbone": metrics["backbone"],
+                    "seed": int(metrics["split_seed"]),
+                    "phase": phase,
+                    "test_acc": values["test_acc"],
+                    "test_acc_ci_lo": values["test_acc_ci95"][0],
+                    "test_acc_ci_hi": values["test_acc_ci95"][1],
+                    "test_n": values["test_n"],
+                    "test_on": metrics["test_on"],
+                    "epochs": values["epochs"],
+                    "train_seconds": seconds,
+                    # Images the phase trained on per second of its training epochs (validation excluded).
+                    "images_per_second": sizes["train"] * values["epochs"] / seconds if seconds > 0 else math.nan,
+                    "classes": len(metrics["classes"]),
+                    "train": sizes["train"],
+                    "val": sizes["val"],
+                    "test": sizes["test"],
+                    "metrics": str(run.path),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -132,11 +147,23 @@ def summarize(runs: list[Run], table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (dataset, backbone, phase), group in table.groupby(["dataset", "backbone", "phase"], sort=False):
         lo, hi, method = accuracy_interval(group)
-        row = {"dataset": dataset, "backbone": backbone, "phase": phase, "n_seeds": len(group),
-               "seeds": ";".join(str(seed) for seed in group.seed), "acc_mean": group.test_acc.mean(),
-               "acc_ci_lo": lo, "acc_ci_hi": hi, "ci_method": method, "epochs_mean": group.epochs.mean(),
-               "train_seconds_mean": group.train_seconds.mean(), "images_per_second_mean": group.images_per_second.mean()}
-        paired = [run for run in runs if run.key[:2] == (dataset, backbone) and set(PHASES) <= set(run.metrics["phases"])]
+        row = {
+            "dataset": dataset,
+            "backbone": backbone,
+            "phase": phase,
+            "n_seeds": len(group),
+            "seeds": ";".join(str(seed) for seed in group.seed),
+            "acc_mean": group.test_acc.mean(),
+            "acc_ci_lo": lo,
+            "acc_ci_hi": hi,
+            "ci_method": method,
+            "epochs_mean": group.epochs.mean(),
+            "train_seconds_mean": group.train_seconds.mean(),
+            "images_per_second_mean": group.images_per_second.mean(),
+        }
+        paired = [
+            run for run in runs if run.key[:2] == (dataset, backbone) and set(PHASES) <= set(run.metrics["phases"])
+        ]
         if phase == "finetune" and paired:
             row.update(finetune_effect(paired))
         rows.append(row)
@@ -158,7 +185,9 @@ def _backbone_by_dataset(summary: pd.DataFrame, rows: pd.DataFrame, cell) -> pd.
     table = pd.DataFrame({"backbone": list(dict.fromkeys(summary.backbone))})
     for dataset in dict.fromkeys(summary.dataset):
         cells = rows[rows.dataset == dataset].set_index("backbone")
-        table[dataset] = [cell(cells.loc[backbone], cells) if backbone in cells.index else "—" for backbone in table.backbone]
+        table[dataset] = [
+            cell(cells.loc[backbone], cells) if backbone in cells.index else "—" for backbone in table.backbone
+        ]
     return table
 
 
@@ -178,26 +207,38 @@ def finetune_table(summary: pd.DataFrame) -> pd.DataFrame:
 
     def cell(row: pd.Series, cells: pd.DataFrame) -> str:
         verdict = ("helped" if row.finetune_diff > 0 else "hurt") if row.finetune_pooled_p < SIGNIFICANCE else "n.s."
-        text = (f"{100 * row.finetune_diff:+.1f} pts, p={row.finetune_pooled_p:.2g}, "
-                f"{int(row.finetune_seeds_significant)}/{int(row.n_seeds)} seeds: {verdict}")
+        text = (
+            f"{100 * row.finetune_diff:+.1f} pts, p={row.finetune_pooled_p:.2g}, "
+            f"{int(row.finetune_seeds_significant)}/{int(row.n_seeds)} seeds: {verdict}"
+        )
         return f"**{text}**" if verdict != "n.s." else text
 
     return _backbone_by_dataset(summary, summary[summary.finetune_pooled_p.notna()], cell)
 
 
 def time_table(summary: pd.DataFrame) -> pd.DataFrame:
-    table = summary[["dataset", "backbone", "phase", "n_seeds", "epochs_mean", "train_seconds_mean", "images_per_second_mean"]]
-    return table.rename(columns={"epochs_mean": "epochs", "train_seconds_mean": "train s (mean)",
-                                 "images_per_second_mean": "train images/s"}).round(1)
+    table = summary[
+        ["dataset", "backbone", "phase", "n_seeds", "epochs_mean", "train_seconds_mean", "images_per_second_mean"]
+    ]
+    return table.rename(
+        columns={
+            "epochs_mean": "epochs",
+            "train_seconds_mean": "train s (mean)",
+            "images_per_second_mean": "train images/s",
+        }
+    ).round(1)
 
 
 def size_table(table: pd.DataFrame) -> pd.DataFrame:
     """Images per split and dataset; a range where seeds differ (per-class rounding can shift one image)."""
+
     def span(values: pd.Series) -> str:
         return str(values.min()) if values.min() == values.max() else f"{values.min()}–{values.max()}"
 
     grouped = table.groupby("dataset", sort=False)
-    return pd.DataFrame({column: grouped[column].agg(span) for column in ("classes", "train", "val", "test", "test_on")}).reset_index()
+    return pd.DataFrame(
+        {column: grouped[column].agg(span) for column in ("classes", "train", "val", "test", "test_on")}
+    ).reset_index()
 
 
 def study_table(summary: pd.DataFrame) -> pd.DataFrame | None:
@@ -208,8 +249,15 @@ def study_table(summary: pd.DataFrame) -> pd.DataFrame | None:
         stem = dataset_stem(dataset)
         if stem in published.index:
             best = group.loc[group.acc_mean.idxmax()]
-            rows.append({"dataset": dataset, "best here": f"{_percent(best.acc_mean)} ({best.backbone}, {best.phase})",
-                         "2017 study, best test acc (published)": f"{published.loc[stem, 'best_test_acc_percent']:g} ({stem})"})
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "best here": f"{_percent(best.acc_mean)} ({best.backbone}, {best.phase})",
+                    "2017 study, best test acc (published)": (
+                        f"{published.loc[stem, 'best_test_acc_percent']:g} ({stem})"
+                    ),
+                }
+            )
     return pd.DataFrame(rows) if rows else None
 
 
@@ -234,25 +282,42 @@ def write_report(runs_dir: str | Path = LOGS, output: str | Path | None = None) 
     points = final.assign(train_seconds=[totals[(row.dataset, row.backbone)] for row in final.itertuples()])
     plots.plot_time_vs_accuracy(points, output / "time_vs_accuracy.png")
 
-    sections = [f"# tlbench report\n\n{len(runs)} finished runs from `{runs_dir}`"
-                + (f"; {len(left_out)} metrics file(s) left out (unfinished, or superseded by a newer run of the same cell)." if left_out else ".")]
-    caption = ("Test accuracy in %: mean over seeds [95% Student-t interval over seeds]; `*` marks a single run, "
-               "whose interval is its own Wilson interval (test-set sampling only). Best mean per dataset in bold.")
+    sections = [
+        f"# tlbench report\n\n{len(runs)} finished runs from `{runs_dir}`"
+        + (
+            f"; {len(left_out)} metrics file(s) left out (unfinished, or superseded by a newer run of the same cell)."
+            if left_out
+            else "."
+        )
+    ]
+    caption = (
+        "Test accuracy in %: mean over seeds [95% Student-t interval over seeds]; `*` marks a single run, "
+        "whose interval is its own Wilson interval (test-set sampling only). Best mean per dataset in bold."
+    )
     for phase in [phase for phase in PHASES if phase in set(summary.phase)]:
         sections.append(f"## {PHASE_TITLES[phase]}\n\n{caption}\n\n{_markdown_table(accuracy_table(summary, phase))}")
     if "finetune_pooled_p" in summary:
         sections.append(
-            "## Did fine-tuning help?\n\nChange in test accuracy from the head phase to the fine-tune phase (mean over seeds), "
-            "exact McNemar test on the same test images with the discordant pairs of all seeds pooled, and how many seeds "
-            f"are significant on their own (p < {SIGNIFICANCE:g}). Bold: significant pooled.\n\n{_markdown_table(finetune_table(summary))}")
-    sections.append("## Training time\n\nPer phase, mean over seeds; images/s = train images x epochs / training seconds "
-                    f"(training epochs only).\n\n{_markdown_table(time_table(summary))}")
+            "## Did fine-tuning help?\n\n"
+            "Change in test accuracy from the head phase to the fine-tune phase (mean over seeds), "
+            "exact McNemar test on the same test images with the discordant pairs of all seeds pooled,"
+            f" and how many seeds are significant on their own (p < {SIGNIFICANCE:g}). Bold: significant pooled.\n\n"
+            f"{_markdown_table(finetune_table(summary))}"
+        )
+    sections.append(
+        "## Training time\n\nPer phase, mean over seeds; images/s = train images x epochs / training seconds "
+        f"(training epochs only).\n\n{_markdown_table(time_table(summary))}"
+    )
     sections.append(f"## Datasets\n\nImages per split (as split by each run).\n\n{_markdown_table(size_table(table))}")
     published = study_table(summary)
     if published is not None:
-        sections.append("## The 2017 study\n\nThe study's published best test accuracies were measured on the full datasets "
-                        "with its own single split: a reference point, not a paired comparison.\n\n" + _markdown_table(published))
-    sections.append("## Figures\n\n![accuracy](accuracy.png)\n\n![time vs accuracy](time_vs_accuracy.png)\n\n"
-                    "Per-run numbers: `runs.csv`; the tables above: `report.csv`.")
+        sections.append(
+            "## The 2017 study\n\nThe study's published best test accuracies were measured on the full datasets "
+            "with its own single split: a reference point, not a paired comparison.\n\n" + _markdown_table(published)
+        )
+    sections.append(
+        "## Figures\n\n![accuracy](accuracy.png)\n\n![time vs accuracy](time_vs_accuracy.png)\n\n"
+        "Per-run numbers: `runs.csv`; the tables above: `report.csv`."
+    )
     path = output / "report.md"
     return write_text(path, "\n\n".join(sections) + "\n")

@@ -101,7 +101,10 @@ def latest_checkpoint(root: Path, experiment: str) -> tuple[int, Path]:
     """The highest ``version_N`` of ``experiment`` that has a ``last.ckpt``."""
     runs = _versions(Path(root) / CHECKPOINTS / experiment, "last.ckpt")
     if not runs:
-        raise TLBenchError(f"--ckpt_path last: no {CHECKPOINTS}/{experiment}/version_*/last.ckpt under {root}; start without --ckpt_path")
+        raise TLBenchError(
+            f"--ckpt_path last: no {CHECKPOINTS}/{experiment}/version_*/last.ckpt under {root};"
+            " start without --ckpt_path"
+        )
     return runs[-1]
 
 
@@ -128,7 +131,9 @@ def read_metrics(folder: str | Path) -> dict:
     """A run's ``metrics.json``; a missing or damaged file is one line naming it."""
     path = Path(folder) / METRICS
     if not path.is_file():
-        raise TLBenchError(f"{folder} is not a tlbench run directory (no {METRICS}); pass a run directory written by fit")
+        raise TLBenchError(
+            f"{folder} is not a tlbench run directory (no {METRICS}); pass a run directory written by fit"
+        )
     try:
         metrics = read_json(path)
     except (OSError, ValueError) as error:
@@ -142,7 +147,9 @@ def merge(base: dict, update: dict) -> dict:
     """``base`` with ``update`` merged in: nested mappings merge key by key, other values replace."""
     merged = copy.deepcopy(base)
     for key, value in update.items():
-        merged[key] = merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 

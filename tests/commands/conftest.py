@@ -29,7 +29,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
 # TINY_FIT_ARGS for every cell, minus the backbone the grid sets per cell.
 _BACKBONE = TINY_FIT_ARGS.index("--model.backbone")
-CELL_OVERRIDES = TINY_FIT_ARGS[:_BACKBONE] + TINY_FIT_ARGS[_BACKBONE + 2:]
+CELL_OVERRIDES = TINY_FIT_ARGS[:_BACKBONE] + TINY_FIT_ARGS[_BACKBONE + 2 :]
 DATASETS, BACKBONES, SEEDS = ("alpha", "beta"), ("cnn1", "cnn6"), (0, 1)
 EXPERIMENTS = [f"{d}_{b}_seed{s}" for d in DATASETS for b in BACKBONES for s in SEEDS]
 # Where the grid's status lands under its --output: lightning_logs/grids/<datasets>_<backbones>_seed<seeds>/.
@@ -50,8 +50,11 @@ def _env() -> dict:
 
 def finished_cells(runs: Path) -> dict[str, int]:
     """experiment -> mtime (ns) of its finished metrics.json: the mtime proves a skipped cell was not rerun."""
-    return {path.parents[1].name: path.stat().st_mtime_ns
-            for path in runs.glob("lightning_logs/*/version_*/metrics.json") if is_finished(path)}
+    return {
+        path.parents[1].name: path.stat().st_mtime_ns
+        for path in runs.glob("lightning_logs/*/version_*/metrics.json")
+        if is_finished(path)
+    }
 
 
 @pytest.fixture(scope="session")
@@ -60,12 +63,31 @@ def grid_study(tmp_path_factory) -> GridStudy:
     root = tmp_path_factory.mktemp("grid")
     make_dataset(root / "data" / "alpha")
     make_dataset(root / "data" / "beta", classes=2)
-    args = ["grid", "--datasets", ",".join(DATASETS), "--data_dir", "data", "--backbones", ",".join(BACKBONES),
-            "--seeds", ",".join(map(str, SEEDS)), "--output", "runs", "--", *CELL_OVERRIDES]
+    args = [
+        "grid",
+        "--datasets",
+        ",".join(DATASETS),
+        "--data_dir",
+        "data",
+        "--backbones",
+        ",".join(BACKBONES),
+        "--seeds",
+        ",".join(map(str, SEEDS)),
+        "--output",
+        "runs",
+        "--",
+        *CELL_OVERRIDES,
+    ]
     runs = root / "runs"
     with open(root / "killed_grid.log", "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "tlbench", *args], cwd=root, env=_env(), stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tlbench", *args],
+            cwd=root,
+            env=_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 120
         while not finished_cells(runs) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -13,8 +13,20 @@ BIRD_INDICES = [*range(7, 25), *range(80, 101), *range(127, 147)]
 
 
 def test_check_on_tiny_data_writes_csv_sheet_and_advice(tiny_dataset, tmp_path):
-    result = run_tlbench("check", "--data.root", str(tiny_dataset), "--model.backbone", "efficientnet_lite0",
-                         "--per_class", "2", "--top_k", "3", "--output", "out", cwd=tmp_path)
+    result = run_tlbench(
+        "check",
+        "--data.root",
+        str(tiny_dataset),
+        "--model.backbone",
+        "efficientnet_lite0",
+        "--per_class",
+        "2",
+        "--top_k",
+        "3",
+        "--output",
+        "out",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(tmp_path / "out" / "check.csv")
     assert len(table) == 6 and table.label.value_counts().to_dict() == {"class_0": 2, "class_1": 2, "class_2": 2}
@@ -39,8 +51,16 @@ def test_check_refuses_a_backbone_without_imagenet_weights(tiny_dataset, tmp_pat
 
 
 def test_check_sees_birds_in_birds10_and_advises_differently_for_leaves(shared_data, tmp_path):
-    birds = run_tlbench("check", "--config", "birds_efficientnet_lite0.yaml", "--data.root", str(shared_data / "birds10"),
-                        "--output", "birds", cwd=tmp_path)
+    birds = run_tlbench(
+        "check",
+        "--config",
+        "birds_efficientnet_lite0.yaml",
+        "--data.root",
+        str(shared_data / "birds10"),
+        "--output",
+        "birds",
+        cwd=tmp_path,
+    )
     assert birds.returncode == 0, birds.stderr[-3000:]
     info = ImageNetInfo()
     bird_labels = {info.index_to_description(i) for i in BIRD_INDICES}
@@ -50,6 +70,8 @@ def test_check_sees_birds_in_birds10_and_advises_differently_for_leaves(shared_d
     assert len(table) == 20 and has_bird.mean() >= 0.8, table.top1_label.tolist()
     assert "recommendation: head only" in birds.stdout and "reason: data is small" in birds.stdout
 
-    leaves = run_tlbench("check", "--data.root", str(shared_data / "leaves3"), "--per_class", "1", "--output", "leaves", cwd=tmp_path)
+    leaves = run_tlbench(
+        "check", "--data.root", str(shared_data / "leaves3"), "--per_class", "1", "--output", "leaves", cwd=tmp_path
+    )
     assert leaves.returncode == 0, leaves.stderr[-3000:]
     assert "recommendation: fine-tune more blocks" in leaves.stdout

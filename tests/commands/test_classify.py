@@ -20,9 +20,24 @@ def leaves_run(tmp_path_factory) -> Path:
     if not (SHARED_DATA / "leaves3").is_dir():
         pytest.skip("../shared/data/leaves3 is not present")
     cwd = tmp_path_factory.mktemp("leaves")
-    result = run_tlbench("fit", "--config", "leaves_efficientnet_lite0.yaml", "--data.root", str(SHARED_DATA / "leaves3"),
-                         "--model.finetune_epochs", "0", "--model.head_epochs", "2", "--data.num_workers", "0",
-                         "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu", cwd=cwd)
+    result = run_tlbench(
+        "fit",
+        "--config",
+        "leaves_efficientnet_lite0.yaml",
+        "--data.root",
+        str(SHARED_DATA / "leaves3"),
+        "--model.finetune_epochs",
+        "0",
+        "--model.head_epochs",
+        "2",
+        "--data.num_workers",
+        "0",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.accelerator",
+        "cpu",
+        cwd=cwd,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return cwd / "lightning_logs" / "leaves3_efficientnet_lite0" / "version_0"
 
@@ -51,7 +66,9 @@ def test_classify_folders_mixed_formats_and_bad_files_from_a_checkpoint(leaves_r
     make_image(folder / ".hidden.png", (30, 200, 30), seed=3)
     (folder / "notes.txt").write_text("not an image")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
-    result = run_tlbench("classify", metrics["phases"]["head"]["best_ckpt"], "in", "broken.jpg", "--output", "out.csv", cwd=tmp_path)
+    result = run_tlbench(
+        "classify", metrics["phases"]["head"]["best_ckpt"], "in", "broken.jpg", "--output", "out.csv", cwd=tmp_path
+    )
     assert result.returncode == 1, result.stderr[-3000:]
     table = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
     assert sorted(Path(p).name for p in table.path) == ["broken.jpg", "patch.png", "patch.webp", "photo.JPG"]

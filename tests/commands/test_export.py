@@ -21,7 +21,12 @@ def test_cli_writes_a_bundle_whose_every_format_matches_pytorch(tiny_run, tmp_pa
     result = run_tlbench("export", str(tiny_run), "--format", "onnx,torchscript", "--output", str(bundle), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "parity on 3 test images" in result.stdout
-    assert sorted(p.name for p in bundle.iterdir()) == ["model.json", "model.onnx", "model.torchscript.pt", "weights.safetensors"]
+    assert sorted(p.name for p in bundle.iterdir()) == [
+        "model.json",
+        "model.onnx",
+        "model.torchscript.pt",
+        "weights.safetensors",
+    ]
     manifest = json.loads((bundle / "model.json").read_text())
     assert manifest["format_version"] == 1 and manifest["backbone"] == "cnn1" and manifest["phase"] == "finetune"
     assert manifest["classes"] == ["class_0", "class_1", "class_2"]
@@ -65,7 +70,9 @@ def test_failed_parity_check_leaves_no_bundle(tiny_run, tmp_path, monkeypatch):
 
 def test_onnx_without_onnxruntime_names_the_extra(tiny_run, tmp_path, monkeypatch):
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a)
+    )
     with pytest.raises(TLBenchError, match=r"pip install 'tlbench\[export\]'"):
         export_bundle(tiny_run, formats="onnx", output=tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()
@@ -75,13 +82,29 @@ def test_onnx_without_onnxruntime_names_the_extra(tiny_run, tmp_path, monkeypatc
 def test_efficientnet_lite0_run_exports_with_parity(shared_data, tmp_path):
     """A real pretrained network: depthwise convolutions, BatchNorm and SiLU through ONNX and TorchScript."""
     fit = run_tlbench(
-        "fit", "--config", "leaves_efficientnet_lite0.yaml", "--data.root", str(shared_data / "leaves3"), "--model.head_epochs", "1",
-        "--model.finetune_epochs", "0", "--data.num_workers", "0", "--trainer.enable_progress_bar", "false", cwd=tmp_path,
+        "fit",
+        "--config",
+        "leaves_efficientnet_lite0.yaml",
+        "--data.root",
+        str(shared_data / "leaves3"),
+        "--model.head_epochs",
+        "1",
+        "--model.finetune_epochs",
+        "0",
+        "--data.num_workers",
+        "0",
+        "--trainer.enable_progress_bar",
+        "false",
+        cwd=tmp_path,
     )
     assert fit.returncode == 0, fit.stderr[-2000:]
     run = next((tmp_path / "lightning_logs").glob("*/version_0"))
     bundle, parity = export_bundle(run, formats="onnx,torchscript")
     print("efficientnet_lite0 parity", parity)
-    assert parity["inputs"].endswith("test images") and set(parity["max_abs_diff"]) == {"safetensors", "onnx", "torchscript"}
+    assert parity["inputs"].endswith("test images") and set(parity["max_abs_diff"]) == {
+        "safetensors",
+        "onnx",
+        "torchscript",
+    }
     assert max(parity["max_abs_diff"].values()) <= PARITY_TOLERANCE
     assert load_trained(bundle).backbone == "efficientnet_lite0"

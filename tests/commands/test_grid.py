@@ -10,8 +10,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from tests.commands.conftest import (CELL_OVERRIDES, DATASETS, EXPERIMENTS, GRID_STATUS, SEEDS, cell_metrics,
-                                     finished_cells)
+from tests.commands.conftest import (
+    CELL_OVERRIDES,
+    DATASETS,
+    EXPERIMENTS,
+    GRID_STATUS,
+    SEEDS,
+    cell_metrics,
+    finished_cells,
+)
 from tests.conftest import make_dataset, run_tlbench
 from tlbench.__main__ import main
 from tlbench.configs import CONFIGS, load_grid_file, recipe_args
@@ -57,9 +64,13 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tmp_path):
     make_dataset(tmp_path / "single", classes=1)
     make_dataset(tmp_path / "alpha")
     grid_file = tmp_path / "grid.yaml"
-    grid_file.write_text(f"datasets: [{tmp_path / 'single'}, {tmp_path / 'alpha'}]\nbackbones: [cnn1]\nseeds: [3]\n"
-                         f"overrides: [{', '.join(repr(arg) for arg in CELL_OVERRIDES)}]\n")
-    result = run_tlbench("grid", "--grid", str(grid_file), "--output", "runs", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    grid_file.write_text(
+        f"datasets: [{tmp_path / 'single'}, {tmp_path / 'alpha'}]\nbackbones: [cnn1]\nseeds: [3]\n"
+        f"overrides: [{', '.join(repr(arg) for arg in CELL_OVERRIDES)}]\n"
+    )
+    result = run_tlbench(
+        "grid", "--grid", str(grid_file), "--output", "runs", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 1, result.stderr[-2000:]
     status_file = tmp_path / "runs" / "lightning_logs" / "grids" / "grid" / "grid_status.csv"  # named by grid.yaml
     status = pd.read_csv(status_file).set_index("experiment")
@@ -82,7 +93,11 @@ def test_shipped_grid_files_plan_the_study_and_the_quick_grid():
     assert study.backbones == ["vgg16", "vgg19", "inception_v3", "xception", "cnn6"]
     quick = build_spec(load_grid_file("quick"), {"seeds": "0"})
     assert (quick.datasets, quick.backbones, quick.seeds, quick.data_dir) == (
-        ["birds10", "leaves3"], ["efficientnet_lite0", "cnn6"], [0], "../shared/data")
+        ["birds10", "leaves3"],
+        ["efficientnet_lite0", "cnn6"],
+        [0],
+        "../shared/data",
+    )
 
 
 def test_grid_rejects_overrides_it_sets_itself_and_stray_pass_through(tmp_path, capsys):
@@ -93,10 +108,12 @@ def test_grid_rejects_overrides_it_sets_itself_and_stray_pass_through(tmp_path, 
 
 
 def test_a_running_cell_shows_its_newest_log_line_while_it_runs(tmp_path):
-    script = ("import sys, time\n"
-              "print('epoch 1', flush=True); time.sleep(1.5)\n"
-              "sys.stdout.write('bar 10%\\rbar 90%'); sys.stdout.flush(); time.sleep(1.5)\n"
-              "sys.exit(3)")
+    script = (
+        "import sys, time\n"
+        "print('epoch 1', flush=True); time.sleep(1.5)\n"
+        "sys.stdout.write('bar 10%\\rbar 90%'); sys.stdout.flush(); time.sleep(1.5)\n"
+        "sys.exit(3)"
+    )
     shown: list[str] = []
     returncode = run_cell([sys.executable, "-c", script], tmp_path / "cell.log", shown.append, every=0.2)
     assert returncode == 3

@@ -28,7 +28,8 @@ def test_commands_with_defaults_write_only_under_lightning_logs(tiny_run, tmp_pa
         result = run_tlbench(*command, cwd=cwd, env=env)
         assert result.returncode == 0, (command, result.stderr[-2000:])
     assert written(cwd) == {
-        "lightning_logs/audit/tiny/bad_files.csv", "lightning_logs/audit/tiny/duplicates.csv",
+        "lightning_logs/audit/tiny/bad_files.csv",
+        "lightning_logs/audit/tiny/duplicates.csv",
         "lightning_logs/splits/tiny_seed0.csv",
         "lightning_logs/check/tiny_efficientnet_lite0/check.csv",
         "lightning_logs/check/tiny_efficientnet_lite0/contact_sheet.png",
@@ -43,7 +44,11 @@ def test_commands_with_defaults_write_only_under_lightning_logs(tiny_run, tmp_pa
     files = written(cwd)
     outside = {path for path in files if not path.startswith("lightning_logs/")}
     assert outside and all(path.startswith("checkpoints/tiny_cnn1_seed0/") for path in outside)  # fit's own layout
-    expected = ["grids/tiny_cnn1_seed0/grid_status.csv", "grids/tiny_cnn1_seed0/logs/tiny_cnn1_seed0.log",
-                "tiny_cnn1_seed0/version_0/metrics.json", "reports/all/report.md",
-                "tiny_cnn1_seed0/version_0/export_finetune/model.json"]
+    expected = [
+        "grids/tiny_cnn1_seed0/grid_status.csv",
+        "grids/tiny_cnn1_seed0/logs/tiny_cnn1_seed0.log",
+        "tiny_cnn1_seed0/version_0/metrics.json",
+        "reports/all/report.md",
+        "tiny_cnn1_seed0/version_0/export_finetune/model.json",
+    ]
     assert {f"lightning_logs/{path}" for path in expected} <= files

@@ -41,7 +41,10 @@ def test_report_numbers_equal_the_metrics_files(grid_study, report_dir):
         if row.phase == "finetune":
             discordant = []
             for run in cell:
-                head, tuned = (pd.read_csv(Path(run["run_dir"]) / f"predictions_{p}.csv").set_index("path").correct for p in ("head", "finetune"))
+                head, tuned = (
+                    pd.read_csv(Path(run["run_dir"]) / f"predictions_{p}.csv").set_index("path").correct
+                    for p in ("head", "finetune")
+                )
                 tuned = tuned.reindex(head.index)
                 discordant.append((int((head & ~tuned.astype(bool)).sum()), int((~head.astype(bool) & tuned).sum())))
             assert (row.finetune_pooled_b, row.finetune_pooled_c) == tuple(map(sum, zip(*discordant)))
@@ -54,7 +57,11 @@ def test_report_writes_tables_with_the_best_in_bold_and_figures(grid_study, repo
         for dataset in DATASETS:
             best = summary[(summary.phase == phase) & (summary.dataset == dataset)].acc_mean.max()
             assert f"**{100 * best:.1f} [" in markdown
-    assert "Did fine-tuning help?" in markdown and "Training time" in markdown and "| alpha | 3 | 21 | 6 | 3 | test |" in markdown
+    assert (
+        "Did fine-tuning help?" in markdown
+        and "Training time" in markdown
+        and "| alpha | 3 | 21 | 6 | 3 | test |" in markdown
+    )
     assert "2017" not in markdown.split("## Figures")[0].split("## Datasets")[1], "no 2017 figures for unknown datasets"
     for figure in ("accuracy.png", "time_vs_accuracy.png"):
         assert (report_dir / figure).read_bytes().startswith(b"\x89PNG")

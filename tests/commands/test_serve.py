@@ -24,7 +24,15 @@ from tlbench.serve.limits import Busy, ConcurrencyLimit
 
 CLASSES = ["class_0", "class_1", "class_2"]
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def free_port() -> int:
@@ -38,7 +46,21 @@ def server(tiny_run, tmp_path_factory):
     """Base URL of ``python -m tlbench serve BUNDLE`` with a 1 MiB upload cap and 2 inference slots."""
     bundle, _ = export_bundle(tiny_run, output=tmp_path_factory.mktemp("serve") / "bundle")
     port = free_port()
-    command = [sys.executable, "-m", "tlbench", "serve", str(bundle), "--port", str(port), "--max_upload_mb", "1", "--max_concurrency", "2", "--queue_timeout", "0.05"]
+    command = [
+        sys.executable,
+        "-m",
+        "tlbench",
+        "serve",
+        str(bundle),
+        "--port",
+        str(port),
+        "--max_upload_mb",
+        "1",
+        "--max_concurrency",
+        "2",
+        "--queue_timeout",
+        "0.05",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -84,7 +106,10 @@ def test_model_and_health(server):
     assert model["classes"] == CLASSES and model["backbone"] == "cnn1" and model["preprocessing"]["input_size"] == 32
     assert model["source"] == "bundle"  # a name, not the server's file-system path
     page = httpx.get(f"{server}/")
-    assert page.headers["content-type"].startswith("text/html") and "default-src 'none'" in page.headers["content-security-policy"]
+    assert (
+        page.headers["content-type"].startswith("text/html")
+        and "default-src 'none'" in page.headers["content-security-policy"]
+    )
 
 
 def test_oversized_body_is_413_with_or_without_content_length(server):
@@ -93,7 +118,11 @@ def test_oversized_body_is_413_with_or_without_content_length(server):
     assert declared.status_code == 413 and "1 MiB" in declared.json()["error"]
 
     boundary = "tlbenchboundary"
-    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n'.encode()
+    head = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="file"; filename="x.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
 
     def chunks():
         yield head
@@ -101,7 +130,12 @@ def test_oversized_body_is_413_with_or_without_content_length(server):
             yield os.urandom(65536)
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    request = httpx.Request("POST", f"{server}/predict", content=chunks(), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    request = httpx.Request(
+        "POST",
+        f"{server}/predict",
+        content=chunks(),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     assert "content-length" not in request.headers and request.headers["transfer-encoding"] == "chunked"
     with httpx.Client(timeout=30) as client:
         streamed = client.send(request)
@@ -111,7 +145,10 @@ def test_oversized_body_is_413_with_or_without_content_length(server):
 @pytest.mark.parametrize(
     "data, content_type",
     [
-        (b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><rect width="64" height="64"/></svg>', "image/svg+xml"),
+        (
+            b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><rect width="64" height="64"/></svg>',
+            "image/svg+xml",
+        ),
         (b"<!doctype html><html><script>alert(1)</script></html>", "image/png"),
         (b"just some text", "text/plain"),
         (b"", "image/png"),
@@ -144,7 +181,11 @@ def test_concurrent_burst_is_answered_200_or_429_as_json(server):
     assert any(r.status_code == 200 for r in responses)
     for response in responses:
         answer = response.json()
-        assert ("predictions" in answer) if response.status_code == 200 else ("busy" in answer["error"] and response.headers["retry-after"] == "1")
+        assert (
+            ("predictions" in answer)
+            if response.status_code == 200
+            else ("busy" in answer["error"] and response.headers["retry-after"] == "1")
+        )
 
 
 def test_concurrency_limit_times_out_to_busy_then_frees():
@@ -194,7 +235,9 @@ def test_page_in_headless_chromium_shows_bars(server, shared_data, tmp_path):
         page.set_input_files("#file", str(bird))
         page.wait_for_selector(".prediction .fill", timeout=20_000)
         labels = page.locator(".prediction .label").all_text_contents()
-        widths = page.locator(".prediction .fill").evaluate_all("bars => bars.map(bar => bar.getBoundingClientRect().width)")
+        widths = page.locator(".prediction .fill").evaluate_all(
+            "bars => bars.map(bar => bar.getBoundingClientRect().width)"
+        )
         assert page.locator("#preview").evaluate("img => img.complete && img.naturalWidth > 0")
         page.screenshot(path=str(screenshot), full_page=True)
         browser.close()

@@ -131,14 +131,20 @@ def fake_leeds() -> bytes:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "tlbench", "data", "download", *args], capture_output=True, text=True, env=env, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "tlbench", "data", "download", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
 
 
 def jpgs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob("*.jpg"))
 
 
-# --------------------------------------------------------------------------------------------------- archives via the CLI
+# ------------------------------------------------------------------------------------------------- archives via the CLI
 
 
 def test_cli_butterflies_converts_pngs_to_jpeg_class_folders(server, tmp_path):
@@ -193,23 +199,30 @@ def test_unreachable_host_is_retried_then_clear_error(tmp_path):
     assert not (tmp_path / "a.zip").exists()
 
 
-# --------------------------------------------------------------------------------------------------- archives via functions
+# ----------------------------------------------------------------------------------------------- archives via functions
 
 
 def test_birds_keeps_only_study_classes_with_plain_names(server, tmp_path, monkeypatch):
     data = fake_cub()
     source = dl.SOURCES["birds"]
-    pinned = dataclasses.replace(source.archive, md5=hashlib.md5(data).hexdigest(), sha256=hashlib.sha256(data).hexdigest())
+    pinned = dataclasses.replace(
+        source.archive, md5=hashlib.md5(data).hexdigest(), sha256=hashlib.sha256(data).hexdigest()
+    )
     monkeypatch.setitem(dl.SOURCES, "birds", dataclasses.replace(source, archive=pinned))
     serve(server, source.archive.url, data)
     command.download("birds", root=str(tmp_path), mirror=server.url)
     out = tmp_path / "birds"
-    assert {d.name: len(jpgs(d)) for d in out.iterdir() if d.is_dir()} == {"Black_footed_Albatross": 3, "Brown_Pelican": 2}
+    assert {d.name: len(jpgs(d)) for d in out.iterdir() if d.is_dir()} == {
+        "Black_footed_Albatross": 3,
+        "Brown_Pelican": 2,
+    }
     assert "Caltech-UCSD Birds-200-2011" in (out / "SOURCE.md").read_text()
 
 
 def test_flat_leaves_archive_is_not_guessed(server, tmp_path):
-    serve(server, dl.SOURCES["leaves"].archive.url, make_tar({f"image_{i:04d}.jpg": image_bytes() for i in range(1, 4)}))
+    serve(
+        server, dl.SOURCES["leaves"].archive.url, make_tar({f"image_{i:04d}.jpg": image_bytes() for i in range(1, 4)})
+    )
     with pytest.raises(TLBenchError, match="cannot label them"):
         command.download("leaves", root=str(tmp_path), mirror=server.url)
     assert not (tmp_path / "leaves").exists()
@@ -240,7 +253,10 @@ def test_fetch_size_mismatch_deletes_download(server, tmp_path):
 
 def test_mirror_replaces_scheme_host_and_prefixes_path():
     url = "https://data.caltech.edu/records/x/files/CUB_200_2011.tgz?download=1"
-    assert dl.apply_mirror(url, "http://127.0.0.1:8000/cache/") == "http://127.0.0.1:8000/cache/records/x/files/CUB_200_2011.tgz?download=1"
+    assert (
+        dl.apply_mirror(url, "http://127.0.0.1:8000/cache/")
+        == "http://127.0.0.1:8000/cache/records/x/files/CUB_200_2011.tgz?download=1"
+    )
     assert dl.apply_mirror(url, None) == url
     with pytest.raises(TLBenchError, match="--mirror"):
         dl.apply_mirror(url, "127.0.0.1:8000")

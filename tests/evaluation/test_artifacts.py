@@ -27,13 +27,15 @@ def make_table(root: Path | None, classes: list[str], n_test: int, n_val: int = 
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     y_pred = probs.argmax(axis=1)
     paths = [f"{classes[label]}/img_{i:03d}.png" for i, label in enumerate(y_true)]
-    table = pd.DataFrame({
-        "path": paths,
-        "split": ["test"] * n_test + ["val"] * n_val,
-        "true_label": [classes[i] for i in y_true],
-        "pred_label": [classes[i] for i in y_pred],
-        "correct": (y_true == y_pred).astype(int),
-    })
+    table = pd.DataFrame(
+        {
+            "path": paths,
+            "split": ["test"] * n_test + ["val"] * n_val,
+            "true_label": [classes[i] for i in y_true],
+            "pred_label": [classes[i] for i in y_pred],
+            "correct": (y_true == y_pred).astype(int),
+        }
+    )
     order = np.argsort(-probs, axis=1, kind="stable")
     for rank in range(min(5, len(classes))):
         table[f"top{rank + 1}_label"] = [classes[i] for i in order[:, rank]]
@@ -77,12 +79,23 @@ def test_metrics_are_computed_on_test_rows_only(evaluated):
 def test_result_is_plain_json(evaluated):
     _, result, _ = evaluated
     assert json.loads(json.dumps(result)) == result
-    assert sorted(result) == sorted([
-        "test_acc", "test_acc_ci95", "test_balanced_acc", "test_macro_f1", "test_macro_f1_ci95",
-        "test_top2_acc", "test_ece", "test_n", "artifacts",
-    ])
+    assert sorted(result) == sorted(
+        [
+            "test_acc",
+            "test_acc_ci95",
+            "test_balanced_acc",
+            "test_macro_f1",
+            "test_macro_f1_ci95",
+            "test_top2_acc",
+            "test_ece",
+            "test_n",
+            "artifacts",
+        ]
+    )
     scalars = [value for key, value in result.items() if key not in ("artifacts", "test_n")]
-    assert all(type(value) is float or (type(value) is list and all(type(v) is float for v in value)) for value in scalars)
+    assert all(
+        type(value) is float or (type(value) is list and all(type(v) is float for v in value)) for value in scalars
+    )
     assert type(result["test_n"]) is int
 
 
@@ -160,14 +173,16 @@ def test_top_losses_survive_a_missing_image(tmp_path):
 
 
 def test_learning_curves_with_unlogged_values(tmp_path):
-    history = pd.DataFrame({
-        "epoch": range(6),
-        "phase": ["head"] * 3 + ["finetune"] * 3,
-        "train_loss": [1.0, 0.8, 0.7, 0.6, 0.5, 0.4],
-        "val_loss": [1.1, 0.9, np.nan, 0.7, 0.65, 0.6],
-        "train_acc": [0.5, 0.6, 0.65, 0.7, 0.75, 0.8],
-        "val_acc": [0.45, 0.55, np.nan, 0.65, 0.7, 0.72],
-    })
+    history = pd.DataFrame(
+        {
+            "epoch": range(6),
+            "phase": ["head"] * 3 + ["finetune"] * 3,
+            "train_loss": [1.0, 0.8, 0.7, 0.6, 0.5, 0.4],
+            "val_loss": [1.1, 0.9, np.nan, 0.7, 0.65, 0.6],
+            "train_acc": [0.5, 0.6, 0.65, 0.7, 0.75, 0.8],
+            "val_acc": [0.45, 0.55, np.nan, 0.65, 0.7, 0.72],
+        }
+    )
     assert_png(plots.plot_learning_curves(history, tmp_path / "curves.png", boundary_epoch=2.5))
 
 

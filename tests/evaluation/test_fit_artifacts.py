@@ -13,7 +13,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.conftest import TINY_FIT_ARGS, make_dataset, run_tlbench
 from tlbench.evaluation.artifacts import compare_phases, evaluate_predictions
 
-PHASE_FILES = ("classification_report_{}.csv", "confusion_{}.csv", "confusion_{}.png", "reliability_{}.png", "top_losses_{}.png")
+PHASE_FILES = (
+    "classification_report_{}.csv",
+    "confusion_{}.csv",
+    "confusion_{}.png",
+    "reliability_{}.png",
+    "top_losses_{}.png",
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +38,9 @@ def test_fit_writes_every_report_and_logs_the_confusion_matrix(tta_run):
     for phase in ("head", "finetune", "head_tta", "finetune_tta"):
         for pattern in PHASE_FILES:
             assert (run / pattern.format(phase)).stat().st_size > 0, pattern.format(phase)
-    assert (run / "learning_curves.png").stat().st_size > 0 and metrics["artifacts"] == {"learning_curves": "learning_curves.png"}
+    assert (run / "learning_curves.png").stat().st_size > 0 and metrics["artifacts"] == {
+        "learning_curves": "learning_curves.png"
+    }
     assert metrics["phases"]["head"]["artifacts"]["confusion_plot"] == "confusion_head.png"
     images = set()
     for events in run.glob("events.out.tfevents.*"):
@@ -58,7 +66,15 @@ def test_metrics_json_equals_what_the_prediction_csvs_give(tta_run, tmp_path):
         assert stored["test_n"] == len(table) == metrics["split_sizes"]["test"]
         assert stored["test_acc"] == pytest.approx(table.correct.mean())
         recomputed = _recomputed(run, stored["predictions"], classes, tmp_path, phase)
-        for key in ("test_acc", "test_acc_ci95", "test_balanced_acc", "test_macro_f1", "test_macro_f1_ci95", "test_top3_acc", "test_ece"):
+        for key in (
+            "test_acc",
+            "test_acc_ci95",
+            "test_balanced_acc",
+            "test_macro_f1",
+            "test_macro_f1_ci95",
+            "test_top3_acc",
+            "test_ece",
+        ):
             assert stored[key] == pytest.approx(recomputed[key]), (phase, key)
         report = pd.read_csv(run / f"classification_report_{phase}.csv", index_col="class")
         assert report.loc["macro avg", "f1"] == pytest.approx(stored["test_macro_f1"])

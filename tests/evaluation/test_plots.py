@@ -19,8 +19,15 @@ def wrong_predictions(root: Path, wrong: int) -> pd.DataFrame:
         (root / "cat").mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (32, 32), (200, 40, 40)).save(root / path)
         predicted = "cat" if i == wrong else "dog"
-        rows.append({"path": path, "true_label": "cat", "pred_label": predicted,
-                     "prob_cat": 0.9 if predicted == "cat" else 0.2, "prob_dog": 0.1 if predicted == "cat" else 0.8})
+        rows.append(
+            {
+                "path": path,
+                "true_label": "cat",
+                "pred_label": predicted,
+                "prob_cat": 0.9 if predicted == "cat" else 0.2,
+                "prob_dog": 0.1 if predicted == "cat" else 0.8,
+            }
+        )
     return pd.DataFrame(rows)
 
 

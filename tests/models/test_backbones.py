@@ -44,14 +44,17 @@ def test_tagged_names_build_their_architecture_with_the_tag_preprocessing():
     assert resolve_name("xception.tf_in1k") == "legacy_xception.tf_in1k"  # the study's alias keeps its tag
 
 
-@pytest.mark.parametrize("name, hint", [
-    ("resnt18", "did you mean resnet18"),
-    ("resnet18.no_such_tag", "its tags: a1_in1k"),
-    ("cnn1.in1k", "no pretrained tags"),
-    ("timm/resnet18", "hf-hub:timm/resnet18"),
-    ("ftp:resnet18", "valid sources: hf-hub, local-dir"),
-    ("local-dir:/no/such/folder", "config.json"),
-])
+@pytest.mark.parametrize(
+    "name, hint",
+    [
+        ("resnt18", "did you mean resnet18"),
+        ("resnet18.no_such_tag", "its tags: a1_in1k"),
+        ("cnn1.in1k", "no pretrained tags"),
+        ("timm/resnet18", "hf-hub:timm/resnet18"),
+        ("ftp:resnet18", "valid sources: hf-hub, local-dir"),
+        ("local-dir:/no/such/folder", "config.json"),
+    ],
+)
 def test_unknown_names_fail_in_one_line_with_the_fix(name, hint):
     with pytest.raises(TLBenchError) as error:
         create_backbone(name, pretrained=False)

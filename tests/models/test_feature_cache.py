@@ -39,10 +39,30 @@ def test_weights_digest_sees_any_tensor_change():
 
 def head_only(data, cwd, cache: str, *extra: str):
     cwd.mkdir(parents=True, exist_ok=True)
-    args = ["--model.head_epochs", "4", "--model.finetune_epochs", "0", "--data.augment", "false", "--model.cache_features", cache]
-    result = run_tlbench("fit", "--data.root", str(data), *TINY_FIT_ARGS, *args, *extra, cwd=cwd, env={"TLBENCH_CACHE_DIR": str(cwd.parent / "cache")})
+    args = [
+        "--model.head_epochs",
+        "4",
+        "--model.finetune_epochs",
+        "0",
+        "--data.augment",
+        "false",
+        "--model.cache_features",
+        cache,
+    ]
+    result = run_tlbench(
+        "fit",
+        "--data.root",
+        str(data),
+        *TINY_FIT_ARGS,
+        *args,
+        *extra,
+        cwd=cwd,
+        env={"TLBENCH_CACHE_DIR": str(cwd.parent / "cache")},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads((cwd / "lightning_logs" / "tiny_cnn1" / "version_0" / "metrics.json").read_text())["phases"]["head"]
+    return json.loads((cwd / "lightning_logs" / "tiny_cnn1" / "version_0" / "metrics.json").read_text())["phases"][
+        "head"
+    ]
 
 
 def test_cache_on_and_off_agree_and_the_disk_cache_is_reused_and_invalidated(tiny_dataset, tmp_path):
@@ -61,13 +81,35 @@ def test_cache_on_and_off_agree_and_the_disk_cache_is_reused_and_invalidated(tin
 
 
 @pytest.mark.parametrize("backbone, unfreeze", [("cnn1", "-1"), ("cnn6", "1")])
-def test_fine_tune_validation_runs_the_fine_tuned_backbone_not_the_head_phase_cache(tiny_dataset, tmp_path, backbone, unfreeze):
+def test_fine_tune_validation_runs_the_fine_tuned_backbone_not_the_head_phase_cache(
+    tiny_dataset, tmp_path, backbone, unfreeze
+):
     """After the boundary, validation must not use the head phase's cached features: they are stale as soon as
     the backbone trains. The recorded fine-tune val_loss must equal the loss recomputed from last.ckpt's weights,
     whether validation runs on images (all blocks train) or on the frozen layers' cached activations (top block)."""
-    args = ["--model.backbone", backbone, "--model.unfreeze_blocks", unfreeze, "--model.head_epochs", "1", "--model.finetune_epochs", "2",
-            "--model.finetune_lr", "0.05", "--data.augment", "false"]
-    result = run_tlbench("fit", "--data.root", str(tiny_dataset), *TINY_FIT_ARGS, *args, cwd=tmp_path, env={"TLBENCH_CACHE_DIR": str(tmp_path / "cache")})
+    args = [
+        "--model.backbone",
+        backbone,
+        "--model.unfreeze_blocks",
+        unfreeze,
+        "--model.head_epochs",
+        "1",
+        "--model.finetune_epochs",
+        "2",
+        "--model.finetune_lr",
+        "0.05",
+        "--data.augment",
+        "false",
+    ]
+    result = run_tlbench(
+        "fit",
+        "--data.root",
+        str(tiny_dataset),
+        *TINY_FIT_ARGS,
+        *args,
+        cwd=tmp_path,
+        env={"TLBENCH_CACHE_DIR": str(tmp_path / "cache")},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     run = tmp_path / "lightning_logs" / f"tiny_{backbone}" / "version_0"
     trained = load_trained(next((tmp_path / "checkpoints").rglob("last.ckpt")))
@@ -83,8 +125,21 @@ def test_fine_tune_validation_runs_the_fine_tuned_backbone_not_the_head_phase_ca
 
 def fine_tune_history(data, cwd, cache: str) -> pd.DataFrame:
     cwd.mkdir(parents=True)
-    args = ["--model.backbone", "cnn6", "--model.unfreeze_blocks", "1", "--model.head_epochs", "0", "--model.finetune_epochs", "2", "--model.cache_features", cache]
-    result = run_tlbench("fit", "--data.root", str(data), *TINY_FIT_ARGS, *args, cwd=cwd, env={"TLBENCH_CACHE_DIR": str(cwd / "cache")})
+    args = [
+        "--model.backbone",
+        "cnn6",
+        "--model.unfreeze_blocks",
+        "1",
+        "--model.head_epochs",
+        "0",
+        "--model.finetune_epochs",
+        "2",
+        "--model.cache_features",
+        cache,
+    ]
+    result = run_tlbench(
+        "fit", "--data.root", str(data), *TINY_FIT_ARGS, *args, cwd=cwd, env={"TLBENCH_CACHE_DIR": str(cwd / "cache")}
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return pd.read_csv(cwd / "lightning_logs" / "tiny_cnn6" / "version_0" / "history.csv")
 
@@ -113,12 +168,27 @@ def test_a_plain_lightning_trainer_caches_features_without_being_told(tiny_datas
     the head phase trains on cached pooled features, fine-tune validation on the frozen layers' activations, and a
     later ``validate`` runs on images again."""
     monkeypatch.setenv("TLBENCH_CACHE_DIR", str(tmp_path / "cache"))
-    model = TransferLearningModule(backbone="cnn6", pretrained=False, input_size=32, head_hidden=8, head_epochs=2,
-                                   finetune_epochs=1, unfreeze_blocks=1)
+    model = TransferLearningModule(
+        backbone="cnn6",
+        pretrained=False,
+        input_size=32,
+        head_hidden=8,
+        head_epochs=2,
+        finetune_epochs=1,
+        unfreeze_blocks=1,
+    )
     data = ImageFolderDataModule(root=str(tiny_dataset), batch_size=8, num_workers=0, decode_cache=False)
     recorder = RecordBatchInputs()
-    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path, callbacks=[recorder])
+    trainer = pl.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        callbacks=[recorder],
+    )
     trainer.fit(model, data)
     assert FeatureCaching.attached_to(trainer) is not None
     depth = model.frozen_trunk_depth()
@@ -129,13 +199,27 @@ def test_a_plain_lightning_trainer_caches_features_without_being_told(tiny_datas
 
 
 def test_without_feature_caching_every_loader_serves_images(tiny_dataset, tmp_path):
-    model = TransferLearningModule(backbone="cnn1", pretrained=False, input_size=32, head_hidden=8, head_epochs=1,
-                                   finetune_epochs=0, cache_features=False)
+    model = TransferLearningModule(
+        backbone="cnn1",
+        pretrained=False,
+        input_size=32,
+        head_hidden=8,
+        head_epochs=1,
+        finetune_epochs=0,
+        cache_features=False,
+    )
     assert not any(isinstance(callback, FeatureCaching) for callback in model.configure_callbacks())
     data = ImageFolderDataModule(root=str(tiny_dataset), batch_size=8, num_workers=0, decode_cache=False)
     recorder = RecordBatchInputs()
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path, callbacks=[recorder])
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[recorder],
+    )
     trainer.fit(model, data)
     assert recorder.seen == [{}]
 
@@ -143,9 +227,17 @@ def test_without_feature_caching_every_loader_serves_images(tiny_dataset, tmp_pa
 @pytest.mark.parametrize("progress", [True, False])
 def test_feature_extraction_shows_a_one_line_progress_bar_on_request(progress, capsys):
     dataset = TensorDataset(torch.zeros(10, 3, 4, 4), torch.zeros(10, dtype=torch.long), torch.arange(10))
-    result = compute_features(lambda batch: batch.mean(dim=(2, 3)), dataset, views=2, batch_size=4, num_workers=0,
-                              seed=0, device=torch.device("cpu"), description="caching features: train (2 views)",
-                              progress=progress)
+    result = compute_features(
+        lambda batch: batch.mean(dim=(2, 3)),
+        dataset,
+        views=2,
+        batch_size=4,
+        num_workers=0,
+        seed=0,
+        device=torch.device("cpu"),
+        description="caching features: train (2 views)",
+        progress=progress,
+    )
     assert result.features.shape == (2, 10, 3)
     err = capsys.readouterr().err
     assert ("caching features: train (2 views)" in err and "6/6" in err) == progress

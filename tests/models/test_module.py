@@ -9,7 +9,15 @@ from tlbench.models.module import TransferLearningModule
 
 
 def module(**overrides) -> TransferLearningModule:
-    settings = dict(backbone="cnn6", pretrained=False, input_size=32, head_hidden=8, head_epochs=1, finetune_epochs=1, unfreeze_blocks=1)
+    settings = dict(
+        backbone="cnn6",
+        pretrained=False,
+        input_size=32,
+        head_hidden=8,
+        head_epochs=1,
+        finetune_epochs=1,
+        unfreeze_blocks=1,
+    )
     return TransferLearningModule(**{**settings, **overrides}, classes=["a", "b", "c"])
 
 
@@ -64,7 +72,9 @@ def test_phase_specific_optimizers():
     model.apply_phase("finetune")
     finetune_optimizer = model.configure_optimizers()
     assert isinstance(finetune_optimizer, torch.optim.SGD) and finetune_optimizer.param_groups[0]["lr"] == 1e-4
-    assert finetune_optimizer.param_groups[0]["momentum"] == 0.9 and finetune_optimizer.defaults["fused"]  # fused kernel on CPU
+    assert (
+        finetune_optimizer.param_groups[0]["momentum"] == 0.9 and finetune_optimizer.defaults["fused"]
+    )  # fused kernel on CPU
 
 
 def test_phase_survives_a_checkpoint_round_trip():
@@ -107,7 +117,9 @@ def test_layer_chain_splits_the_backbone_exactly(name):
     with torch.no_grad():
         whole = extractor(images)
         for depth in (1, len(chain) // 2, len(chain)):
-            assert torch.allclose(extractor.forward_from(extractor.forward_until(images, depth), depth), whole, atol=1e-5)
+            assert torch.allclose(
+                extractor.forward_from(extractor.forward_until(images, depth), depth), whole, atol=1e-5
+            )
 
 
 def test_a_backbone_that_is_not_a_chain_is_not_split():

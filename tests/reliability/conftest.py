@@ -19,7 +19,8 @@ def smooth_image(seed: int, size: tuple[int, int] = (96, 96)) -> Image.Image:
 
 @pytest.fixture
 def photo() -> Callable[..., Path]:
-    """``photo(path, seed=0, image=None, **save_options)`` writes an image (format from the suffix) and returns its path."""
+    """``photo(path, seed=0, image=None, **save_options)`` writes an image (format from the suffix) and returns
+    its path."""
 
     def write(path: Path, seed: int = 0, image: Image.Image | None = None, **save_options) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,11 +12,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from tests.reliability.conftest import smooth_image
 from tlbench.data import audit as audit_module
 from tlbench.data.audit import AuditResult, audit, cache_path, preflight
 from tlbench.errors import TLBenchError
-
-from tests.reliability.conftest import smooth_image
 
 REPO = Path(__file__).resolve().parents[2]
 LEAVES = Path("/work/shared/data/leaves3")
@@ -95,7 +94,10 @@ def test_duplicates_across_splits_of_a_table_are_leakage(dataset):
     (dataset / "cat" / "copy.jpg").write_bytes((dataset / "cat" / "0.jpg").read_bytes())
     table = table_of([("cat/copy.jpg", "cat", "val"), ("cat/0.jpg", "cat", "train")])
     [group] = audit(dataset, table).duplicates
-    assert group.kind == "across-splits" and [(m.path, m.split) for m in group.members] == [("cat/0.jpg", "train"), ("cat/copy.jpg", "val")]
+    assert group.kind == "across-splits" and [(m.path, m.split) for m in group.members] == [
+        ("cat/0.jpg", "train"),
+        ("cat/copy.jpg", "val"),
+    ]
 
 
 def test_presplit_folders_give_splits_without_a_table(tmp_path, photo):
@@ -128,7 +130,10 @@ def test_symlinks_inside_the_root_are_followed_outside_refused_and_loops_end(dat
     assert reasons["cat/loop"].startswith("symlink loop")
     assert reasons["cat/gone.jpg"] == "broken symlink (target missing)"
     assert reasons["cat/ring1.jpg"] == reasons["cat/ring2.jpg"] == "symlink loop"
-    assert {tuple(m.path for m in g.members) for g in result.duplicates} == {("cat/alias/s.jpg", "dog/sub/s.jpg"), ("cat/linked.jpg", "dog/3.jpg")}
+    assert {tuple(m.path for m in g.members) for g in result.duplicates} == {
+        ("cat/alias/s.jpg", "dog/sub/s.jpg"),
+        ("cat/linked.jpg", "dog/3.jpg"),
+    }
 
 
 def test_unicode_and_comma_names_survive_the_csv(dataset, tmp_path, photo):
@@ -145,7 +150,9 @@ def test_unicode_and_comma_names_survive_the_csv(dataset, tmp_path, photo):
 def test_second_scan_of_an_unchanged_folder_decodes_nothing(dataset, monkeypatch, cache_dir):
     decoded: list[Path] = []
     real_load = audit_module.load_rgb
-    monkeypatch.setattr(audit_module, "load_rgb", lambda path, **options: decoded.append(Path(path)) or real_load(path, **options))
+    monkeypatch.setattr(
+        audit_module, "load_rgb", lambda path, **options: decoded.append(Path(path)) or real_load(path, **options)
+    )
     first = audit(dataset)
     assert len(decoded) == 6 and cache_path(dataset).is_relative_to(cache_dir)
     assert audit(dataset) == first and len(decoded) == 6
@@ -153,12 +160,28 @@ def test_second_scan_of_an_unchanged_folder_decodes_nothing(dataset, monkeypatch
     changed.write_bytes(changed.read_bytes() + b"\0")
     audit(dataset)
     assert decoded[6:] == [changed]
-    assert sorted(p.name for p in dataset.rglob("*")) == ["0.jpg", "1.jpg", "2.jpg", "3.jpg", "4.jpg", "5.jpg", "cat", "dog"]
+    assert sorted(p.name for p in dataset.rglob("*")) == [
+        "0.jpg",
+        "1.jpg",
+        "2.jpg",
+        "3.jpg",
+        "4.jpg",
+        "5.jpg",
+        "cat",
+        "dog",
+    ]
 
 
 def run_cli(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TLBENCH_CACHE_DIR": str(cache)}
-    return subprocess.run([sys.executable, "-m", "tlbench", "data", "audit", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "tlbench", "data", "audit", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def read_rows(path: Path) -> list[list[str]]:
@@ -173,16 +196,22 @@ def test_cli_exit_codes_and_csvs(dataset, tmp_path, cache_dir, photo):
     assert clean.returncode == 0, clean.stderr
     assert read_rows(tmp_path / "lightning_logs" / "audit" / "data" / "bad_files.csv") == [["path", "reason"]]
     assert read_rows(tmp_path / "lightning_logs" / "audit" / "data" / "duplicates.csv") == [
-        ["group", "kind", "match", "path", "label", "split"]]
+        ["group", "kind", "match", "path", "label", "split"]
+    ]
 
     (dataset / "cat" / "empty.jpg").touch()
     (dataset / "dog" / "copy.jpg").write_bytes((dataset / "cat" / "0.jpg").read_bytes())
-    dirty = run_cli(str(dataset), "--output", str(tmp_path / "report"), "--near_threshold", "0", cwd=tmp_path, cache=cache_dir)
+    dirty = run_cli(
+        str(dataset), "--output", str(tmp_path / "report"), "--near_threshold", "0", cwd=tmp_path, cache=cache_dir
+    )
     assert dirty.returncode == 1, dirty.stderr
     assert "cat/empty.jpg: empty file (0 bytes)" in dirty.stdout
     assert read_rows(tmp_path / "report" / "bad_files.csv")[1:] == [["cat/empty.jpg", "empty file (0 bytes)"]]
     duplicates = read_rows(tmp_path / "report" / "duplicates.csv")[1:]
-    assert sorted((row[0], row[2], row[3], row[4]) for row in duplicates) == [("1", "exact", "cat/0.jpg", "cat"), ("1", "exact", "dog/copy.jpg", "dog")]
+    assert sorted((row[0], row[2], row[3], row[4]) for row in duplicates) == [
+        ("1", "exact", "cat/0.jpg", "cat"),
+        ("1", "exact", "dog/copy.jpg", "dog"),
+    ]
     assert duplicates[0][1].startswith("across-classes")
 
     missing = run_cli(str(tmp_path / "nowhere"), cwd=tmp_path, cache=cache_dir)
@@ -192,7 +221,9 @@ def test_cli_exit_codes_and_csvs(dataset, tmp_path, cache_dir, photo):
 def test_preflight_refuses_bad_files_unless_told_to_skip(dataset):
     (dataset / "cat" / "empty.jpg").touch()
     table = table_of([("cat/0.jpg", "cat", "train"), ("cat/empty.jpg", "cat", "train"), ("dog/3.jpg", "dog", "train")])
-    with pytest.raises(TLBenchError, match=r"1 unusable image file\(s\): cat/empty.jpg \(empty file.*--data.skip_bad_images true"):
+    with pytest.raises(
+        TLBenchError, match=r"1 unusable image file\(s\): cat/empty.jpg \(empty file.*--data.skip_bad_images true"
+    ):
         preflight(dataset, table)
     result = preflight(dataset, table, skip_bad=True)
     assert result.table.path.tolist() == ["cat/0.jpg", "dog/3.jpg"]
@@ -209,16 +240,23 @@ def test_preflight_writes_the_report_it_names(dataset, tmp_path):
 def test_preflight_refuses_leakage_unless_told_to_dedupe(dataset):
     (dataset / "cat" / "copy.jpg").write_bytes((dataset / "cat" / "0.jpg").read_bytes())
     (dataset / "dog" / "copy.jpg").write_bytes((dataset / "dog" / "3.jpg").read_bytes())
-    table = table_of([
-        ("cat/copy.jpg", "cat", "test"), ("cat/0.jpg", "cat", "val"), ("cat/1.jpg", "cat", "train"),
-        ("dog/3.jpg", "dog", "train"), ("dog/copy.jpg", "dog", "train"),
-    ])
+    table = table_of(
+        [
+            ("cat/copy.jpg", "cat", "test"),
+            ("cat/0.jpg", "cat", "val"),
+            ("cat/1.jpg", "cat", "train"),
+            ("dog/3.jpg", "dog", "train"),
+            ("dog/copy.jpg", "dog", "train"),
+        ]
+    )
     with pytest.raises(TLBenchError, match=r"cat/0.jpg = cat/copy.jpg \(exact\).*--data.dedupe true"):
         preflight(dataset, table)
     result = preflight(dataset, table, dedupe=True)
     assert sorted(result.table.path) == ["cat/0.jpg", "cat/1.jpg", "dog/3.jpg", "dog/copy.jpg"]
     assert result.skipped == [("cat/copy.jpg", "exact duplicate of cat/0.jpg")]
-    assert result.problems == ["duplicate images, exact within-class: dog/3.jpg (dog, train), dog/copy.jpg (dog, train)"]
+    assert result.problems == [
+        "duplicate images, exact within-class: dog/3.jpg (dog, train), dog/copy.jpg (dog, train)"
+    ]
 
 
 def test_preflight_refuses_to_lose_a_whole_class(dataset):
@@ -259,8 +297,9 @@ def test_fit_scan_bar_follows_the_trainers_progress_bar(dataset, capsys, enable_
     from tlbench.data.datamodule import ImageFolderDataModule
 
     datamodule = ImageFolderDataModule(str(dataset), split_file=None)
-    datamodule.trainer = Trainer(logger=False, accelerator="cpu", enable_progress_bar=enable_progress_bar,
-                                 enable_model_summary=False)
+    datamodule.trainer = Trainer(
+        logger=False, accelerator="cpu", enable_progress_bar=enable_progress_bar, enable_model_summary=False
+    )
     capsys.readouterr()
     assert len(datamodule.prepare_split()) == 6
     assert ("scanning data" in capsys.readouterr().err) == enable_progress_bar

@@ -48,7 +48,11 @@ def test_duplicates_across_splits_refused_unless_dedupe(tiny_dataset, tmp_path):
         source = tiny_dataset / "class_0" / f"img_{i:03d}.png"
         (tiny_dataset / "class_0" / f"copy_{i:03d}.png").write_bytes(source.read_bytes())
     refused = fit(tiny_dataset, tmp_path)
-    assert refused.returncode == 2 and "span train/val/test" in last_line(refused) and "--data.dedupe true" in last_line(refused)
+    assert (
+        refused.returncode == 2
+        and "span train/val/test" in last_line(refused)
+        and "--data.dedupe true" in last_line(refused)
+    )
     deduped = fit(tiny_dataset, tmp_path / "dedupe", "--data.dedupe", "true")
     assert deduped.returncode == 0, deduped.stderr[-2000:]
     metrics = json.loads((tmp_path / "dedupe").joinpath(*RUN, "metrics.json").read_text())
@@ -59,7 +63,16 @@ def test_duplicates_across_splits_refused_unless_dedupe(tiny_dataset, tmp_path):
 
 def test_resume_on_changed_data_refuses_unless_forced(tiny_dataset, tmp_path):
     args = ["--model.head_epochs", "2", "--model.finetune_epochs", "1"]
-    assert fit(tiny_dataset, tmp_path, *args, "--trainer.callbacks+=tests.helpers.KillAtEpochStart", "--trainer.callbacks.epoch=2").returncode == -9
+    assert (
+        fit(
+            tiny_dataset,
+            tmp_path,
+            *args,
+            "--trainer.callbacks+=tests.helpers.KillAtEpochStart",
+            "--trainer.callbacks.epoch=2",
+        ).returncode
+        == -9
+    )
     make_image(tiny_dataset / "class_2" / "new.png", (1, 2, 3), 99)
     refused = fit(tiny_dataset, tmp_path, *args, "--ckpt_path", "last")
     assert refused.returncode == 2 and "changed since the checkpoint (1 added, 0 removed" in last_line(refused)
@@ -68,16 +81,22 @@ def test_resume_on_changed_data_refuses_unless_forced(tiny_dataset, tmp_path):
 
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tiny_dataset, tmp_path):
-    result = fit(tiny_dataset, tmp_path, "--trainer.callbacks+=tests.helpers.PoisonHeadAtEpoch", "--trainer.callbacks.epoch=1")
+    result = fit(
+        tiny_dataset, tmp_path, "--trainer.callbacks+=tests.helpers.PoisonHeadAtEpoch", "--trainer.callbacks.epoch=1"
+    )
     assert result.returncode == 2
     line = last_line(result)
     assert "training diverged: train loss is nan at epoch 1, step 3" in line
     last = torch.load(tmp_path.joinpath("checkpoints", *RUN[1:], "last.ckpt"), map_location="cpu", weights_only=True)
-    assert last["epoch"] == 0 and all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    assert last["epoch"] == 0 and all(
+        torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point()
+    )
 
 
 def test_disk_full_gives_clear_error_and_keeps_earlier_checkpoint(tiny_dataset, tmp_path):
-    result = fit(tiny_dataset, tmp_path, "--trainer.callbacks+=tests.helpers.DiskFullAtEpoch", "--trainer.callbacks.epoch=1")
+    result = fit(
+        tiny_dataset, tmp_path, "--trainer.callbacks+=tests.helpers.DiskFullAtEpoch", "--trainer.callbacks.epoch=1"
+    )
     assert result.returncode == 2
     assert "No space left on device" in last_line(result) and "could not write checkpoint" in last_line(result)
     checkpoints = tmp_path.joinpath("checkpoints", *RUN[1:])
@@ -88,8 +107,20 @@ def test_disk_full_gives_clear_error_and_keeps_earlier_checkpoint(tiny_dataset, 
 
 def test_ctrl_c_writes_last_checkpoint_and_exits_non_zero(tiny_dataset, tmp_path):
     marker = tmp_path / "paused"
-    command = [sys.executable, "-m", "tlbench", "fit", "--data.root", str(tiny_dataset), *TINY_FIT_ARGS, "--model.head_epochs", "3",
-               "--trainer.callbacks+=tests.helpers.PauseAtStep", "--trainer.callbacks.step=5", f"--trainer.callbacks.marker={marker}"]
+    command = [
+        sys.executable,
+        "-m",
+        "tlbench",
+        "fit",
+        "--data.root",
+        str(tiny_dataset),
+        *TINY_FIT_ARGS,
+        "--model.head_epochs",
+        "3",
+        "--trainer.callbacks+=tests.helpers.PauseAtStep",
+        "--trainer.callbacks.step=5",
+        f"--trainer.callbacks.marker={marker}",
+    ]
     log = tmp_path / "fit.log"
     with log.open("w") as stream:  # a file, not a pipe: a full pipe would block the child
         process = subprocess.Popen(command, cwd=tmp_path, env=tlbench_env(), stdout=stream, stderr=subprocess.STDOUT)

@@ -22,8 +22,11 @@ class TestBestPhases(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Lightning calls this only when training finished (not on Ctrl-C or an error), after its own teardown,
         so ``trainer.test`` here runs as it would after ``fit`` returned."""
-        best = [callback.best_model_path for callback in trainer.checkpoint_callbacks
-                if getattr(callback, "phase", None) and callback.best_model_path]
+        best = [
+            callback.best_model_path
+            for callback in trainer.checkpoint_callbacks
+            if getattr(callback, "phase", None) and callback.best_model_path
+        ]
         for checkpoint in best:
             trainer.test(pl_module, datamodule=trainer.datamodule, ckpt_path=checkpoint, verbose=False)
         if trainer.is_global_zero:

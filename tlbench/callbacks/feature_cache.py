@@ -136,8 +136,13 @@ class FeatureCaching(pl.Callback):
         table = datamodule.prepare_split()
         in_split = table.loc[table.split == split, ["path", "label", "sha256"]]
         files = [list(map(str, row)) for row in in_split.itertuples(index=False)]
-        description = {"preprocessing": module.preprocessing.to_dict(), "augmented": augmented, "views": views,
-                       "seed": datamodule.split_seed, "pipeline": PIPELINE_VERSION}
+        description = {
+            "preprocessing": module.preprocessing.to_dict(),
+            "augmented": augmented,
+            "views": views,
+            "seed": datamodule.split_seed,
+            "pipeline": PIPELINE_VERSION,
+        }
         path = cache_dir("features") / f"{cache_key(weights_digest(module.backbone), description, files)}.pt"
         found = path.is_file()
         if trainer.world_size > 1:
@@ -159,8 +164,12 @@ class FeatureCaching(pl.Callback):
                 one = module.encode_until(torch.zeros(1, 3, size, size, device=module.device), depth)
             images = int((self.trainer.datamodule.prepare_split().split == "val").sum())
             if one.numel() * one.element_size() * images <= TRUNK_CACHE_BYTES:
-                self._trunk = self._encode(module, "val", lambda batch: module.encode_until(batch, depth),
-                                           "caching frozen-layer activations: val")
+                self._trunk = self._encode(
+                    module,
+                    "val",
+                    lambda batch: module.encode_until(batch, depth),
+                    "caching frozen-layer activations: val",
+                )
                 self._trunk.depth = depth
         return self._trunk
 
@@ -172,6 +181,15 @@ class FeatureCaching(pl.Callback):
         shard = Subset(dataset, range(trainer.global_rank, len(dataset), trainer.world_size))
         show = trainer.progress_bar_callback is not None and trainer.is_global_zero
         with evaluating(module.backbone):
-            result = compute_features(encoder, shard, views, datamodule.batch_size, datamodule.num_workers,
-                                      datamodule.split_seed, module.device, title, show)
+            result = compute_features(
+                encoder,
+                shard,
+                views,
+                datamodule.batch_size,
+                datamodule.num_workers,
+                datamodule.split_seed,
+                module.device,
+                title,
+                show,
+            )
         return gather_shards(trainer.strategy, result) if trainer.world_size > 1 else result

@@ -42,8 +42,10 @@ class PhaseSchedule(pl.Callback):
         if stage != "fit" or trainer.max_epochs == total:
             return
         if trainer.max_epochs not in (-1, LIGHTNING_DEFAULT_MAX_EPOCHS):
-            raise TLBenchError(f"Trainer(max_epochs={trainer.max_epochs}) disagrees with head_epochs + finetune_epochs = {total}; "
-                               "set the epochs on the module (head_epochs, finetune_epochs) and leave max_epochs unset")
+            raise TLBenchError(
+                f"Trainer(max_epochs={trainer.max_epochs}) disagrees with head_epochs + finetune_epochs = {total}; "
+                "set the epochs on the module (head_epochs, finetune_epochs) and leave max_epochs unset"
+            )
         trainer.fit_loop.max_epochs = total
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -75,8 +77,15 @@ class PhaseCheckpoint(ModelCheckpoint):
         if phase is None:
             super().__init__(dirpath=dirpath, filename="last", save_top_k=1, monitor=None, enable_version_counter=False)
         else:
-            super().__init__(dirpath=dirpath, filename=f"{phase}-best-epoch{{epoch:02d}}", monitor="val_loss",
-                             mode="min", save_top_k=1, auto_insert_metric_name=False, save_weights_only=True)
+            super().__init__(
+                dirpath=dirpath,
+                filename=f"{phase}-best-epoch{{epoch:02d}}",
+                monitor="val_loss",
+                mode="min",
+                save_top_k=1,
+                auto_insert_metric_name=False,
+                save_weights_only=True,
+            )
         self.phase = phase
 
     @property
@@ -127,7 +136,9 @@ class PhaseCheckpoint(ModelCheckpoint):
                 io.flush()
         except OSError as error:
             where = error.filename or self.dirpath
-            raise TLBenchError(f"could not write checkpoint {where}: {error.strerror or error}; "
-                               "free disk space and resume with --ckpt_path last") from None
+            raise TLBenchError(
+                f"could not write checkpoint {where}: {error.strerror or error}; "
+                "free disk space and resume with --ckpt_path last"
+            ) from None
         finally:
             io.deferring = False

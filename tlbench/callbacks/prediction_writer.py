@@ -8,7 +8,6 @@ in the logger's directory, and its path is printed.
 
 from __future__ import annotations
 
-
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter

@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-
 from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -88,7 +87,12 @@ class RunRecorder(pl.Callback):
         self._epoch_start = now
         self.phase_epochs[phase] = self.phase_epochs.get(phase, 0) + 1
         metrics = trainer.callback_metrics
-        entry = {"epoch": trainer.current_epoch, "phase": phase, "seconds": round(now - start, 3), "val_seconds": round(self._validation_seconds, 3)}
+        entry = {
+            "epoch": trainer.current_epoch,
+            "phase": phase,
+            "seconds": round(now - start, 3),
+            "val_seconds": round(self._validation_seconds, 3),
+        }
         self._validation_seconds = 0.0
         entry.update({key: float(metrics[key]) for key in HISTORY_KEYS if key in metrics})
         self.history.append(entry)
@@ -106,7 +110,11 @@ class RunRecorder(pl.Callback):
             if phase is None or not callback.best_model_path:
                 continue
             in_phase = history[history.phase == phase]
-            best_epoch = int(in_phase.epoch[in_phase.val_loss.idxmin()]) if in_phase.val_loss.notna().any() else int(in_phase.epoch.iloc[-1])
+            best_epoch = (
+                int(in_phase.epoch[in_phase.val_loss.idxmin()])
+                if in_phase.val_loss.notna().any()
+                else int(in_phase.epoch.iloc[-1])
+            )
             at_best = history[history.epoch == best_epoch]
             phases[phase] = {
                 "epochs": self.phase_epochs.get(phase, 0),
@@ -145,15 +153,27 @@ class RunRecorder(pl.Callback):
         phase_metrics = self._evaluate(trainer, outputs["probs"], outputs, split_rows, pl_module.classes, phase)
         phase_metrics["test_acc_ci_method"] = "wilson"
         if "tta_probs" in outputs:
-            phase_metrics["tta"] = self._evaluate(trainer, outputs["tta_probs"], outputs, split_rows, pl_module.classes, f"{phase}_tta")
+            phase_metrics["tta"] = self._evaluate(
+                trainer, outputs["tta_probs"], outputs, split_rows, pl_module.classes, f"{phase}_tta"
+            )
         update_metrics(out, {"phases": {phase: phase_metrics}, "test_on": datamodule.test_on})
         self._log_confusion(trainer, out / phase_metrics["artifacts"]["confusion_plot"], phase)
 
     @staticmethod
-    def _evaluate(trainer: pl.Trainer, probs: torch.Tensor, outputs: dict[str, torch.Tensor], split_rows: pd.DataFrame, classes: list[str], name: str) -> dict:
-        """Write ``predictions_<name>.csv`` and its report files; the metrics, with the CSV's name under ``predictions``."""
+    def _evaluate(
+        trainer: pl.Trainer,
+        probs: torch.Tensor,
+        outputs: dict[str, torch.Tensor],
+        split_rows: pd.DataFrame,
+        classes: list[str],
+        name: str,
+    ) -> dict:
+        """Write ``predictions_<name>.csv`` and its report files; the metrics, with the CSV's name under
+        ``predictions``."""
         datamodule = trainer.datamodule
-        predictions = predictions_table(probs.cpu(), outputs["targets"].cpu(), outputs["rows"].cpu(), split_rows, classes)
+        predictions = predictions_table(
+            probs.cpu(), outputs["targets"].cpu(), outputs["rows"].cpu(), split_rows, classes
+        )
         out = run_dir(trainer)
         write_csv(out / f"predictions_{name}.csv", predictions)
         result = evaluate_phase(predictions, classes, out, name, datamodule.root, datamodule.test_on)
@@ -165,4 +185,6 @@ class RunRecorder(pl.Callback):
         if isinstance(trainer.logger, TensorBoardLogger):
             with Image.open(png) as image:
                 pixels = np.asarray(image.convert("RGB"))
-            trainer.logger.experiment.add_image(f"confusion/{phase}", pixels, global_step=trainer.global_step, dataformats="HWC")
+            trainer.logger.experiment.add_image(
+                f"confusion/{phase}", pixels, global_step=trainer.global_step, dataformats="HWC"
+            )

@@ -94,7 +94,7 @@ def _pass_through(function: Callable, rest: list[str]) -> list[str]:
     if PASSTHROUGH_PARAMETER not in inspect.signature(function).parameters:
         raise TLBenchError("this command takes no arguments after '--'")
     split = rest.index("--")
-    return [*rest[:split], f"--{PASSTHROUGH_PARAMETER}", json.dumps(rest[split + 1:])]
+    return [*rest[:split], f"--{PASSTHROUGH_PARAMETER}", json.dumps(rest[split + 1 :])]
 
 
 def run_command(function: Callable, args: list[str]) -> int:

@@ -53,5 +53,9 @@ def audit(
     result = report.result
     _print_summary(result, report.split_note)
     print(f"wrote {report.bad_files_csv} and {report.duplicates_csv}")
-    print("clean" if result.clean else f"problems found: {len(result.bad)} bad files, {len(result.duplicates)} duplicate groups")
+    print(
+        "clean"
+        if result.clean
+        else f"problems found: {len(result.bad)} bad files, {len(result.duplicates)} duplicate groups"
+    )
     return 0 if result.clean else 1

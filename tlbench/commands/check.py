@@ -36,15 +36,21 @@ def check(
     """
     result = check_dataset(config, data_root, backbone, per_class, top_k, output, seed, show_progress(progress))
     predictions = result.predictions
-    print(f"{result.backbone} ImageNet predictions on {len(predictions)} images of {result.root}"
-          f" ({per_class} per class, seed {seed})")
+    print(
+        f"{result.backbone} ImageNet predictions on {len(predictions)} images of {result.root}"
+        f" ({per_class} per class, seed {seed})"
+    )
     for row in predictions.to_dict("records"):
         print(f"  {row['label']}/{Path(row['path']).name}: {row['error'] or format_labels(row, top_k)}")
-    print("per class: confidence = mean top-1 probability; consistency = share with the class's most common top-1 label")
+    print(
+        "per class: confidence = mean top-1 probability; consistency = share with the class's most common top-1 label"
+    )
     for row in result.summary.itertuples(index=False):
         collision = f"  (same label as {row.collides_with})" if row.collides_with else ""
-        print(f"  {row.label:<24} confidence {row.confidence:.2f}  consistency {row.consistency:.2f}"
-              f"  -> {row.imagenet_label}{collision}")
+        print(
+            f"  {row.label:<24} confidence {row.confidence:.2f}  consistency {row.consistency:.2f}"
+            f"  -> {row.imagenet_label}{collision}"
+        )
     print(f"recommendation: {result.advice.advice}")
     print(f"reason: {result.advice.reason}")
     print(f"wrote {result.csv} and {result.contact_sheet}")

@@ -32,7 +32,12 @@ def info(root: str, split_seed: int = 0) -> None:
         split_seed: seed of the split whose counts are shown.
     """
     table = make_split(root, split_seed)
-    counts = table.groupby(["label", "split"]).size().unstack(fill_value=0).reindex(columns=["train", "val", "test"], fill_value=0)
+    counts = (
+        table.groupby(["label", "split"])
+        .size()
+        .unstack(fill_value=0)
+        .reindex(columns=["train", "val", "test"], fill_value=0)
+    )
     counts["total"] = counts.sum(axis=1)
     sizes = []
     for relative in table.path:

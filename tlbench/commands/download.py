@@ -9,7 +9,11 @@ from tlbench.data.download import FAILURE_REPORT, download_dataset
 
 
 def download(
-    name: str, root: str = "data", mirror: str | None = None, per_class: int = 200, force: bool = False,
+    name: str,
+    root: str = "data",
+    mirror: str | None = None,
+    per_class: int = 200,
+    force: bool = False,
     progress: bool | None = None,
 ) -> None:
     """Download dataset NAME (leaves, birds, butterflies, noodles, dogs) into ROOT/NAME/<class>/*.jpg.

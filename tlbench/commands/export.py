@@ -17,4 +17,7 @@ def export(run: str, phase: str | None = None, format: str = "safetensors", outp
     bundle, parity = export_bundle(run, phase, format, output)
     differences = ", ".join(f"{name} {diff:.1e}" for name, diff in parity["max_abs_diff"].items())
     print(f"wrote {bundle}")
-    print(f"parity on {parity['inputs']}: max abs probability difference {differences} (tolerance {parity['tolerance']:g})")
+    print(
+        f"parity on {parity['inputs']}: max abs probability difference {differences}"
+        f" (tolerance {parity['tolerance']:g})"
+    )

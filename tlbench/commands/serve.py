@@ -38,12 +38,21 @@ def serve(
     if missing:
         raise TLBenchError(f"serve needs {', '.join(missing)}; install them with: pip install 'tlbench[serve]'")
     if min(max_concurrency, max_batch, top_k) < 1 or max_upload_mb <= 0 or queue_timeout < 0 or batch_window_ms < 0:
-        raise TLBenchError("max_concurrency, max_batch and top_k must be >= 1, max_upload_mb > 0, queue_timeout and batch_window_ms >= 0")
+        raise TLBenchError(
+            "max_concurrency, max_batch and top_k must be >= 1, max_upload_mb > 0,"
+            " queue_timeout and batch_window_ms >= 0"
+        )
     import uvicorn
 
     from tlbench.serve.app import ServeSettings, create_app
 
     trained = load_trained(model, phase)
-    app = create_app(trained, ServeSettings(max_upload_mb, max_concurrency, queue_timeout, top_k, max_batch, batch_window_ms))
-    print(f"serving {trained.backbone} ({trained.phase}, {len(trained.classes)} classes) from {trained.source} at http://{host}:{port}/ - Ctrl+C stops", flush=True)
+    app = create_app(
+        trained, ServeSettings(max_upload_mb, max_concurrency, queue_timeout, top_k, max_batch, batch_window_ms)
+    )
+    print(
+        f"serving {trained.backbone} ({trained.phase}, {len(trained.classes)} classes) from {trained.source}"
+        f" at http://{host}:{port}/ - Ctrl+C stops",
+        flush=True,
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

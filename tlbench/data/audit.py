@@ -170,7 +170,9 @@ def _real(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def _walk(root: Path, real_root: Path, folder: Path, label: str, split: str, ancestors: frozenset[Path], found: Listing) -> None:
+def _walk(
+    root: Path, real_root: Path, folder: Path, label: str, split: str, ancestors: frozenset[Path], found: Listing
+) -> None:
     """Collect the images below ``folder``, following symlinks that stay inside the root and never a loop."""
     real = _real(folder)
     if not real.is_relative_to(real_root):
@@ -308,7 +310,9 @@ def _split_rank(file: AuditedFile) -> tuple[int, str]:
     return SPLIT_ORDER.get(file.split, len(SPLIT_ORDER)), file.path
 
 
-def find_duplicates(files: list[AuditedFile], scans: dict[str, Scan], near_threshold: int = NEAR_THRESHOLD) -> list[DuplicateGroup]:
+def find_duplicates(
+    files: list[AuditedFile], scans: dict[str, Scan], near_threshold: int = NEAR_THRESHOLD
+) -> list[DuplicateGroup]:
     """Groups of usable files joined by equal sha256 or by pHashes within ``near_threshold`` bits (< 0: exact only)."""
     usable = [file for file in files if scans[file.path].reason is None]
     parent = list(range(len(usable)))
@@ -381,11 +385,16 @@ def audit_dataset(
             split_note = f"not splittable, leakage not checked: {error}"
     result = audit(root_path, table, near_threshold, min_side, progress)
     if not result.files:
-        raise TLBenchError(f"no image files under {root_path};"
-                           f" expected {root_path}/<class>/<image>.jpg (jpg, png, bmp, webp, tif)")
+        raise TLBenchError(
+            f"no image files under {root_path}; expected {root_path}/<class>/<image>.jpg (jpg, png, bmp, webp, tif)"
+        )
     out = Path(output) if output else default_output("audit", dataset_name(root_path))
-    return DatasetAudit(result, split_note, write_bad_files(result.bad, out / "bad_files.csv"),
-                        write_duplicates(result.duplicates, out / "duplicates.csv"))
+    return DatasetAudit(
+        result,
+        split_note,
+        write_bad_files(result.bad, out / "bad_files.csv"),
+        write_duplicates(result.duplicates, out / "duplicates.csv"),
+    )
 
 
 def write_bad_files(bad: list[tuple[str, str]], path: str | Path) -> Path:
@@ -395,7 +404,9 @@ def write_bad_files(bad: list[tuple[str, str]], path: str | Path) -> Path:
 
 def write_duplicates(groups: list[DuplicateGroup], path: str | Path) -> Path:
     """``group,kind,match,path,label,split`` rows, one per member; the first row of a group is the copy kept."""
-    rows = [(number, g.kind, g.match, m.path, m.label, m.split) for number, g in enumerate(groups, 1) for m in g.members]
+    rows = [
+        (number, g.kind, g.match, m.path, m.label, m.split) for number, g in enumerate(groups, 1) for m in g.members
+    ]
     return _write_csv(path, ["group", "kind", "match", "path", "label", "split"], rows)
 
 
@@ -440,7 +451,9 @@ def preflight(
     ``problems`` for the log.
     """
     root = check_root(root)
-    files = [AuditedFile(str(p), str(l), str(s)) for p, l, s in table[["path", "label", "split"]].itertuples(index=False)]
+    files = [
+        AuditedFile(str(p), str(l), str(s)) for p, l, s in table[["path", "label", "split"]].itertuples(index=False)
+    ]
     scans = scan_files(root, [file.path for file in files], min_side, progress)
     bad = [(file.path, scans[file.path].reason) for file in files if scans[file.path].reason]
     groups = find_duplicates(files, scans, near_threshold)
@@ -466,6 +479,8 @@ def preflight(
     kept["sha256"] = [scans[path].sha256 for path in kept.path]
     lost = set(table.label[table.split == "train"]) - set(kept.label[kept.split == "train"])
     if lost:
-        raise TLBenchError(f"classes {sorted(lost)} have no usable training image left after skipping {len(skipped)} file(s)")
+        raise TLBenchError(
+            f"classes {sorted(lost)} have no usable training image left after skipping {len(skipped)} file(s)"
+        )
     problems = [f"duplicate images, {group.describe()}" for group in groups if group not in leaks]
     return PreflightResult(kept, skipped, problems)

@@ -13,9 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
-
 from pytorch_lightning.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, Dataset
 
 from tlbench.data.audit import preflight, scan_files
 from tlbench.data.decode_cache import DecodedImageCache
@@ -32,7 +31,9 @@ class ImageTableDataset(Dataset):
     """Rows of a split table as ``(uint8_image, class_index, row_index)``; the row index maps predictions back to
     files, and the model normalises the images (``Preprocessing.normalize``)."""
 
-    def __init__(self, root: Path, table: pd.DataFrame, classes: list[str], transform, decoded: DecodedImageCache | None = None) -> None:
+    def __init__(
+        self, root: Path, table: pd.DataFrame, classes: list[str], transform, decoded: DecodedImageCache | None = None
+    ) -> None:
         self.root = root
         self.paths = list(table.path)
         self.hashes = list(table.sha256) if decoded is not None and "sha256" in table else None
@@ -140,8 +141,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
         # reports (bad_files.csv, duplicates.csv) go to the run directory of a run, on rank 0 only
         report_dir = run_dir(trainer) if trainer is not None and trainer.is_global_zero and trainer.lightning_module else None
         progress = trainer is not None and trainer.is_global_zero and trainer.progress_bar_callback is not None
-        checked = preflight(root, table, skip_bad=self.skip_bad_images, dedupe=self.dedupe, report_dir=report_dir,
-                            progress=progress)
+        checked = preflight(
+            root, table, skip_bad=self.skip_bad_images, dedupe=self.dedupe, report_dir=report_dir, progress=progress
+        )
         for problem in checked.problems:
             rank_zero_warn(f"{root}: {problem}")
         self.skipped = checked.skipped

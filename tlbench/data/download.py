@@ -119,10 +119,14 @@ SOURCES: dict[str, Source] = {
             name="leaves",
             title="Caltech Leaves 1999 (Markus Weber)",
             homepage="http://www.vision.caltech.edu/Image_Datasets/leaves/",
-            # The archive is fixed but its checksum is unknown to tlbench: sha256=None, the observed hash goes to SOURCE.md.
+            # The archive is fixed but its checksum is unknown to tlbench: sha256=None,
+            # the observed hash goes to SOURCE.md.
             archive=Archive("http://www.vision.caltech.edu/Image_Datasets/leaves/leaves.tar"),
             classes=("Leaf_01", "Leaf_02", "Leaf_03"),
-            citation="Markus Weber, Leaves dataset, California Institute of Technology, 1999 (Caltech Computational Vision archive).",
+            citation=(
+                "Markus Weber, Leaves dataset, California Institute of Technology, 1999"
+                " (Caltech Computational Vision archive)."
+            ),
             licence="Caltech Computational Vision archive: free for research use; no explicit licence is published.",
             notes=(
                 "186 JPEG images (896x592) of leaves against different backgrounds. tlbench assigns Leaf_01..Leaf_03 "
@@ -134,21 +138,33 @@ SOURCES: dict[str, Source] = {
             name="birds",
             title="Caltech-UCSD Birds-200-2011 (10-class subset)",
             homepage="https://www.vision.caltech.edu/datasets/cub_200_2011/",
-            # MD5 as published with the CaltechDATA record and used by many loaders; SHA-256 and size unknown to tlbench.
+            # MD5 as published with the CaltechDATA record and used by many loaders;
+            # SHA-256 and size unknown to tlbench.
             archive=Archive(
                 "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz?download=1",
                 md5="97eceeb196236b17998738112f37df78",
             ),
             classes=(
-                "Black_footed_Albatross", "Brown_Pelican", "Common_Yellowthroat", "Eared_Grebe", "Green_Jay",
-                "Lincoln_Sparrow", "Pelagic_Cormorant", "Pine_Warbler", "Sage_Thrasher", "Winter_Wren",
+                "Black_footed_Albatross",
+                "Brown_Pelican",
+                "Common_Yellowthroat",
+                "Eared_Grebe",
+                "Green_Jay",
+                "Lincoln_Sparrow",
+                "Pelagic_Cormorant",
+                "Pine_Warbler",
+                "Sage_Thrasher",
+                "Winter_Wren",
             ),
             citation=(
                 "Wah C., Branson S., Welinder P., Perona P., Belongie S. The Caltech-UCSD Birds-200-2011 Dataset. "
                 "Technical Report CNS-TR-2011-001, California Institute of Technology, 2011."
             ),
             licence="Research and non-commercial use; images come from Flickr and keep their owners' rights.",
-            notes="Only the 10 classes of the 2017 study are kept; CUB folders such as 001.Black_footed_Albatross are renamed to the plain name.",
+            notes=(
+                "Only the 10 classes of the 2017 study are kept;"
+                " CUB folders such as 001.Black_footed_Albatross are renamed to the plain name."
+            ),
         ),
         Source(
             name="butterflies",
@@ -157,15 +173,26 @@ SOURCES: dict[str, Source] = {
             # Fixed archive, checksum unknown to tlbench: sha256=None, the observed hash goes to SOURCE.md.
             archive=Archive("http://www.josiahwang.com/dataset/leedsbutterfly/leedsbutterfly_dataset_v1.0.zip"),
             classes=(
-                "danaus_plexippus", "heliconius_charitonius", "heliconius_erato", "junonia_coenia", "lycaena_phlaeas",
-                "nymphalis_antiopa", "papilio_cresphontes", "pieris_rapae", "vanessa_atalanta", "vanessa_cardui",
+                "danaus_plexippus",
+                "heliconius_charitonius",
+                "heliconius_erato",
+                "junonia_coenia",
+                "lycaena_phlaeas",
+                "nymphalis_antiopa",
+                "papilio_cresphontes",
+                "pieris_rapae",
+                "vanessa_atalanta",
+                "vanessa_cardui",
             ),
             citation=(
                 "Wang J., Markert K., Everingham M. Learning Models for Object Recognition from Natural Language "
                 "Descriptions. BMVC 2009."
             ),
             licence="Research use, as stated on the dataset page; images were collected from Google Image Search.",
-            notes="Images are named CCCNNNN.png with CCC the class id 001..010; segmentation masks are not kept; PNGs are converted to JPEG.",
+            notes=(
+                "Images are named CCCNNNN.png with CCC the class id 001..010;"
+                " segmentation masks are not kept; PNGs are converted to JPEG."
+            ),
         ),
         Source(
             name="noodles",
@@ -269,15 +296,26 @@ def _download_once(url: str, part: Path, timeout: float, progress: bool) -> None
         else:
             raise
     with response:
-        resumed = start and response.status == 206 and response.headers.get("Content-Range", "").startswith(f"bytes {start}-")
+        resumed = (
+            start and response.status == 206 and response.headers.get("Content-Range", "").startswith(f"bytes {start}-")
+        )
         if not resumed:
             start = 0
         length = response.headers.get("Content-Length")
         total = start + int(length) if length and length.isdigit() else None
         label = PurePosixPath(urllib.parse.urlsplit(url).path).name or url
-        with part.open("ab" if resumed else "wb") as file, tqdm(
-            total=total, initial=start, desc=label, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress
-        ) as bar:
+        with (
+            part.open("ab" if resumed else "wb") as file,
+            tqdm(
+                total=total,
+                initial=start,
+                desc=label,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                disable=not progress,
+            ) as bar,
+        ):
             for chunk in iter(lambda: response.read(CHUNK_SIZE), b""):
                 file.write(chunk)
                 bar.update(len(chunk))
@@ -317,7 +355,11 @@ def fetch(
         except urllib.error.HTTPError as error:
             if error.code not in RETRYABLE_STATUS or attempt == retries:
                 raise TLBenchError(f"{url}: HTTP {error.code} {error.reason} (check the URL or --mirror)") from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:  # refused, reset, timed out, truncated
+        except (
+            urllib.error.URLError,
+            OSError,
+            http.client.HTTPException,
+        ) as error:  # refused, reset, timed out, truncated
             if attempt == retries:
                 reason = getattr(error, "reason", error)
                 raise TLBenchError(f"{url}: {reason}; rerun the command to resume {part}") from None
@@ -350,7 +392,9 @@ def _check_tar_member(member: tarfile.TarInfo, archive: Path) -> None:
         base = path.parent if member.issym() else PurePosixPath()
         target = member.linkname.replace("\\", "/")
         if target.startswith("/") or _escapes(base / target):
-            raise TLBenchError(f"{archive}: refusing link '{member.name}' -> '{member.linkname}' pointing outside the archive")
+            raise TLBenchError(
+                f"{archive}: refusing link '{member.name}' -> '{member.linkname}' pointing outside the archive"
+            )
     elif not (member.isfile() or member.isdir()):
         raise TLBenchError(f"{archive}: refusing special member '{member.name}'")
 
@@ -386,7 +430,9 @@ def safe_extract(archive: Path, dest: Path) -> None:
             # Python's own "data" filter repeats the checks as a second line of defence.
             bundle.extractall(dest, members=members, filter="data")
     except (tarfile.TarError, EOFError, OSError) as error:
-        raise TLBenchError(f"{archive}: not a readable tar or zip archive ({error}); delete it and download again") from None
+        raise TLBenchError(
+            f"{archive}: not a readable tar or zip archive ({error}); delete it and download again"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------------- convert
@@ -439,7 +485,9 @@ def convert_birds(extracted: Path, out: Path, source: Source) -> dict[str, int]:
     pairs = [
         (path, path.parent.name.split(".", 1)[1])
         for path in _images(extracted)
-        if path.parent.parent.name == "images" and "." in path.parent.name and path.parent.name.split(".", 1)[1] in wanted
+        if path.parent.parent.name == "images"
+        and "." in path.parent.name
+        and path.parent.name.split(".", 1)[1] in wanted
     ]
     return _copy_all(pairs, out)
 
@@ -607,8 +655,9 @@ def _from_archive(
 ) -> tuple[dict[str, str], dict[str, int]]:
     archive = source.archive
     url = apply_mirror(archive.url, mirror)
-    digest = fetch(url, cache / archive.filename, sha256=archive.sha256, md5=archive.md5, size=archive.size,
-                   progress=progress)
+    digest = fetch(
+        url, cache / archive.filename, sha256=archive.sha256, md5=archive.md5, size=archive.size, progress=progress
+    )
     extracted = cache / "extracted"
     shutil.rmtree(extracted, ignore_errors=True)
     safe_extract(cache / archive.filename, extracted)
@@ -625,19 +674,27 @@ def _from_open_images(
     downloads = {}
     for archive in (files.class_descriptions, files.image_labels):
         url = apply_mirror(archive.url, mirror)
-        downloads[url] = fetch(url, shared / archive.filename, sha256=archive.sha256, md5=archive.md5,
-                               size=archive.size, progress=progress)
+        downloads[url] = fetch(
+            url, shared / archive.filename, sha256=archive.sha256, md5=archive.md5, size=archive.size, progress=progress
+        )
     label_to_folder = resolve_open_images_labels(shared / files.class_descriptions.filename, source.open_images)
     candidates = select_open_images(shared / files.image_labels.filename, label_to_folder)
-    result = download_open_images(candidates, files.image_url, staging, cache / "images", per_class, mirror=mirror,
-                                  progress=progress)
+    result = download_open_images(
+        candidates, files.image_url, staging, cache / "images", per_class, mirror=mirror, progress=progress
+    )
     staging.mkdir(parents=True, exist_ok=True)
     write_failure_report(staging / FAILURE_REPORT, result.failures)
     return downloads, result.counts, len(result.failures)
 
 
-def download_dataset(name: str, root: str | Path = "data", mirror: str | None = None, per_class: int = 200,
-                     force: bool = False, progress: bool = False) -> DownloadResult:
+def download_dataset(
+    name: str,
+    root: str | Path = "data",
+    mirror: str | None = None,
+    per_class: int = 200,
+    force: bool = False,
+    progress: bool = False,
+) -> DownloadResult:
     """Download dataset ``name`` into ``root/name/<class>/*.jpg``, with its ``SOURCE.md``.
 
     Archives are cached in ``root/.downloads`` and resumed if interrupted; the dataset folder only appears once
@@ -661,8 +718,9 @@ def download_dataset(name: str, root: str | Path = "data", mirror: str | None = 
     if out.exists() and not force:
         if (out / "SOURCE.md").exists():
             return DownloadResult(out, existed=True)
-        raise TLBenchError(f"{out} exists but was not made by 'data download';"
-                           " move it away or pass --force to replace it")
+        raise TLBenchError(
+            f"{out} exists but was not made by 'data download'; move it away or pass --force to replace it"
+        )
     if force:
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(cache, ignore_errors=True)
@@ -675,8 +733,9 @@ def download_dataset(name: str, root: str | Path = "data", mirror: str | None = 
     else:
         downloads, counts, failures = _from_open_images(source, cache, staging, mirror, per_class, progress)
     if not sum(counts.values()):
-        raise TLBenchError(f"no images of {', '.join(source.classes or counts)} found for '{name}';"
-                           " check --mirror or the source")
+        raise TLBenchError(
+            f"no images of {', '.join(source.classes or counts)} found for '{name}'; check --mirror or the source"
+        )
     write_source_md(staging, source, downloads, counts)
     staging.replace(out)
     return DownloadResult(out, counts, failures)

@@ -77,7 +77,8 @@ def _wide_to_l(image: Image.Image) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """A new 8-bit RGB image of ``image``: upright, first frame, transparency on white, wide modes scaled not clipped."""
+    """A new 8-bit RGB image of ``image``: upright, first frame, transparency on white, wide modes scaled not
+    clipped."""
     image = ImageOps.exif_transpose(image)
     if image.has_transparency_data:
         background = Image.new("RGBA", image.size, (*TRANSPARENCY_BACKGROUND, 255))
@@ -91,7 +92,9 @@ def _check_size(size: tuple[int, int], min_side: int) -> None:
     """Refuse from the header alone, before ``load`` allocates pixels: bombs and images too small to use."""
     width, height = size
     if width * height > MAX_PIXELS:
-        raise ImageLoadError(f"possible decompression bomb: Image size ({width}x{height} pixels) exceeds limit of {MAX_PIXELS} pixels")
+        raise ImageLoadError(
+            f"possible decompression bomb: Image size ({width}x{height} pixels) exceeds limit of {MAX_PIXELS} pixels"
+        )
     if min(width, height) < min_side:
         raise ImageLoadError(f"too small ({width}x{height} px; minimum side {min_side} px)")
 

@@ -48,7 +48,9 @@ def stratified_split(
         for rank, index in enumerate(order):
             split = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
             rows.append((paths[index], label, split))
-    return pd.DataFrame(rows, columns=["path", "label", "split"]).sort_values(["split", "label", "path"], ignore_index=True)
+    return pd.DataFrame(rows, columns=["path", "label", "split"]).sort_values(
+        ["split", "label", "path"], ignore_index=True
+    )
 
 
 def check_class_sizes(counts: dict[str, int]) -> None:
@@ -76,7 +78,9 @@ def presplit_table(root: Path, folders: dict[str, Path]) -> pd.DataFrame:
         raise TLBenchError(f"{folders['train']} needs at least 2 class folders with images")
     unknown = set(table.label) - train_classes
     if unknown:
-        raise TLBenchError(f"classes {sorted(unknown)} appear in val/test but not in {folders['train']}; add training images")
+        raise TLBenchError(
+            f"classes {sorted(unknown)} appear in val/test but not in {folders['train']}; add training images"
+        )
     return table.sort_values(["split", "label", "path"], ignore_index=True)
 
 
@@ -88,7 +92,9 @@ def make_split(root: str | Path, seed: int = 0) -> pd.DataFrame:
         return presplit_table(root, folders)
     samples = scan_class_folders(root)
     if not samples:
-        raise TLBenchError(f"no images found under {root}; expected {root}/<class>/<image>.jpg (jpg, png, bmp, webp, tif)")
+        raise TLBenchError(
+            f"no images found under {root}; expected {root}/<class>/<image>.jpg (jpg, png, bmp, webp, tif)"
+        )
     return stratified_split(samples, seed)
 
 

@@ -99,7 +99,16 @@ class RandomWarp:
     own interpolation.
     """
 
-    def __init__(self, size: int, short_side: int, interpolation: str, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3), degrees: float = 15, translate: float = 0.1) -> None:
+    def __init__(
+        self,
+        size: int,
+        short_side: int,
+        interpolation: str,
+        scale=(0.6, 1.0),
+        ratio=(3 / 4, 4 / 3),
+        degrees: float = 15,
+        translate: float = 0.1,
+    ) -> None:
         self.size, self.short_side = size, short_side
         self.shrink = T.Resize(short_side, interpolation=INTERPOLATIONS[interpolation])
         self.scale, self.log_ratio = scale, (math.log(ratio[0]), math.log(ratio[1]))
@@ -140,7 +149,9 @@ class RandomWarp:
         matrix = torch.eye(3, dtype=torch.float64)
         for step in steps:
             matrix = torch.tensor([*step, [0, 0, 1]], dtype=torch.float64) @ matrix
-        return image.transform((size, size), Image.AFFINE, tuple(matrix[:2].flatten().tolist()), resample=Image.BILINEAR)
+        return image.transform(
+            (size, size), Image.AFFINE, tuple(matrix[:2].flatten().tolist()), resample=Image.BILINEAR
+        )
 
 
 def loader_transform(pre: Preprocessing, augment: bool) -> T.Compose:

@@ -78,8 +78,11 @@ def evaluate_predictions(
         "acc_ci95": list(stats.wilson_interval(int((y_true == y_pred).sum()), n, CONFIDENCE)),
         "balanced_acc": stats.balanced_accuracy(y_true, y_pred, n_classes),
         "macro_f1": stats.macro_f1(y_true, y_pred, n_classes),
-        "macro_f1_ci95": list(stats.bootstrap_interval(
-            partial(stats.macro_f1, n_classes=n_classes), y_true, y_pred, n_resamples, seed, CONFIDENCE)),
+        "macro_f1_ci95": list(
+            stats.bootstrap_interval(
+                partial(stats.macro_f1, n_classes=n_classes), y_true, y_pred, n_resamples, seed, CONFIDENCE
+            )
+        ),
     }
     k = top_k_for(n_classes)
     if k is not None:
@@ -94,10 +97,22 @@ def evaluate_predictions(
         "confusion_plot": f"confusion_{phase}.png",
         "reliability_diagram": f"reliability_{phase}.png",
     }
-    write_csv(out_dir / artifacts["classification_report"], stats.classification_report(y_true, y_pred, classes), index=True, index_label="class")
+    write_csv(
+        out_dir / artifacts["classification_report"],
+        stats.classification_report(y_true, y_pred, classes),
+        index=True,
+        index_label="class",
+    )
     cm = stats.confusion_matrix(y_true, y_pred, n_classes)
-    write_csv(out_dir / artifacts["confusion_matrix"], pd.DataFrame(cm, index=classes, columns=classes), index=True, index_label="true\\predicted")
-    plots.plot_confusion_matrix(cm, classes, out_dir / artifacts["confusion_plot"], f"Confusion matrix ({phase}, {split})")
+    write_csv(
+        out_dir / artifacts["confusion_matrix"],
+        pd.DataFrame(cm, index=classes, columns=classes),
+        index=True,
+        index_label="true\\predicted",
+    )
+    plots.plot_confusion_matrix(
+        cm, classes, out_dir / artifacts["confusion_plot"], f"Confusion matrix ({phase}, {split})"
+    )
     plots.plot_reliability_diagram(bin_table, ece, out_dir / artifacts["reliability_diagram"])
     if data_root is not None:
         artifacts["top_losses"] = f"top_losses_{phase}.png"

@@ -47,8 +47,15 @@ def class_summary(predictions: pd.DataFrame) -> pd.DataFrame:
     for label, group in readable.groupby("label", sort=True):
         counts = group.top1_label.value_counts(sort=True)
         top = counts.index[0]
-        rows.append({"label": label, "images": len(group), "confidence": float(group.top1_prob.mean()),
-                     "imagenet_label": top, "consistency": counts.iloc[0] / len(group)})
+        rows.append(
+            {
+                "label": label,
+                "images": len(group),
+                "confidence": float(group.top1_prob.mean()),
+                "imagenet_label": top,
+                "consistency": counts.iloc[0] / len(group),
+            }
+        )
     summary = pd.DataFrame(rows)
     summary["collides_with"] = [
         ", ".join(summary.label[(summary.imagenet_label == top) & (summary.label != label)])
@@ -67,7 +74,10 @@ class Recommendation:
 
 ADVICE = {
     (True, True): "head only (linear probe): --model.finetune_epochs 0",
-    (False, True): "fine-tune more blocks: --model.unfreeze_blocks 4 (or -1 for all), keeping the low --model.finetune_lr",
+    (
+        False,
+        True,
+    ): "fine-tune more blocks: --model.unfreeze_blocks 4 (or -1 for all), keeping the low --model.finetune_lr",
     (True, False): "fine-tune the top blocks (the default recipe: --model.unfreeze_blocks 2)",
     (False, False): "fine-tune the whole network: --model.unfreeze_blocks -1",
 }
@@ -79,13 +89,27 @@ def recommend(summary: pd.DataFrame, train_per_class: float) -> Recommendation:
     consistency = float(summary.consistency.mean())
     similar = confidence >= SIMILAR_CONFIDENCE and consistency >= SIMILAR_CONSISTENCY
     small = train_per_class < SMALL_TRAIN_PER_CLASS
-    size = f"{'small' if small else 'large'} ({train_per_class:g} training images per class, threshold {SMALL_TRAIN_PER_CLASS})"
-    domain = (f"{'similar to' if similar else 'different from'} ImageNet (median top-1 probability {confidence:.2f},"
-              f" threshold {SIMILAR_CONFIDENCE}; consistency {consistency:.2f}, threshold {SIMILAR_CONSISTENCY})")
+    size = (
+        f"{'small' if small else 'large'} ({train_per_class:g} training images per class,"
+        f" threshold {SMALL_TRAIN_PER_CLASS})"
+    )
+    domain = (
+        f"{'similar to' if similar else 'different from'} ImageNet (median top-1 probability {confidence:.2f},"
+        f" threshold {SIMILAR_CONFIDENCE}; consistency {consistency:.2f}, threshold {SIMILAR_CONSISTENCY})"
+    )
     why = {
-        (True, True): "ImageNet features already describe these images and a small dataset would mostly teach fine-tuned blocks to overfit",
-        (False, True): "ImageNet's top-level features are about other things, so more of the network must adapt; small data means a low learning rate and watching val_loss",
-        (True, False): "enough data to adapt the top blocks without overfitting, and the lower ImageNet features transfer as they are",
+        (True, True): (
+            "ImageNet features already describe these images and a small dataset would mostly teach"
+            " fine-tuned blocks to overfit"
+        ),
+        (False, True): (
+            "ImageNet's top-level features are about other things, so more of the network must adapt;"
+            " small data means a low learning rate and watching val_loss"
+        ),
+        (True, False): (
+            "enough data to adapt the top blocks without overfitting,"
+            " and the lower ImageNet features transfer as they are"
+        ),
         (False, False): "enough data to retrain every block, and ImageNet features fit this domain poorly",
     }[(similar, small)]
     return Recommendation(similar, small, ADVICE[(similar, small)], f"data is {size}; images are {domain}: {why}")

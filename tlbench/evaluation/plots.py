@@ -31,7 +31,9 @@ def _save(figure: Figure, path: str | Path) -> Path:
     return path
 
 
-def plot_confusion_matrix(cm: np.ndarray, classes: list[str], path: str | Path, title: str = "Confusion matrix") -> Path:
+def plot_confusion_matrix(
+    cm: np.ndarray, classes: list[str], path: str | Path, title: str = "Confusion matrix"
+) -> Path:
     """Counts heat map (rows true, columns predicted) with each count written in its cell.
 
     Counts rather than row-normalised rates, because on small test sets "1 of 3" and "33%" read very
@@ -49,8 +51,15 @@ def plot_confusion_matrix(cm: np.ndarray, classes: list[str], path: str | Path, 
     font_size = max(4.0, min(10.0, 160.0 / max(n, 1)))
     threshold = cm.max() / 2 if cm.size else 0
     for (row, column), count in np.ndenumerate(cm):
-        ax.text(column, row, str(count), ha="center", va="center", fontsize=font_size,
-                color="white" if count > threshold else "black")
+        ax.text(
+            column,
+            row,
+            str(count),
+            ha="center",
+            va="center",
+            fontsize=font_size,
+            color="white" if count > threshold else "black",
+        )
     ax.set_xticks(range(n), labels=classes, rotation=45, ha="right", fontsize=font_size)
     ax.set_yticks(range(n), labels=classes, fontsize=font_size)
     ax.set_xlabel("predicted")
@@ -71,8 +80,16 @@ def plot_reliability_diagram(bin_table: pd.DataFrame, ece: float, path: str | Pa
     figure = Figure(figsize=(5.0, 6.0))
     top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.bar(filled.bin_lo, filled.accuracy, width=widths, align="edge", edgecolor="black", label="accuracy")
-    top.bar(filled.bin_lo, filled.confidence - filled.accuracy, bottom=filled.accuracy, width=widths,
-            align="edge", color="red", alpha=0.3, label="gap to confidence")
+    top.bar(
+        filled.bin_lo,
+        filled.confidence - filled.accuracy,
+        bottom=filled.accuracy,
+        width=widths,
+        align="edge",
+        color="red",
+        alpha=0.3,
+        label="gap to confidence",
+    )
     top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=f"Reliability (ECE = {ece:.3f})")
     top.legend(loc="upper left", fontsize=8)
@@ -101,13 +118,22 @@ def plot_learning_curves(history: pd.DataFrame, path: str | Path, boundary_epoch
         for column in columns:
             if column in history:
                 points = history[["epoch", column]].dropna()
-                ax.plot(points.epoch, points[column], marker="o", markersize=3, linestyle="-",
-                        label=column.split("_")[0])
+                ax.plot(
+                    points.epoch, points[column], marker="o", markersize=3, linestyle="-", label=column.split("_")[0]
+                )
         if boundary_epoch is not None:
             ax.axvline(boundary_epoch, linestyle="--", color="grey")
         for phase, rows in history.groupby("phase", sort=False):
-            ax.text(rows.epoch.mean(), 1.01, str(phase), transform=ax.get_xaxis_transform(),
-                    ha="center", va="bottom", fontsize=8, color="dimgrey")
+            ax.text(
+                rows.epoch.mean(),
+                1.01,
+                str(phase),
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                color="dimgrey",
+            )
         ax.set(xlabel="epoch", ylabel=quantity)
         ax.set_title(quantity, pad=14)
         ax.legend(fontsize=8)
@@ -165,7 +191,9 @@ def top_losses_figure(table: pd.DataFrame, data_root: str | Path, n: int = 12) -
     return figure
 
 
-def plot_contact_sheet(paths: list[Path], titles: list[str], captions: list[str], path: str | Path, columns: int = 4) -> Path:
+def plot_contact_sheet(
+    paths: list[Path], titles: list[str], captions: list[str], path: str | Path, columns: int = 4
+) -> Path:
     """Thumbnails in a grid, each with a bold ``title`` and a multi-line ``caption`` under it.
 
     Used by ``check`` to show what ImageNet sees in each class; an unreadable file gets a captioned blank,
@@ -205,7 +233,11 @@ def plot_accuracy_bars(summary: pd.DataFrame, path: str | Path) -> Path:
     axes = np.atleast_1d(figure.subplots(1, len(datasets), sharey=True, squeeze=False)).ravel()
     for ax, dataset in zip(axes, datasets):
         for offset, phase in enumerate(phases):
-            rows = summary[(summary.dataset == dataset) & (summary.phase == phase)].set_index("backbone").reindex(backbones)
+            rows = (
+                summary[(summary.dataset == dataset) & (summary.phase == phase)]
+                .set_index("backbone")
+                .reindex(backbones)
+            )
             x = np.arange(len(backbones)) + (offset - (len(phases) - 1) / 2) * width
             errors = np.vstack([rows.acc_mean - rows.acc_ci_lo, rows.acc_ci_hi - rows.acc_mean]).clip(min=0)
             ax.bar(x, rows.acc_mean, width=width, yerr=errors, capsize=3, label=phase)

@@ -19,7 +19,9 @@ from tlbench.rundir import read_metrics, update_metrics
 LEARNING_CURVES = "learning_curves.png"
 
 
-def evaluate_phase(predictions: pd.DataFrame, classes: list[str], out_dir: Path, name: str, data_root: Path, split: str) -> dict:
+def evaluate_phase(
+    predictions: pd.DataFrame, classes: list[str], out_dir: Path, name: str, data_root: Path, split: str
+) -> dict:
     """``evaluate_predictions`` on the tested ``split``, with metric keys always named ``test_*``.
 
     A dataset without a test folder is tested on ``val``; its metrics still go under ``test_*`` (the contract
@@ -28,7 +30,7 @@ def evaluate_phase(predictions: pd.DataFrame, classes: list[str], out_dir: Path,
     """
     result = evaluate_predictions(predictions, classes, out_dir, name, data_root=data_root, split=split)
     prefix = f"{split}_"
-    return {(f"test_{key[len(prefix):]}" if key.startswith(prefix) else key): value for key, value in result.items()}
+    return {(f"test_{key[len(prefix) :]}" if key.startswith(prefix) else key): value for key, value in result.items()}
 
 
 def _boundary_epoch(history: pd.DataFrame) -> float | None:

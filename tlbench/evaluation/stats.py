@@ -65,7 +65,9 @@ def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """``numerator / denominator`` with 0/0 defined as 0 (the documented convention for empty classes)."""
     numerator = np.asarray(numerator, dtype=float)
     denominator = np.asarray(denominator, dtype=float)
-    return np.divide(numerator, denominator, out=np.zeros(np.broadcast(numerator, denominator).shape), where=denominator > 0)
+    return np.divide(
+        numerator, denominator, out=np.zeros(np.broadcast(numerator, denominator).shape), where=denominator > 0
+    )
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -235,7 +237,10 @@ def classification_report(y_true, y_pred, classes: list[str]) -> pd.DataFrame:
     total = int(support.sum())
     report.loc["macro avg"] = [*(_mean_over(metrics[c].to_numpy(), present) for c in metrics), total]
     weights = _safe_ratio(support, total)
-    report.loc["weighted avg"] = [*(float(metrics[c].to_numpy() @ weights) if total else np.nan for c in metrics), total]
+    report.loc["weighted avg"] = [
+        *(float(metrics[c].to_numpy() @ weights) if total else np.nan for c in metrics),
+        total,
+    ]
     report["support"] = report["support"].astype(int)
     return report
 
@@ -263,8 +268,14 @@ def expected_calibration_error(probs, y_true, n_bins: int = 10) -> tuple[float, 
     bin_accuracy = _nan_ratio(np.bincount(bins, weights=correct.astype(float), minlength=n_bins), count)
     gap = np.abs(bin_accuracy - mean_confidence)
     table = pd.DataFrame(
-        {"bin_lo": edges[:-1], "bin_hi": edges[1:], "count": count, "confidence": mean_confidence,
-         "accuracy": bin_accuracy, "gap": gap}
+        {
+            "bin_lo": edges[:-1],
+            "bin_hi": edges[1:],
+            "count": count,
+            "confidence": mean_confidence,
+            "accuracy": bin_accuracy,
+            "gap": gap,
+        }
     )
     ece = float(np.nansum(gap * count) / len(probs)) if len(probs) else float("nan")
     return ece, table

@@ -17,7 +17,11 @@ def _report_files(metrics: dict) -> str:
     phases = metrics.get("phases", {})
     names = []
     for phase, values in phases.items():
-        names += [name.replace(phase, "<phase>") for name in values.get("artifacts", {}).values() if name.replace(phase, "<phase>") not in names]
+        names += [
+            name.replace(phase, "<phase>")
+            for name in values.get("artifacts", {}).values()
+            if name.replace(phase, "<phase>") not in names
+        ]
     names += list(metrics.get("artifacts", {}).values())
     if not names:
         return ""
@@ -34,16 +38,22 @@ def format_summary(metrics: dict) -> str:
         f"split train/val/test = {sizes.get('train')}/{sizes.get('val')}/{sizes.get('test')}",
     ]
     if test_on != "test":
-        lines.append("note: no test split in this dataset; the 'test' numbers below are measured on the validation split")
+        lines.append(
+            "note: no test split in this dataset; the 'test' numbers below are measured on the validation split"
+        )
     method = phases.get("head", phases.get("finetune", {})).get("test_acc_ci_method", "wilson")
-    lines.append(f"{'phase':<13} {'epochs':>6} {'train_s':>8} {'val_acc':>8} {'test_acc':>9} {'95% CI (' + method + ')':>18} "
-                 f"{'macro_F1':>9} {'95% CI (bootstrap)':>19}")
+    lines.append(
+        f"{'phase':<13} {'epochs':>6} {'train_s':>8} {'val_acc':>8} {'test_acc':>9} {'95% CI (' + method + ')':>18} "
+        f"{'macro_F1':>9} {'95% CI (bootstrap)':>19}"
+    )
     for phase, values in phases.items():
         rows = [(phase, values), *([(f"{phase}+tta", values["tta"])] if values.get("tta") else [])]
         for name, row in rows:
             lines.append(
-                f"{name:<13} {values.get('epochs', '-'):>6} {_fmt(values.get('train_seconds'), 1):>8} {_fmt(values.get('val_acc')):>8} "
-                f"{_fmt(row.get('test_acc')):>9} {_interval(row, 'test_acc_ci95'):>18} {_fmt(row.get('test_macro_f1')):>9} "
+                f"{name:<13} {values.get('epochs', '-'):>6} {_fmt(values.get('train_seconds'), 1):>8}"
+                f" {_fmt(values.get('val_acc')):>8} "
+                f"{_fmt(row.get('test_acc')):>9} {_interval(row, 'test_acc_ci95'):>18}"
+                f" {_fmt(row.get('test_macro_f1')):>9} "
                 f"{_interval(row, 'test_macro_f1_ci95'):>19}"
             )
     if metrics.get("comparison"):

@@ -19,8 +19,10 @@ from tlbench.models import baselines  # noqa: F401  registers cnn6/cnn1 with tim
 from tlbench.models.weights import EMBEDDED_WEIGHTS, load_into, read_state_dict
 
 BACKBONE_ALIASES = {"xception": "legacy_xception"}
-NAME_FORMS = ("a timm model name with an optional pretrained tag (resnet50, resnet50.a1_in1k), hf-hub:ORG/REPO,"
-              " local-dir:FOLDER (timm's config.json + weights), or cnn6 / cnn1")
+NAME_FORMS = (
+    "a timm model name with an optional pretrained tag (resnet50, resnet50.a1_in1k), hf-hub:ORG/REPO,"
+    " local-dir:FOLDER (timm's config.json + weights), or cnn6 / cnn1"
+)
 
 
 def resolve_name(name: str) -> str:
@@ -36,8 +38,10 @@ def resolve_name(name: str) -> str:
         raise TLBenchError(f"backbone '{name}': {error}") from None
     if source == "local-dir":
         if not (Path(model_id).expanduser() / "config.json").is_file():
-            raise TLBenchError(f"backbone '{name}': {model_id} has no config.json; write the folder with"
-                               " timm.models.save_for_hf(model, FOLDER) (config.json + weights)")
+            raise TLBenchError(
+                f"backbone '{name}': {model_id} has no config.json; write the folder with"
+                " timm.models.save_for_hf(model, FOLDER) (config.json + weights)"
+            )
         return f"{source}:{Path(model_id).expanduser()}"
     if source is not None:
         return name
@@ -54,7 +58,9 @@ def resolve_name(name: str) -> str:
     return f"{arch}.{tag}" if tag else arch
 
 
-def create_classifier(name: str, pretrained: bool = True, weights: str | None = None, num_classes: int = 1000) -> tuple[nn.Module, str]:
+def create_classifier(
+    name: str, pretrained: bool = True, weights: str | None = None, num_classes: int = 1000
+) -> tuple[nn.Module, str]:
     """A timm model with its ``num_classes`` classifier and the description of the weights it got.
 
     Preference: explicit ``weights`` file, embedded offline weights, timm's own loading (hub download, or the
@@ -98,18 +104,24 @@ def _create(name: str, pretrained: bool, num_classes: int) -> nn.Module:
 def _fetch_failure(name: str, error: Exception) -> str:
     if name.startswith("local-dir:"):
         reason = f"{type(error).__name__}: {str(error).splitlines()[0]}" if str(error) else type(error).__name__
-        return (f"cannot build backbone '{name}' from its folder ({reason}); it needs timm's config.json and, for"
-                " pretrained weights, model.safetensors or pytorch_model.bin (timm.models.save_for_hf writes both)")
+        return (
+            f"cannot build backbone '{name}' from its folder ({reason}); it needs timm's config.json and, for"
+            " pretrained weights, model.safetensors or pytorch_model.bin (timm.models.save_for_hf writes both)"
+        )
     fetch = f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\" (it caches them)"
     if name.startswith("hf-hub:"):  # its config too comes from the hub, so no offline alternative applies
-        return (f"could not download '{name}' from the Hugging Face hub ({type(error).__name__}); on a machine with"
-                f" network run once: {fetch}")
+        return (
+            f"could not download '{name}' from the Hugging Face hub ({type(error).__name__}); on a machine with"
+            f" network run once: {fetch}"
+        )
     arch = split_model_name_tag(name)[0]
     offline = arch in EMBEDDED_WEIGHTS and arch != name
     embedded = f", or --model.backbone {arch} (embedded weights, offline)" if offline else ""
-    return (f"could not download ImageNet weights for '{name}' from the timm hub ({type(error).__name__}); on a machine"
-            f" with network run once: {fetch}, or save them and pass --model.weights PATH (.pth/.safetensors), or"
-            f" --model.pretrained false{embedded}")
+    return (
+        f"could not download ImageNet weights for '{name}' from the timm hub ({type(error).__name__}); on a machine"
+        f" with network run once: {fetch}, or save them and pass --model.weights PATH (.pth/.safetensors), or"
+        f" --model.pretrained false{embedded}"
+    )
 
 
 @contextmanager
@@ -142,7 +154,9 @@ def evaluating(module: nn.Module):
 
 
 # Children of timm models that map features to logits, never part of ``forward_features``.
-HEAD_MODULES = frozenset({"global_pool", "classifier", "fc", "head", "head_drop", "last_linear", "pre_logits", "fc_norm"})
+HEAD_MODULES = frozenset(
+    {"global_pool", "classifier", "fc", "head", "head_drop", "last_linear", "pre_logits", "fc_norm"}
+)
 
 
 def _open_sequentials(modules: list[nn.Module]) -> list[nn.Module]:
@@ -204,7 +218,8 @@ class FeatureExtractor(nn.Module):
         return x
 
     def forward_from(self, activations: torch.Tensor, depth: int) -> torch.Tensor:
-        """Pooled features from activations after ``depth`` layers: ``forward_from(forward_until(x, d), d) == forward(x)``."""
+        """Pooled features from activations after ``depth`` layers:
+        ``forward_from(forward_until(x, d), d) == forward(x)``."""
         for layer in self.layer_chain()[depth:]:
             activations = layer(activations)
         return self.pool(activations)
@@ -231,9 +246,13 @@ class Backbone:
     weights: str
 
 
-def create_backbone(name: str, pretrained: bool = True, weights: str | None = None, input_size: int | None = None) -> Backbone:
+def create_backbone(
+    name: str, pretrained: bool = True, weights: str | None = None, input_size: int | None = None
+) -> Backbone:
     model, source = create_classifier(name, pretrained, weights, num_classes=1000 if pretrained else 0)
     preprocessing = Preprocessing.from_timm_config(model.pretrained_cfg)
     if input_size:
-        preprocessing = Preprocessing(input_size, preprocessing.interpolation, preprocessing.mean, preprocessing.std, preprocessing.crop_pct)
+        preprocessing = Preprocessing(
+            input_size, preprocessing.interpolation, preprocessing.mean, preprocessing.std, preprocessing.crop_pct
+        )
     return Backbone(FeatureExtractor(model), preprocessing, source)

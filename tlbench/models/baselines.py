@@ -9,8 +9,8 @@ mostly measures how unlucky its initialisation was on a few hundred images.
 from __future__ import annotations
 
 import torch
-from torch import nn
 from timm.models import register_model
+from torch import nn
 
 BASELINE_CFG = {
     "input_size": (3, 128, 128),
@@ -29,7 +29,14 @@ def _conv(in_chs: int, out_chs: int) -> list[nn.Module]:
 class SmallConvNet(nn.Module):
     """Stages of ``convs_per_stage`` 3x3 convolutions, each stage ending in max-pool and dropout."""
 
-    def __init__(self, widths: tuple[int, ...], convs_per_stage: int, num_classes: int = 0, drop_rate: float = 0.25, in_chans: int = 3):
+    def __init__(
+        self,
+        widths: tuple[int, ...],
+        convs_per_stage: int,
+        num_classes: int = 0,
+        drop_rate: float = 0.25,
+        in_chans: int = 3,
+    ):
         super().__init__()
         stages, channels = [], in_chans
         for width in widths:

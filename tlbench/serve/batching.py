@@ -21,7 +21,9 @@ class MicroBatcher:
     ``max_batch=1`` turns batching off: every request gets its own forward pass, still one at a time.
     """
 
-    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], max_batch: int = 8, window_ms: float = 5.0) -> None:
+    def __init__(
+        self, forward: Callable[[torch.Tensor], torch.Tensor], max_batch: int = 8, window_ms: float = 5.0
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.forward = forward
@@ -69,7 +71,9 @@ class MicroBatcher:
             if not batch:
                 continue
             try:
-                probabilities = await loop.run_in_executor(self._executor, self.forward, torch.stack([tensor for tensor, _ in batch]))
+                probabilities = await loop.run_in_executor(
+                    self._executor, self.forward, torch.stack([tensor for tensor, _ in batch])
+                )
             except Exception as error:  # a failed pass fails its requests (500), never the worker
                 for _, future in batch:
                     if not future.done():

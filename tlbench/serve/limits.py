@@ -36,7 +36,9 @@ class BodySizeLimit:
                 await JSONResponse({"error": "invalid Content-Length header"}, status_code=400)(scope, receive, send)
                 return
             if int(declared) > self.max_bytes:
-                await JSONResponse({"error": self.too_large()}, status_code=413, headers={"Connection": "close"})(scope, receive, send)
+                await JSONResponse({"error": self.too_large()}, status_code=413, headers={"Connection": "close"})(
+                    scope, receive, send
+                )
                 return
         received = 0
 

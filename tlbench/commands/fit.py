@@ -24,6 +24,7 @@ from tlbench.errors import TLBenchError
 from tlbench.models.module import TransferLearningModule
 from tlbench.rundir import experiment_name, install_run_logger, latest_checkpoint, run_dir
 
+
 def describe_data_change(previous: pd.DataFrame, current: pd.DataFrame) -> str:
     """'' when both manifests list the same files, labels, splits and contents, else what changed."""
     columns = [c for c in ("path", "label", "split", "sha256") if c in previous.columns and c in current.columns]
@@ -31,7 +32,11 @@ def describe_data_change(previous: pd.DataFrame, current: pd.DataFrame) -> str:
     after = {tuple(row) for row in current[columns].astype(str).itertuples(index=False)}
     old_paths, new_paths = {row[0] for row in before}, {row[0] for row in after}
     changed = {row[0] for row in before ^ after} & old_paths & new_paths
-    parts = [f"{len(new_paths - old_paths)} added", f"{len(old_paths - new_paths)} removed", f"{len(changed)} changed in content, label or split"]
+    parts = [
+        f"{len(new_paths - old_paths)} added",
+        f"{len(old_paths - new_paths)} removed",
+        f"{len(changed)} changed in content, label or split",
+    ]
     return ", ".join(parts) if before != after else ""
 
 
@@ -50,11 +55,23 @@ class TLBenchCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--experiment", type=str | None, default=None,
-                            help="run name under lightning_logs/ and checkpoints/ (default: <dataset folder>_<backbone>)")
-        parser.add_argument("--force", type=bool, default=False,
-                            help="with --ckpt_path last: resume even if the data changed since the checkpoint")
-        parser.link_arguments(("model.head_epochs", "model.finetune_epochs"), "trainer.max_epochs", compute_fn=lambda head, finetune: head + finetune)
+        parser.add_argument(
+            "--experiment",
+            type=str | None,
+            default=None,
+            help="run name under lightning_logs/ and checkpoints/ (default: <dataset folder>_<backbone>)",
+        )
+        parser.add_argument(
+            "--force",
+            type=bool,
+            default=False,
+            help="with --ckpt_path last: resume even if the data changed since the checkpoint",
+        )
+        parser.link_arguments(
+            ("model.head_epochs", "model.finetune_epochs"),
+            "trainer.max_epochs",
+            compute_fn=lambda head, finetune: head + finetune,
+        )
 
     def _active_config(self):
         """The parsed config of the running subcommand (the whole config when run without one)."""
@@ -86,7 +103,10 @@ class TLBenchCLI(LightningCLI):
         current = self.datamodule.prepare_split()
         change = describe_data_change(previous, current)
         if change and not self._active_config().get("force"):
-            raise TLBenchError(f"the data under {self.datamodule.root} changed since the checkpoint ({change}); resuming would mix datasets: pass --force to resume anyway, or start a new run without --ckpt_path")
+            raise TLBenchError(
+                f"the data under {self.datamodule.root} changed since the checkpoint ({change});"
+                " resuming would mix datasets: pass --force to resume anyway, or start a new run without --ckpt_path"
+            )
 
 
 def run_lightning_cli(argv: list[str]) -> TLBenchCLI:
