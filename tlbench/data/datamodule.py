@@ -139,7 +139,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
         table = read_split(self.split_file) if self.split_file else make_split(root, self.split_seed)
         trainer = self.trainer  # the scan's bar follows --trainer.enable_progress_bar, on rank 0 only
         # reports (bad_files.csv, duplicates.csv) go to the run directory of a run, on rank 0 only
-        report_dir = run_dir(trainer) if trainer is not None and trainer.is_global_zero and trainer.lightning_module else None
+        report_dir = (
+            run_dir(trainer) if trainer is not None and trainer.is_global_zero and trainer.lightning_module else None
+        )
         progress = trainer is not None and trainer.is_global_zero and trainer.progress_bar_callback is not None
         checked = preflight(
             root, table, skip_bad=self.skip_bad_images, dedupe=self.dedupe, report_dir=report_dir, progress=progress
