@@ -14,7 +14,7 @@ import yaml
 from tlbench.errors import TLBenchError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-GRID_KEYS = ("data_dir", "datasets", "backbones", "seeds", "overrides")
+GRID_KEYS = ("data_dir", "datasets", "backbones", "recipes", "seeds", "overrides")
 
 
 def _search_folders(subfolder: str = "") -> list[Path]:
@@ -87,3 +87,14 @@ def recipe_args(dataset: str, backbone: str) -> list[str]:
     if study.is_file():
         return ["--config", str(study)]
     return ["--model", str(model)] if model.is_file() else []
+
+
+def recipe_file(name: str) -> Path:
+    """A named recipe: ``configs/recipes/<name>.yaml`` (model settings with a ``recipe:`` name), or a path."""
+    found = _find(name, "recipes")
+    if found is None:
+        available = sorted(p.stem for p in (CONFIGS / "recipes").glob("*.yaml"))
+        raise TLBenchError(
+            f"recipe '{name}' not found in configs/recipes/; available: {', '.join(available) or 'none'}"
+        )
+    return found

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tlbench.configs import recipe_args
+from tlbench.configs import recipe_args, recipe_file
 from tlbench.errors import TLBenchError
 from tlbench.io import write_csv, write_json
 from tlbench.outputs import LOGS
@@ -66,6 +66,8 @@ class GridSpec:
     seeds: list[int] = field(default_factory=lambda: [0])
     data_dir: str = "data"
     overrides: list[str] = field(default_factory=list)
+    # Named recipes (configs/recipes/<name>.yaml): whole model settings compared as candidates, beside backbones.
+    recipes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -75,9 +77,10 @@ class Cell:
     index: int
     dataset: str
     data_root: str
-    backbone: str
+    backbone: str  # a backbone name, or a recipe's name when ``named_recipe``
     seed: int
     recipe: list[str]
+    named_recipe: bool = False
     status: str = "pending"  # pending | done | skipped (finished before this invocation) | failed
     seconds: float | None = None
     returncode: int | None = None
@@ -103,11 +106,8 @@ def parse_list(value: str | list | int) -> list[str]:
 def build_spec(file_values: dict, cli_values: dict) -> GridSpec:
     """Merge a grid file with command-line values; a value given on the command line wins."""
     merged = {**file_values, **{key: value for key, value in cli_values.items() if value not in (None, [])}}
-    missing = [key for key in ("datasets", "backbones") if not merged.get(key)]
-    if missing:
-        raise TLBenchError(
-            f"the grid needs {' and '.join('--' + key for key in missing)} (or a --grid file listing them)"
-        )
+    if not merged.get("datasets") or not (merged.get("backbones") or merged.get("recipes")):
+        raise TLBenchError("the grid needs --datasets and --backbones or --recipes (or a --grid file listing them)")
     try:
         seeds = [int(seed) for seed in parse_list(merged.get("seeds", 0))]
     except ValueError:
@@ -120,10 +120,11 @@ def build_spec(file_values: dict, cli_values: dict) -> GridSpec:
         )
     return GridSpec(
         parse_list(merged["datasets"]),
-        parse_list(merged["backbones"]),
+        parse_list(merged.get("backbones") or []),
         seeds,
         str(merged.get("data_dir") or "data"),
         overrides,
+        parse_list(merged.get("recipes") or []),
     )
 
 
@@ -151,6 +152,9 @@ def plan_cells(spec: GridSpec) -> list[Cell]:
         for dataset, root in roots.items():
             for backbone in spec.backbones:
                 cells.append(Cell(len(cells) + 1, dataset, str(root), backbone, seed, recipe_args(dataset, backbone)))
+            for recipe in spec.recipes:
+                model = ["--model", str(recipe_file(recipe))]
+                cells.append(Cell(len(cells) + 1, dataset, str(root), recipe, seed, model, named_recipe=True))
     return cells
 
 
@@ -164,8 +168,7 @@ def cell_command(cell: Cell, spec: GridSpec, output: Path) -> list[str]:
         *cell.recipe,
         "--data.root",
         cell.data_root,
-        "--model.backbone",
-        cell.backbone,
+        *([] if cell.named_recipe else ["--model.backbone", cell.backbone]),
         "--data.split_seed",
         str(cell.seed),
         "--seed_everything",
@@ -225,7 +228,7 @@ def grid_name(spec: GridSpec) -> str:
     ``lightning_logs/grids/`` when no grid file names it: grids of other cells never share status files."""
     parts = [
         "-".join(Path(name).name for name in spec.datasets),
-        "-".join(spec.backbones),
+        "-".join(spec.backbones + spec.recipes),
         "seed" + "-".join(map(str, spec.seeds)),
     ]
     name = re.sub(r"[^\w.-]+", "-", "_".join(parts))

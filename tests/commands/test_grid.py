@@ -119,3 +119,24 @@ def test_a_running_cell_shows_its_newest_log_line_while_it_runs(tmp_path):
     assert returncode == 3
     assert shown == ["epoch 1", "bar 90%"]  # each line once; a progress bar by its newest state
     assert (tmp_path / "cell.log").read_bytes() == b"epoch 1\nbar 10%\rbar 90%"
+
+
+def test_recipe_grid_plans_every_shared_dataset_and_candidate_and_names_cells_by_recipe(tmp_path):
+    """configs/grids/recipe.yaml: each cell is ``fit --model configs/recipes/<name>.yaml`` with no backbone
+    override (the recipe names its backbone), and the run is named after the recipe."""
+    from tlbench.grid import cell_command, plan_cells
+
+    for name in ("birds10", "leaves3", "butterflies10", "aerial7", "xray2"):
+        (tmp_path / name).mkdir()
+    spec = build_spec({**load_grid_file("recipe"), "data_dir": str(tmp_path)}, {})
+    cells = plan_cells(spec)
+    assert len(cells) == 5 * 4 * 3 and spec.backbones == []
+    cell = next(c for c in cells if c.backbone == "lite2" and c.dataset == "xray2" and c.seed == 1)
+    command = cell_command(cell, spec, tmp_path)
+    assert command[command.index("--model") + 1] == str(CONFIGS / "recipes" / "lite2.yaml")
+    assert "--model.backbone" not in command and cell.experiment == "xray2_lite2_seed1"
+
+
+def test_every_recipe_names_itself():
+    for path in (CONFIGS / "recipes").glob("*.yaml"):
+        assert f"recipe: {path.stem}\n" in path.read_text(), path

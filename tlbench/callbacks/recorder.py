@@ -129,6 +129,7 @@ class RunRecorder(pl.Callback):
             "data_root": str(Path(datamodule.root).resolve()),
             "split_seed": datamodule.split_seed,
             "backbone": pl_module.hparams.backbone,
+            "recipe": pl_module.hparams.recipe or pl_module.hparams.backbone,
             "weights": pl_module.weights_source,
             "preprocessing": pl_module.preprocessing.to_dict(),
             "classes": pl_module.classes,

@@ -12,6 +12,7 @@ from tlbench.grid import build_spec, run_grid
 def grid(
     datasets: str | None = None,
     backbones: str | None = None,
+    recipes: str | None = None,
     seeds: str | None = None,
     data_dir: str | None = None,
     output: str = ".",
@@ -31,6 +32,8 @@ def grid(
     Args:
         datasets: comma-separated folder names under DATA_DIR, or paths.
         backbones: comma-separated backbone names (cnn6, efficientnet_lite0, vgg16, any timm name).
+        recipes: comma-separated recipe names (configs/recipes/<name>.yaml, or paths): whole model settings
+            compared as candidates; a cell is ``fit --model <recipe file>``, named <dataset>_<recipe>_seed<k>.
         seeds: comma-separated seeds; each sets both the split and the training seed (default 0).
         data_dir: folder holding the datasets named in DATASETS (default data).
         output: folder whose lightning_logs/ (and checkpoints/) receive the runs and the grid's status files.
@@ -43,6 +46,9 @@ def grid(
     file_values = load_grid_file(grid) if grid else {}
     if fit_args:
         file_values["overrides"] = [*(file_values.get("overrides") or []), *fit_args]
-    spec = build_spec(file_values, {"datasets": datasets, "backbones": backbones, "seeds": seeds, "data_dir": data_dir})
+    spec = build_spec(
+        file_values,
+        {"datasets": datasets, "backbones": backbones, "recipes": recipes, "seeds": seeds, "data_dir": data_dir},
+    )
     cells = run_grid(spec, output, Path(grid).stem if grid else None, progress=show_progress(progress))
     return 1 if any(cell.status == "failed" for cell in cells) else 0

@@ -86,6 +86,7 @@ class TransferLearningModule(pl.LightningModule):
         channels_last: bool = True,
         classes: list[str] | None = None,
         tta: bool = False,
+        recipe: str | None = None,
     ) -> None:
         """
         Args:
@@ -119,6 +120,8 @@ class TransferLearningModule(pl.LightningModule):
             classes: class names in label order; filled in from the data at fit time and stored with the model.
             tta: also test with test-time augmentation (mean softmax of the centre crop and its horizontal
                 flip), reported separately as ``tta`` beside, never instead of, the plain test metrics.
+            recipe: the name of the settings this run uses (configs/recipes/<name>.yaml sets it), recorded in
+                metrics.json; ``report`` compares runs by it (default: the backbone name).
         """
         super().__init__()
         if head_epochs < 0 or finetune_epochs < 0 or head_epochs + finetune_epochs == 0:
