@@ -23,7 +23,7 @@ from tlbench.data.decode_cache import prune as prune_decoded
 from tlbench.data.discover import check_root, files_under
 from tlbench.data.images import is_image_file, load_rgb
 from tlbench.data.split import make_split, read_split, split_summary
-from tlbench.data.transforms import Preprocessing, loader_transform
+from tlbench.data.transforms import AugmentPolicy, Preprocessing, loader_transform
 from tlbench.errors import TLBenchError
 from tlbench.rundir import run_dir
 
@@ -85,6 +85,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         num_workers: int | None = None,
         augment: bool = True,
+        augment_policy: AugmentPolicy = "none",
         sampler: Literal["random", "balanced"] = "random",
         skip_bad_images: bool = False,
         dedupe: bool = False,
@@ -99,6 +100,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
             batch_size: images per batch for every split.
             num_workers: data-loading processes; default: one less than the available cores.
             augment: random crop/flip/rotation/shift for training images.
+            augment_policy: also apply timm's RandAugment ("randaugment", rand-m9-mstd0.5) or torchvision's
+                TrivialAugmentWide ("trivialaugment") to training images, before the crop/flip; needs ``augment``.
+                The head phase on cached features (``--model.cache_features``) sees it only in the augmented views
+                of ``--model.cached_views`` K > 1 (the feature cache is keyed on the policy); with K = 1 it trains on
+                centre crops, so the policy acts in fine-tuning only.
             sampler: order of training images each epoch: "random" (shuffled, each image once) or "balanced" (drawn
                 with replacement, every class equally likely; as many draws as images), for imbalanced classes.
                 Follows the run's seed; the head phase's cached features are drawn the same way.
@@ -115,7 +121,13 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.split_file = split_file
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
+        if augment_policy != "none" and not augment:
+            raise TLBenchError(
+                f"--data.augment_policy {augment_policy} augments training images but --data.augment is false;"
+                " pass --data.augment true or drop --data.augment_policy"
+            )
         self.augment = augment
+        self.augment_policy = augment_policy
         self.sampler = sampler
         self.skip_bad_images = skip_bad_images
         self.dedupe = dedupe
@@ -196,7 +208,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         table = self.prepare_split()
         rows = table[table.split == split].reset_index(drop=True)
         pre = self.preprocessing or Preprocessing()
-        transform = loader_transform(pre, augment=train_transforms and self.augment)
+        augment = train_transforms and self.augment
+        transform = loader_transform(pre, augment=augment, policy=self.augment_policy if augment else "none")
         decoded = DecodedImageCache(pre.resize_size, pre.interpolation) if self.decode_cache else None
         return ImageTableDataset(check_root(self.root), rows, self.classes, transform, decoded)
 
