@@ -5,6 +5,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from torch.utils.data import TensorDataset, WeightedRandomSampler
 
@@ -104,3 +105,18 @@ def test_fit_with_balanced_weights_and_sampler_through_the_cli(imbalanced, tmp_p
     assert "class imbalance: largest class common" in result.stderr
     config = (tmp_path / "lightning_logs" / "skewed_cnn1" / "version_0" / "config.yaml").read_text()
     assert "class_weights: balanced" in config and "sampler: balanced" in config
+
+
+def test_a_fit_weighs_the_loss_with_the_datamodules_class_counts(imbalanced, tmp_path):
+    module = TransferLearningModule(
+        backbone="cnn1", pretrained=False, input_size=32, head_hidden=0, head_epochs=1, finetune_epochs=0,
+        class_weights="balanced",
+    )  # fmt: skip
+    data = ImageFolderDataModule(str(imbalanced), num_workers=0, batch_size=16)
+    trainer = pl.Trainer(
+        accelerator="cpu", enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path
+    )
+    trainer.fit(module, data)
+    common, rare = data.train_class_counts()
+    n = common + rare
+    assert torch.allclose(module.loss_fn.weight, torch.tensor([n / (2 * common), n / (2 * rare)]))
