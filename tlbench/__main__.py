@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from tlbench.errors import TLBenchError
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+# Commands that take fit's LightningCLI options (``--config``, ``--model.*``) and parse them themselves.
+LIGHTNING_CLI_COMMANDS = {"lr_find": "tlbench.commands.lr_find:lr_find"}
 
 # command -> "module:function"; a nested dict is a command group (``tlbench data audit``).
 COMMANDS: dict[str, str | dict[str, str]] = {
@@ -35,7 +37,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
 
 def _usage() -> str:
     lines = ["usage: python -m tlbench COMMAND [ARGS]", "", "Lightning commands (LightningCLI, --help for options):"]
-    lines += [f"  {name}" for name in LIGHTNING_SUBCOMMANDS]
+    lines += [f"  {name}" for name in (*LIGHTNING_SUBCOMMANDS, *LIGHTNING_CLI_COMMANDS)]
     lines += ["", "Other commands:"]
     for name, target in COMMANDS.items():
         if isinstance(target, dict):
@@ -72,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_lightning_cli(argv)
             return 0
+        if argv[0] in LIGHTNING_CLI_COMMANDS:
+            module_name, function_name = LIGHTNING_CLI_COMMANDS[argv[0]].split(":")
+            return getattr(importlib.import_module(module_name), function_name)(argv[1:])
         resolved = _resolve(argv)
         if resolved is None:
             raise TLBenchError(f"unknown command '{argv[0]}'; run 'python -m tlbench --help' for the list")

@@ -143,6 +143,8 @@ class FeatureCaching(pl.Callback):
             "seed": datamodule.split_seed,
             "pipeline": PIPELINE_VERSION,
         }
+        if augmented and datamodule.augment_policy != "none":  # keyed only when on: earlier entries stay valid
+            description["augment_policy"] = datamodule.augment_policy
         path = cache_dir("features") / f"{cache_key(weights_digest(module.backbone), description, files)}.pt"
         found = path.is_file()
         if trainer.world_size > 1:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from tlbench.data.audit import preflight, scan_files
 from tlbench.data.decode_cache import DecodedImageCache
@@ -22,7 +23,7 @@ from tlbench.data.decode_cache import prune as prune_decoded
 from tlbench.data.discover import check_root, files_under
 from tlbench.data.images import is_image_file, load_rgb
 from tlbench.data.split import make_split, read_split, split_summary
-from tlbench.data.transforms import Preprocessing, loader_transform
+from tlbench.data.transforms import AugmentPolicy, Preprocessing, loader_transform
 from tlbench.errors import TLBenchError
 from tlbench.rundir import run_dir
 
@@ -71,6 +72,10 @@ def default_num_workers() -> int:
     return max(0, min(8, cores - 1))
 
 
+# A warning at fit start when the largest training class has more than this many times the smallest one's images.
+IMBALANCE_WARNING_RATIO = 3
+
+
 class ImageFolderDataModule(pl.LightningDataModule):
     def __init__(
         self,
@@ -80,6 +85,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         num_workers: int | None = None,
         augment: bool = True,
+        augment_policy: AugmentPolicy = "none",
+        sampler: Literal["random", "balanced"] = "random",
         skip_bad_images: bool = False,
         dedupe: bool = False,
         decode_cache: bool = True,
@@ -93,6 +100,14 @@ class ImageFolderDataModule(pl.LightningDataModule):
             batch_size: images per batch for every split.
             num_workers: data-loading processes; default: one less than the available cores.
             augment: random crop/flip/rotation/shift for training images.
+            augment_policy: also apply timm's RandAugment ("randaugment", rand-m9-mstd0.5) or torchvision's
+                TrivialAugmentWide ("trivialaugment") to training images, before the crop/flip; needs ``augment``.
+                The head phase on cached features (``--model.cache_features``) sees it only in the augmented views
+                of ``--model.cached_views`` K > 1 (the feature cache is keyed on the policy); with K = 1 it trains on
+                centre crops, so the policy acts in fine-tuning only.
+            sampler: order of training images each epoch: "random" (shuffled, each image once) or "balanced" (drawn
+                with replacement, every class equally likely; as many draws as images), for imbalanced classes.
+                Follows the run's seed; the head phase's cached features are drawn the same way.
             skip_bad_images: train without unusable files (listed in metrics.json "skipped") instead of stopping.
             dedupe: drop later copies of images duplicated across train/val/test instead of stopping.
             decode_cache: keep images decoded and shrunk to the training resolution on disk, so later epochs and
@@ -106,7 +121,14 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.split_file = split_file
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
+        if augment_policy != "none" and not augment:
+            raise TLBenchError(
+                f"--data.augment_policy {augment_policy} augments training images but --data.augment is false;"
+                " pass --data.augment true or drop --data.augment_policy"
+            )
         self.augment = augment
+        self.augment_policy = augment_policy
+        self.sampler = sampler
         self.skip_bad_images = skip_bad_images
         self.dedupe = dedupe
         self.decode_cache = decode_cache
@@ -156,8 +178,26 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def split_sizes(self) -> dict[str, int]:
         return split_summary(self.prepare_split())
 
+    def train_class_counts(self) -> list[int]:
+        """Training images per class, in class-index order (``classes``)."""
+        table = self.prepare_split()
+        counts = table[table.split == "train"].label.value_counts()
+        return [int(counts.get(name, 0)) for name in self.classes]
+
+    def _warn_if_imbalanced(self) -> None:
+        counts = dict(zip(self.classes, self.train_class_counts()))
+        largest, smallest = max(counts, key=counts.get), min(counts, key=counts.get)
+        if counts[largest] > IMBALANCE_WARNING_RATIO * counts[smallest]:
+            rank_zero_warn(
+                f"class imbalance: largest class {largest} has {counts[largest]} images, smallest {smallest} has"
+                f" {counts[smallest]} (ratio {counts[largest] / max(1, counts[smallest]):.1f});"
+                " consider --model.class_weights balanced or --data.sampler balanced"
+            )
+
     def setup(self, stage: str | None = None) -> None:
         self.prepare_split()
+        if stage == "fit":
+            self._warn_if_imbalanced()
         if self.decode_cache:
             prune_decoded()
         if self.preprocessing is None:
@@ -168,15 +208,19 @@ class ImageFolderDataModule(pl.LightningDataModule):
         table = self.prepare_split()
         rows = table[table.split == split].reset_index(drop=True)
         pre = self.preprocessing or Preprocessing()
-        transform = loader_transform(pre, augment=train_transforms and self.augment)
+        augment = train_transforms and self.augment
+        transform = loader_transform(pre, augment=augment, policy=self.augment_policy if augment else "none")
         decoded = DecodedImageCache(pre.resize_size, pre.interpolation) if self.decode_cache else None
         return ImageTableDataset(check_root(self.root), rows, self.classes, transform, decoded)
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, shuffle: bool = False, sampler: torch.utils.data.Sampler | None = None
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -185,11 +229,27 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def _precomputed(self, split: str) -> Dataset | None:
         return self.precomputed_inputs(split) if self.precomputed_inputs is not None else None
 
+    def _balanced_sampler(self, size: int) -> WeightedRandomSampler:
+        """``size`` draws with replacement, each training image weighted by one over its class's size, so every class
+        is equally likely. The draws use the global random stream, which the run's seed sets."""
+        table = self.prepare_split()
+        labels = table[table.split == "train"].label
+        if len(labels) != size:
+            raise RuntimeError(f"the training loader serves {size} items for {len(labels)} training images")
+        weights = 1.0 / labels.map(labels.value_counts()).to_numpy(dtype="float64")
+        return WeightedRandomSampler(torch.from_numpy(weights), num_samples=size, replacement=True)
+
+    def _train_loader_options(self, dataset: Dataset) -> dict:
+        if self.sampler == "balanced":
+            return {"sampler": self._balanced_sampler(len(dataset))}
+        return {"shuffle": True}
+
     def train_dataloader(self) -> DataLoader:
         precomputed = self._precomputed("train")
         if precomputed is not None:
-            return DataLoader(precomputed, batch_size=self.batch_size, shuffle=True)
-        return self._loader(self.dataset("train", train_transforms=True), shuffle=True)
+            return DataLoader(precomputed, batch_size=self.batch_size, **self._train_loader_options(precomputed))
+        dataset = self.dataset("train", train_transforms=True)
+        return self._loader(dataset, **self._train_loader_options(dataset))
 
     def val_dataloader(self) -> DataLoader:
         precomputed = self._precomputed("val")

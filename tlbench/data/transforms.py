@@ -8,13 +8,18 @@ The datamodule's loaders hand out ``uint8`` images and the model normalises whol
 (``Preprocessing.normalize``, the same arithmetic as ``ToTensor`` + ``Normalize``, so results are bit-identical):
 loader workers share the CPU with training, and a quarter of the bytes cross from worker to trainer. The
 augmentation (random zoom crop, rotation, shift, flip) is one affine warp, so each image is resampled once.
+An opt-in policy (RandAugment, TrivialAugment) runs on the PIL image before the warp.
 """
 
 from __future__ import annotations
 
 import math
+import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Literal
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms as T
@@ -25,6 +30,9 @@ INTERPOLATIONS = {
     "bicubic": InterpolationMode.BICUBIC,
     "nearest": InterpolationMode.NEAREST,
 }
+AugmentPolicy = Literal["none", "randaugment", "trivialaugment"]
+# timm's RandAugment: 2 ops per image at magnitude 9 of 10, the magnitude jittered with std 0.5 (timm's recipes).
+RANDAUGMENT_CONFIG = "rand-m9-mstd0.5"
 
 
 @dataclass(frozen=True)
@@ -154,7 +162,44 @@ class RandomWarp:
         )
 
 
-def loader_transform(pre: Preprocessing, augment: bool) -> T.Compose:
-    """What the datamodule's loaders apply: the random warp (``augment``) or the eval geometry, to ``uint8``."""
-    geometry = [RandomWarp(pre.input_size, pre.resize_size, pre.interpolation)] if augment else _eval_geometry(pre)
-    return T.Compose([*geometry, T.PILToTensor()])
+class TorchSeeded:
+    """Run ``transform`` with Python's and NumPy's random streams seeded from PyTorch's, then put them back.
+
+    timm's RandAugment draws from ``random`` and ``numpy.random``; this makes it follow the one stream every other
+    augmentation here uses, so the feature cache's seeded augmented views stay reproducible without loader workers.
+    """
+
+    def __init__(self, transform: Callable[[Image.Image], Image.Image]) -> None:
+        self.transform = transform
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        seed = int(torch.randint(2**31, (1,)))
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        random.seed(seed)
+        np.random.seed(seed)
+        try:
+            return self.transform(image)
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+def augment_policy_transform(pre: Preprocessing, policy: AugmentPolicy) -> list:
+    """The policy's transform on PIL images, as a list to splice into a ``Compose`` (empty for "none")."""
+    if policy == "none":
+        return []
+    if policy == "trivialaugment":
+        return [T.TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR)]
+    from timm.data.auto_augment import rand_augment_transform
+
+    hparams = {"translate_const": int(pre.resize_size * 0.45), "img_mean": tuple(round(255 * m) for m in pre.mean)}
+    return [TorchSeeded(rand_augment_transform(RANDAUGMENT_CONFIG, hparams))]
+
+
+def loader_transform(pre: Preprocessing, augment: bool, policy: AugmentPolicy = "none") -> T.Compose:
+    """What the datamodule's loaders apply: the augment ``policy`` then the random warp (``augment``), or the eval
+    geometry, to ``uint8``."""
+    if not augment:
+        return T.Compose([*_eval_geometry(pre), T.PILToTensor()])
+    warp = RandomWarp(pre.input_size, pre.resize_size, pre.interpolation)
+    return T.Compose([*augment_policy_transform(pre, policy), warp, T.PILToTensor()])

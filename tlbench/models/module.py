@@ -81,6 +81,7 @@ class TransferLearningModule(pl.LightningModule):
         weight_decay: float = 1e-4,
         lr_schedule: Literal["constant", "cosine"] = "cosine",
         label_smoothing: float = 0.0,
+        class_weights: Literal["none", "balanced"] = "none",
         cache_features: bool = True,
         cached_views: int = 1,
         channels_last: bool = True,
@@ -110,6 +111,9 @@ class TransferLearningModule(pl.LightningModule):
             weight_decay: weight decay of both phases.
             lr_schedule: per-phase learning-rate schedule, cosine decay over the phase's epochs or constant.
             label_smoothing: cross-entropy label smoothing.
+            class_weights: cross-entropy class weights: "none", or "balanced" (n_images / (n_classes * n_class) from
+                the training split's labels, as scikit-learn's "balanced"), so rare classes count as much as common
+                ones in the loss; computed when the run starts, never stored in checkpoints.
             cache_features: train the head phase on backbone features computed once, and validate fine-tuning on
                 the frozen layers' activations computed once (see callbacks/feature_cache.py), instead of running
                 the frozen layers every epoch.
@@ -154,10 +158,20 @@ class TransferLearningModule(pl.LightningModule):
         self.apply_phase(self.phase)
 
     def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
         if self.head is None:
-            datamodule = self.trainer.datamodule
             datamodule.prepare_split()
             self.set_classes(datamodule.classes)
+        if self.hparams.class_weights == "balanced" and stage != "predict":
+            self.set_class_weights(datamodule.train_class_counts())
+
+    def set_class_weights(self, counts: list[int]) -> None:
+        """Weigh each class's loss by ``n_images / (n_classes * n_class)`` for per-class training ``counts``
+        (a class without training images gets weight 0). The weights are data, not learned state: kept out of
+        the state dict, so checkpoints load the same with and without them."""
+        counts = torch.tensor(counts, dtype=torch.float32)
+        weights = torch.where(counts > 0, counts.sum() / (len(counts) * counts.clamp(min=1)), 0.0)
+        self.loss_fn.register_buffer("weight", weights.to(self.device), persistent=False)
 
     @property
     def classes(self) -> list[str]:

@@ -1,0 +1,34 @@
+"""``python -m tlbench lr_find``: a range test per phase, printed and plotted, on a tiny dataset."""
+
+import re
+
+from tests.conftest import run_tlbench
+
+ARGS = [
+    "--model.backbone", "cnn1", "--model.pretrained", "false", "--model.input_size", "32", "--model.head_hidden", "16",
+    "--model.head_epochs", "20", "--model.finetune_epochs", "20", "--data.batch_size", "2", "--data.num_workers", "0",
+    "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
+]  # fmt: skip
+
+
+def test_lr_find_prints_and_plots_a_suggestion_per_phase_and_leaves_no_run(tiny_dataset, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_tlbench("lr_find", "--data.root", str(tiny_dataset), *ARGS, cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name, configured in (("head_lr", "0.001"), ("finetune_lr", "0.0001")):
+        line = re.search(rf"^{name}: suggested (\S+) \(configured {configured}\); plot (\S+)$", result.stdout, re.M)
+        assert line, result.stdout
+        assert float(line.group(1)) > 0
+    plots = work / "lightning_logs" / "lr_find" / "tiny_cnn1"
+    assert sorted(p.name for p in plots.iterdir()) == ["finetune_lr.png", "head_lr.png"]
+    assert (plots / "head_lr.png").read_bytes()[:4] == b"\x89PNG"
+    leftovers = {p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file()}
+    assert leftovers == {f"lightning_logs/lr_find/tiny_cnn1/{name}.png" for name in ("head_lr", "finetune_lr")}
+
+
+def test_lr_find_searches_only_the_phases_the_run_has(tiny_dataset, tmp_path):
+    head_only = ("--model.finetune_epochs", "0")
+    result = run_tlbench("lr_find", "--data.root", str(tiny_dataset), *ARGS, *head_only, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "head_lr: suggested" in result.stdout and "finetune_lr" not in result.stdout
