@@ -4,6 +4,10 @@ Phase "head" trains the head on a frozen backbone whose BatchNorm layers stay in
 statistics are bit-identical before and after. Phase "finetune" unfreezes the top ``unfreeze_blocks`` blocks
 with its own optimizer and learning rate. The phase is stored in every checkpoint and re-applied before the
 optimizer is built on resume, so a run killed after the boundary resumes fine-tuning, not frozen (PL #21901).
+The boundary epoch (``finetune_start``) is stored too: ``head_patience`` may move it earlier during the fit.
+
+Optional recipe controls, all off by default: layer-wise learning-rate decay, no weight decay on norms and biases,
+linear warmup per phase, early stopping per phase (``PhaseSchedule``), and timm's Mixup/CutMix.
 """
 
 from __future__ import annotations
@@ -450,7 +454,7 @@ class TransferLearningModule(pl.LightningModule):
 
         hp = self.hparams
         phases = [phase for phase, epochs in (("head", hp.head_epochs), ("finetune", hp.finetune_epochs)) if epochs > 0]
-        caching = [FeatureCaching(hp.head_epochs, hp.cached_views)] if hp.cache_features else []
+        caching = [FeatureCaching(hp.cached_views)] if hp.cache_features else []
         checkpoints = [*(PhaseCheckpoint(phase) for phase in phases), PhaseCheckpoint(None)]
         # TestBestPhases last: its test after fit runs once every other callback has finished the fit.
         return [PhaseSchedule(), RunRecorder(), *caching, *checkpoints, PredictionCSVWriter(), TestBestPhases()]
