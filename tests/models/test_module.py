@@ -138,3 +138,87 @@ def test_frozen_trunk_is_below_the_unfrozen_blocks_and_checking_it_keeps_batchno
     assert any(p.requires_grad for p in chain[depth].parameters())
     assert {layer: layer.training for layer in model.modules()} == modes
     assert module(unfreeze_blocks=-1).frozen_trunk_depth() == 0
+
+
+def test_layer_decay_scales_learning_rate_per_block_group_from_the_top():
+    model = module(unfreeze_blocks=2, layer_decay=0.5, finetune_lr=1.0, lr_schedule="constant")
+    model.apply_phase("finetune")
+    optimizer = model.configure_optimizers()
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    groups = model.backbone.block_groups()
+    assert all(lr_of[id(p)] == 1.0 for p in model.head.parameters())
+    assert all(lr_of[id(p)] == 0.5 for p in groups[-1]) and all(lr_of[id(p)] == 0.25 for p in groups[-2])
+    assert not any(id(p) in lr_of for group in groups[:-2] for p in group)
+    assert optimizer.defaults["fused"]  # the fused kernel takes the groups too
+
+
+def test_norms_and_biases_without_weight_decay_only_when_asked():
+    def decay_of(model):
+        optimizer = model.configure_optimizers()["optimizer"]
+        return {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+
+    default = decay_of(module(weight_decay=0.1))
+    assert set(default.values()) == {0.1}
+    model = module(weight_decay=0.1, decay_norms_and_biases=False)
+    split = decay_of(model)
+    assert all(split[id(p)] == (0.1 if p.ndim >= 2 else 0.0) for p in model.head.parameters())
+    assert {0.0, 0.1} == set(split.values())
+
+
+def learning_rates(model, epochs: int) -> list[float]:
+    scheduled = model.configure_optimizers()
+    optimizer, schedule = scheduled["optimizer"], scheduled["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return rates
+
+
+def test_warmup_ramps_linearly_then_follows_the_schedule():
+    model = module(finetune_epochs=5, finetune_lr=1.0, warmup_epochs=2)
+    model.apply_phase("finetune")
+    assert learning_rates(model, 5) == pytest.approx([1 / 3, 2 / 3, 1.0, 0.75, 0.25])
+    constant = module(finetune_epochs=4, finetune_lr=1.0, warmup_epochs=1, lr_schedule="constant")
+    constant.apply_phase("finetune")
+    assert learning_rates(constant, 4) == pytest.approx([0.5, 1.0, 1.0, 1.0])
+    head = module(head_epochs=3, head_lr=1.0, head_warmup_epochs=1, lr_schedule="constant")
+    assert learning_rates(head, 3) == pytest.approx([0.5, 1.0, 1.0])
+    assert learning_rates(module(head_epochs=2, head_lr=1.0), 2) == pytest.approx([1.0, 0.5])  # unchanged default
+
+
+@pytest.mark.parametrize("option, value", [("layer_decay", 0.0), ("warmup_epochs", -1), ("head_patience", 0)])
+def test_recipe_controls_refuse_meaningless_values(option, value):
+    from tlbench.errors import TLBenchError
+
+    with pytest.raises(TLBenchError, match=f"--model.{option} {value} is invalid"):
+        module(**{option: value})
+
+
+def test_mixup_mixes_cached_features_and_cutmix_needs_images():
+    model = module(mixup=0.4, cutmix=1.0, label_smoothing=0.1)
+    features, targets = torch.randn(4, model.backbone.num_features), torch.tensor([0, 1, 2, 0])
+    model.set_batch_inputs("train", "pooled")
+    mixed, soft = model._mixed(features.clone(), targets)
+    lam = soft[0, 0].item()  # row 0 mixes class 0 (itself) with class 0 (its mirror, row 3): lam + 1 - lam
+    assert soft.shape == (4, 3) and torch.allclose(soft.sum(dim=1), torch.ones(4)) and lam == pytest.approx(1.0)
+    weight = soft[1, 1].item()  # row 1 (class 1) is mixed with row 2 (class 2)
+    assert torch.allclose(mixed[1], weight * features[1] + (1 - weight) * features[2], atol=1e-5)
+    model.set_batch_inputs("train", "images")
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    mixed_images, soft = model._mixed(images, targets)
+    assert mixed_images.is_floating_point() and soft.shape == (4, 3)
+    assert model._mixed(images[:3], targets[:3])[1].ndim == 1  # timm pairs images: an odd batch stays unmixed
+    assert module()._mixed(features, targets)[1] is targets  # off by default
+
+
+def test_soft_targets_give_the_smoothed_loss_of_timm_mixup():
+    from timm.data.mixup import mixup_target
+    from timm.loss import SoftTargetCrossEntropy
+
+    model = module(label_smoothing=0.1)
+    logits, targets = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    ours = model.loss_fn(logits, mixup_target(targets, 3, lam=0.7, smoothing=0.0))
+    timm_loss = SoftTargetCrossEntropy()(logits, mixup_target(targets, 3, lam=0.7, smoothing=0.1))
+    assert ours.item() == pytest.approx(timm_loss.item(), rel=1e-6)

@@ -44,12 +44,10 @@ class FeatureCaching(pl.Callback):
     validation.
 
     Args:
-        head_epochs: epochs of the head phase, the epochs that train on cached features.
         views: feature views cached per training image (see the module docstring).
     """
 
-    def __init__(self, head_epochs: int, views: int = 1) -> None:
-        self.head_epochs = head_epochs
+    def __init__(self, views: int = 1) -> None:
         self.views = views
         self.trainer: pl.Trainer | None = None
         self._head: dict[str, FeatureSet] = {}
@@ -61,8 +59,9 @@ class FeatureCaching(pl.Callback):
         return next((callback for callback in trainer.callbacks if isinstance(callback, FeatureCaching)), None)
 
     def caches_features(self, epoch: int) -> bool:
-        """Whether epoch ``epoch`` trains the head on cached features."""
-        return epoch < self.head_epochs
+        """Whether epoch ``epoch`` trains the head on cached features: a head-phase epoch, before the module's
+        ``finetune_start`` (which ``head_patience`` may move earlier during the fit), of a fit with a datamodule."""
+        return self.trainer is not None and epoch < self.trainer.lightning_module.finetune_start
 
     # -- Lightning hooks ----------------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -8,6 +8,7 @@ parameters and BatchNorm layers train (see ``TransferLearningModule.apply_phase`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -33,7 +34,27 @@ LIGHTNING_DEFAULT_MAX_EPOCHS = 1000  # what Lightning sets when max_epochs is le
 
 
 class PhaseSchedule(pl.Callback):
-    """Switch from the head phase to the fine-tune phase after ``head_epochs`` epochs."""
+    """Switch from the head phase to the fine-tune phase at the module's ``finetune_start`` epoch, and end each phase
+    early once its patience (``head_patience``, ``finetune_patience``) runs out.
+
+    Patience counts validations without a lower val_loss than the phase's best so far. A head phase that runs out
+    moves ``finetune_start`` to the next epoch (the module keeps it, checkpoints with it, and ``FeatureCaching`` and
+    ``PhaseCheckpoint`` read it), and the epoch budget shrinks by the head epochs left; a fine-tune phase that runs
+    out ends the fit. Lightning's ``EarlyStopping`` cannot do this: it can only stop the whole fit
+    (``trainer.should_stop``), and its best score would carry over the boundary, where the loss starts afresh.
+    The best loss and stale count are this callback's state, so a resumed run keeps counting where it was killed.
+    """
+
+    def __init__(self) -> None:
+        self.best_loss = math.inf
+        self.stale_validations = 0
+
+    def state_dict(self) -> dict:
+        return {"best_loss": self.best_loss, "stale_validations": self.stale_validations}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best_loss = state_dict.get("best_loss", math.inf)
+        self.stale_validations = state_dict.get("stale_validations", 0)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """The schedule owns the epoch budget: ``max_epochs`` is ``head_epochs + finetune_epochs``. Lightning's
@@ -48,14 +69,45 @@ class PhaseSchedule(pl.Callback):
             )
         trainer.fit_loop.max_epochs = total
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A resumed run whose head phase stopped early keeps its shorter budget (checkpoints are restored after
+        ``setup``)."""
+        self._fit_budget(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if pl_module.phase == "head" and trainer.current_epoch >= pl_module.hparams.head_epochs:
+        if pl_module.phase == "head" and trainer.current_epoch >= pl_module.finetune_start:
             pl_module.apply_phase("finetune")
+            self.best_loss, self.stale_validations = math.inf, 0
             if isinstance(trainer.strategy, DDPStrategy):
                 # DDP registers the parameters that need gradients when it wraps the model: wrap again.
                 trainer.strategy.model = trainer.strategy.lightning_module
                 trainer.strategy.configure_ddp()
             trainer.strategy.setup_optimizers(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Count this validation against the phase's patience. Runs before the checkpoints' own hook (Lightning
+        orders checkpoint callbacks last), so the epoch that ends the head phase writes ``last.ckpt`` with the new
+        boundary."""
+        hp = pl_module.hparams
+        patience = hp.head_patience if pl_module.phase == "head" else hp.finetune_patience
+        loss = trainer.callback_metrics.get("val_loss")
+        if trainer.sanity_checking or patience is None or loss is None:
+            return
+        if float(loss) < self.best_loss:
+            self.best_loss, self.stale_validations = float(loss), 0
+            return
+        self.stale_validations += 1
+        if self.stale_validations < patience:
+            return
+        if pl_module.phase == "head":
+            pl_module.finetune_start = trainer.current_epoch + 1
+            self._fit_budget(trainer, pl_module)
+        else:
+            trainer.should_stop = True
+
+    @staticmethod
+    def _fit_budget(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.fit_loop.max_epochs = pl_module.finetune_start + pl_module.hparams.finetune_epochs
 
 
 class PhaseCheckpoint(ModelCheckpoint):

@@ -4,6 +4,10 @@ Phase "head" trains the head on a frozen backbone whose BatchNorm layers stay in
 statistics are bit-identical before and after. Phase "finetune" unfreezes the top ``unfreeze_blocks`` blocks
 with its own optimizer and learning rate. The phase is stored in every checkpoint and re-applied before the
 optimizer is built on resume, so a run killed after the boundary resumes fine-tuning, not frozen (PL #21901).
+The boundary epoch (``finetune_start``) is stored too: ``head_patience`` may move it earlier during the fit.
+
+Optional recipe controls, all off by default: layer-wise learning-rate decay, no weight decay on norms and biases,
+linear warmup per phase, early stopping per phase (``PhaseSchedule``), and timm's Mixup/CutMix.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
+from timm.data import Mixup
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics import MetricCollection
@@ -49,6 +54,35 @@ def build_optimizer(
         return optimizer(params, lr=lr, weight_decay=weight_decay, **settings)
 
 
+def check_recipe_options(options: dict) -> None:
+    """Refuse, in one line naming the option, recipe-control values that have no meaning."""
+    at_least_one_or_none = (lambda value: value is None or value >= 1, "an integer >= 1, or null for never")
+    non_negative = (lambda value: value >= 0, ">= 0")
+    rules = {
+        "layer_decay": (lambda value: value is None or 0 < value <= 1, "in (0, 1], or null for no decay"),
+        "warmup_epochs": non_negative,
+        "head_warmup_epochs": non_negative,
+        "head_patience": at_least_one_or_none,
+        "finetune_patience": at_least_one_or_none,
+        "mixup": non_negative,
+        "cutmix": non_negative,
+    }
+    for name, (valid, expected) in rules.items():
+        if not valid(options[name]):
+            raise TLBenchError(f"--model.{name} {options[name]} is invalid: use {expected}")
+
+
+def schedule_factor(epoch: int, epochs: int, warmup: int, cosine: bool) -> float:
+    """Learning-rate multiplier of a phase's ``epoch``: linear warmup over ``warmup`` epochs, then constant or
+    cosine decay over the phase's remaining epochs."""
+    if epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+    if not cosine:
+        return 1.0
+    progress = min(1.0, (epoch - warmup) / max(1, epochs - warmup))
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
     metrics = {
         "acc": MulticlassAccuracy(num_classes, average="micro"),
@@ -82,6 +116,14 @@ class TransferLearningModule(pl.LightningModule):
         lr_schedule: Literal["constant", "cosine"] = "cosine",
         label_smoothing: float = 0.0,
         class_weights: Literal["none", "balanced"] = "none",
+        layer_decay: float | None = None,
+        decay_norms_and_biases: bool = True,
+        warmup_epochs: int = 0,
+        head_warmup_epochs: int = 0,
+        head_patience: int | None = None,
+        finetune_patience: int | None = None,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
         cache_features: bool = True,
         cached_views: int = 1,
         channels_last: bool = True,
@@ -110,10 +152,29 @@ class TransferLearningModule(pl.LightningModule):
             momentum: momentum for SGD.
             weight_decay: weight decay of both phases.
             lr_schedule: per-phase learning-rate schedule, cosine decay over the phase's epochs or constant.
-            label_smoothing: cross-entropy label smoothing.
+            label_smoothing: cross-entropy label smoothing (of the mixed targets too, with ``mixup``/``cutmix``).
             class_weights: cross-entropy class weights: "none", or "balanced" (n_images / (n_classes * n_class) from
                 the training split's labels, as scikit-learn's "balanced"), so rare classes count as much as common
                 ones in the loss; computed when the run starts, never stored in checkpoints.
+            layer_decay: layer-wise learning-rate decay while fine-tuning, over timm's block groups: the head gets
+                ``finetune_lr``, the top unfrozen group ``finetune_lr * layer_decay``, the next one
+                ``finetune_lr * layer_decay**2``, ...; None (default) gives every trained parameter ``finetune_lr``.
+            decay_norms_and_biases: apply ``weight_decay`` to every parameter (default, as before); False applies it
+                to weights of dim >= 2 only, none to norm scales and biases (timm's and most recipes' convention).
+            warmup_epochs: epochs of linear learning-rate warmup at the start of the fine-tune phase, before the
+                ``lr_schedule``; epoch ``e < warmup_epochs`` trains at ``(e + 1) / (warmup_epochs + 1)`` of the rate.
+            head_warmup_epochs: the same for the head phase.
+            head_patience: end the head phase once val_loss has not improved for this many epochs of the phase;
+                fine-tuning then starts at the next epoch and keeps its ``finetune_epochs``. None: never early.
+            finetune_patience: end the fine-tune phase, and so the fit, once val_loss has not improved for this
+                many epochs of the phase. None: never early.
+            mixup: timm Mixup alpha for training batches (0 = off). While the head trains on cached pooled
+                features it mixes those feature vectors (and their targets) instead of the images.
+            cutmix: timm CutMix alpha for training image batches (0 = off). Cut-and-paste needs images, so it is
+                skipped while the head trains on cached pooled features (only ``mixup`` mixes there). With both on,
+                each batch uses one of them (timm's switch). Train metrics of a mixed batch count the dominant
+                label (the argmax of the mixed targets); a batch of odd size (at most an epoch's last) is not mixed,
+                as timm's Mixup pairs each image with its mirror in the batch.
             cache_features: train the head phase on backbone features computed once, and validate fine-tuning on
                 the frozen layers' activations computed once (see callbacks/feature_cache.py), instead of running
                 the frozen layers every epoch.
@@ -130,6 +191,7 @@ class TransferLearningModule(pl.LightningModule):
         super().__init__()
         if head_epochs < 0 or finetune_epochs < 0 or head_epochs + finetune_epochs == 0:
             raise ValueError("head_epochs and finetune_epochs must be >= 0 and not both 0")
+        check_recipe_options(locals())
         self.save_hyperparameters()
         built = create_backbone(backbone, pretrained, weights, input_size)
         self.backbone = built.extractor
@@ -139,6 +201,9 @@ class TransferLearningModule(pl.LightningModule):
         self.weights_source = built.weights
         self.head: nn.Module | None = None
         self.phase: Phase = "head" if head_epochs > 0 else "finetune"
+        # The first fine-tune epoch: ``head_epochs`` unless ``head_patience`` ends the head phase earlier. The one
+        # source of truth for the phase boundary (PhaseSchedule, FeatureCaching, PhaseCheckpoint), kept in checkpoints.
+        self.finetune_start = head_epochs
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.test_outputs: list[dict[str, torch.Tensor]] = []
         self.batch_inputs: dict[str, BatchInputs] = {}
@@ -228,6 +293,7 @@ class TransferLearningModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tlbench_phase"] = self.phase
+        checkpoint["tlbench_finetune_start"] = self.finetune_start
         checkpoint["tlbench_preprocessing"] = self.preprocessing.to_dict()
         checkpoint["tlbench_weights"] = self.weights_source
 
@@ -236,6 +302,7 @@ class TransferLearningModule(pl.LightningModule):
         if self.head is None and classes:
             self.set_classes(classes)
         self.apply_phase(checkpoint.get("tlbench_phase", self.phase))
+        self.finetune_start = checkpoint.get("tlbench_finetune_start", self.finetune_start)
 
     # -- forward and steps ----------------------------------------------------------------------------------------
     def _network_input(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -269,10 +336,28 @@ class TransferLearningModule(pl.LightningModule):
             return self.head(inputs)
         return self.head(self.backbone.forward_from(self._network_input(inputs), kind))
 
+    def _mixed(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch mixed as ``mixup``/``cutmix`` ask (see their docstrings), with class-probability targets;
+        unchanged when nothing mixes it. The mixer does no label smoothing: ``loss_fn`` smooths the probabilities,
+        which gives timm's smoothed mixed targets exactly."""
+        hp = self.hparams
+        images = self.batch_inputs.get("train", "images") == "images"
+        mixup = hp.mixup
+        cutmix = hp.cutmix if images else 0.0
+        if (mixup == 0 and cutmix == 0) or len(targets) % 2:
+            return inputs, targets
+        mixer = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=0.0, num_classes=len(self.classes))
+        return mixer(self._network_input(inputs) if images else inputs.clone(), targets)
+
     def _shared_step(self, batch, metrics: MetricCollection, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, targets = batch[0], batch[1]
+        loss_targets = targets
+        if stage == "train":
+            inputs, loss_targets = self._mixed(inputs, targets)
+            if loss_targets.ndim == 2:
+                targets = loss_targets.argmax(dim=1)
         logits = self._logits(inputs, stage)
-        loss = self.loss_fn(logits, targets)
+        loss = self.loss_fn(logits, loss_targets)
         if not torch.isfinite(loss):
             raise TLBenchError(
                 f"training diverged: {stage} loss is {loss.item()} at epoch {self.current_epoch},"
@@ -329,18 +414,49 @@ class TransferLearningModule(pl.LightningModule):
 
     # -- optimisation ---------------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        """The optimizer of the current phase, over the parameters that phase trains."""
+        """The optimizer of the current phase, over the parameters that phase trains, with the phase's warmup and
+        ``lr_schedule`` stepped per epoch."""
         hp = self.hparams
-        name, lr = (hp.head_optimizer, hp.head_lr) if self.phase == "head" else (hp.finetune_optimizer, hp.finetune_lr)
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = build_optimizer(name, params, lr, hp.momentum, hp.weight_decay)
-        if hp.lr_schedule == "constant":
+        head = self.phase == "head"
+        name, lr = (hp.head_optimizer, hp.head_lr) if head else (hp.finetune_optimizer, hp.finetune_lr)
+        optimizer = build_optimizer(name, self.parameter_groups(lr), lr, hp.momentum, hp.weight_decay)
+        warmup = hp.head_warmup_epochs if head else hp.warmup_epochs
+        if hp.lr_schedule == "constant" and warmup == 0:
             return optimizer
-        epochs = max(1, hp.head_epochs if self.phase == "head" else hp.finetune_epochs)
+        epochs, cosine = max(1, hp.head_epochs if head else hp.finetune_epochs), hp.lr_schedule == "cosine"
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / epochs)))
+            optimizer, lambda epoch: schedule_factor(epoch, epochs, warmup, cosine)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+
+    def parameter_groups(self, lr: float) -> list[dict]:
+        """The current phase's trainable parameters as optimizer groups. With ``layer_decay`` while fine-tuning, the
+        head gets ``lr`` and the d-th block group from the top ``lr * layer_decay**d``; without, one group at ``lr``.
+        With ``decay_norms_and_biases`` off, each group is split in two, 1-d parameters (norm scales, biases) without
+        weight decay: timm's rule (``param_groups_weight_decay``).
+
+        The groups come from ``backbone.block_groups()`` rather than timm's ``param_groups_layer_decay``: that helper
+        needs the timm model's fine-grained ``group_matcher`` on the module it is given, but here the timm model is
+        wrapped (``FeatureExtractor``), the head lives outside it, and ``unfreeze_blocks`` counts timm's *coarse*
+        groups, so the decay must step per coarse group for "the top unfrozen group gets lr * decay" to hold."""
+        hp = self.hparams
+        if self.phase == "finetune" and hp.layer_decay is not None:
+            groups = reversed(self.backbone.block_groups())
+            scaled = [(self.head.parameters(), 1.0)]
+            scaled += [(group, hp.layer_decay**depth) for depth, group in enumerate(groups, start=1)]
+        else:
+            scaled = [(self.parameters(), 1.0)]
+        result = []
+        for params, scale in scaled:
+            trainable = [p for p in params if p.requires_grad]
+            parts = [(trainable, hp.weight_decay)]
+            if not hp.decay_norms_and_biases:
+                parts = [
+                    ([p for p in trainable if p.ndim >= 2], hp.weight_decay),
+                    ([p for p in trainable if p.ndim < 2], 0.0),
+                ]
+            result += [{"params": part, "lr": lr * scale, "weight_decay": decay} for part, decay in parts if part]
+        return result
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """The two-phase schedule, the run recorder, feature caching (with ``cache_features``), the checkpoints,
@@ -355,7 +471,7 @@ class TransferLearningModule(pl.LightningModule):
 
         hp = self.hparams
         phases = [phase for phase, epochs in (("head", hp.head_epochs), ("finetune", hp.finetune_epochs)) if epochs > 0]
-        caching = [FeatureCaching(hp.head_epochs, hp.cached_views)] if hp.cache_features else []
+        caching = [FeatureCaching(hp.cached_views)] if hp.cache_features else []
         checkpoints = [*(PhaseCheckpoint(phase) for phase in phases), PhaseCheckpoint(None)]
         # TestBestPhases last: its test after fit runs once every other callback has finished the fit.
         return [PhaseSchedule(), RunRecorder(), *caching, *checkpoints, PredictionCSVWriter(), TestBestPhases()]
