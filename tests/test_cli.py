@@ -188,3 +188,18 @@ def test_console_script_and_help():
 
     result = run([script, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "fit" in result.stdout and "data split" in result.stdout
+
+
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in (REPO / "configs" / "recipes").glob("*.yaml")))
+def test_every_candidate_recipe_parses_and_names_itself(recipe, monkeypatch):
+    from tlbench.commands.fit import TLBenchCLI
+    from tlbench.configs import recipe_file
+
+    class ParseOnly(TLBenchCLI):
+        def instantiate_classes(self) -> None:
+            """Validate every key and type of the recipe without building models."""
+
+    monkeypatch.setattr("sys.argv", ["tlbench", "--model", str(recipe_file(recipe)), "--data.root", "data/x"])
+    cli = ParseOnly(run=False)
+    assert cli.config.model.recipe == recipe
+    assert cli.config.trainer.max_epochs == cli.config.model.head_epochs + cli.config.model.finetune_epochs
