@@ -52,7 +52,8 @@ def format_summary(metrics: dict) -> str:
         )
     method = phases.get("head", phases.get("finetune", {})).get("test_acc_ci_method", "wilson")
     lines.append(
-        f"{'phase':<16} {'epochs':>6} {'train_s':>8} {'val_acc':>8} {'test_acc':>9} {'95% CI (' + method + ')':>18} "
+        f"{'phase':<16} {'epochs':>6} {'train_s':>8} {'sel_acc' if selection else 'val_acc':>8} {'test_acc':>9}"
+        f" {'95% CI (' + method + ')':>18} "
         f"{'macro_F1':>9} {'95% CI (bootstrap)':>19}"
     )
     for phase, values in phases.items():
