@@ -15,11 +15,15 @@ Statistics, chosen for a handful of seeds and test sets of tens to hundreds of i
   by pooling their discordant pairs into one exact McNemar test: under "fine-tuning changes nothing", each
   discordant image is a fair coin in every seed, so the pooled count is binomial too, and pooling gains power
   that three separate small tests lack. The number of seeds significant on their own is shown beside it.
+* The final model of a run is the phase its validation loss chose (``evaluation/final.py``); its accuracy is
+  summarised like a phase's, and the same pooled McNemar test compares it with the run's head phase: the
+  default recipe should never end significantly worse than its own frozen-backbone head.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +34,7 @@ from tlbench.configs import dataset_stem
 from tlbench.errors import TLBenchError
 from tlbench.evaluation import plots, stats
 from tlbench.evaluation.artifacts import CONFIDENCE, SIGNIFICANCE, compare_phases
+from tlbench.evaluation.final import final_phase
 from tlbench.io import read_json, write_csv, write_text
 from tlbench.outputs import LOGS, default_output
 from tlbench.rundir import is_finished
@@ -81,11 +86,13 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[Run], list[Path]]:
 
 
 def run_table(runs: list[Run]) -> pd.DataFrame:
-    """One row per run and phase: accuracy, its Wilson interval, epochs, time, throughput and split sizes."""
+    """One row per run and phase: accuracy, its Wilson interval, epochs, time, throughput, split sizes and whether
+    the phase is the run's final model."""
     rows = []
     for run in runs:
         metrics = run.metrics
         sizes = metrics["split_sizes"]
+        final = final_phase(metrics)
         for phase, values in metrics["phases"].items():
             seconds = values["train_seconds"]
             rows.append(
@@ -94,6 +101,7 @@ def run_table(runs: list[Run]) -> pd.DataFrame:
                     "backbone": metrics["backbone"],
                     "seed": int(metrics["split_seed"]),
                     "phase": phase,
+                    "final": phase == final,
                     "test_acc": values["test_acc"],
                     "test_acc_ci_lo": values["test_acc_ci95"][0],
                     "test_acc_ci_hi": values["test_acc_ci95"][1],
@@ -122,23 +130,44 @@ def accuracy_interval(group: pd.DataFrame) -> tuple[float, float, str]:
     return max(0.0, lo), min(1.0, hi), f"t over {len(values)} seeds"
 
 
-def finetune_effect(runs: list[Run]) -> dict:
-    """Paired head -> fine-tune comparison per seed, pooled over seeds (see module notes)."""
+def paired_effect(runs: list[Run], after: Callable[[Run], str], prefix: str) -> dict:
+    """Paired head -> ``after(run)`` comparison per seed, pooled over seeds (see module notes); keys start with
+    ``prefix``."""
     tests = []
     for run in runs:
-        tables = [pd.read_csv(run.path.parent / run.metrics["phases"][phase]["predictions"]) for phase in PHASES]
+        tables = [
+            pd.read_csv(run.path.parent / run.metrics["phases"][phase]["predictions"]) for phase in ("head", after(run))
+        ]
         tests.append(compare_phases(*tables, split=run.metrics["test_on"]))
     b = sum(test["mcnemar_b"] for test in tests)
     c = sum(test["mcnemar_c"] for test in tests)
     # McNemar depends on the discordant counts only: b images right only before, c right only after.
     pooled = stats.mcnemar_test(np.r_[np.ones(b), np.zeros(c)], np.r_[np.zeros(b), np.ones(c)])
     return {
-        "finetune_diff": float(np.mean([test["acc_diff"] for test in tests])),
-        "finetune_pooled_b": b,
-        "finetune_pooled_c": c,
-        "finetune_pooled_p": pooled.p_value,
-        "finetune_seeds_significant": sum(test["mcnemar_p"] < SIGNIFICANCE for test in tests),
-        "finetune_seed_p": ";".join(f"{test['mcnemar_p']:.3g}" for test in tests),
+        f"{prefix}_diff": float(np.mean([test["acc_diff"] for test in tests])),
+        f"{prefix}_pooled_b": b,
+        f"{prefix}_pooled_c": c,
+        f"{prefix}_pooled_p": pooled.p_value,
+        f"{prefix}_seeds_significant": sum(test["mcnemar_p"] < SIGNIFICANCE for test in tests),
+        f"{prefix}_seed_p": ";".join(f"{test['mcnemar_p']:.3g}" for test in tests),
+    }
+
+
+def finetune_effect(runs: list[Run]) -> dict:
+    """Paired head -> fine-tune comparison per seed, pooled over seeds."""
+    return paired_effect(runs, lambda run: "finetune", "finetune")
+
+
+def _accuracy_row(group: pd.DataFrame) -> dict:
+    """Mean accuracy over the seeds of ``group`` with its interval (``accuracy_interval``)."""
+    lo, hi, method = accuracy_interval(group)
+    return {
+        "n_seeds": len(group),
+        "seeds": ";".join(str(seed) for seed in group.seed),
+        "acc_mean": group.test_acc.mean(),
+        "acc_ci_lo": lo,
+        "acc_ci_hi": hi,
+        "ci_method": method,
     }
 
 
@@ -146,17 +175,11 @@ def summarize(runs: list[Run], table: pd.DataFrame) -> pd.DataFrame:
     """One row per dataset x backbone x phase: mean accuracy and interval over seeds, time, fine-tune test."""
     rows = []
     for (dataset, backbone, phase), group in table.groupby(["dataset", "backbone", "phase"], sort=False):
-        lo, hi, method = accuracy_interval(group)
         row = {
             "dataset": dataset,
             "backbone": backbone,
             "phase": phase,
-            "n_seeds": len(group),
-            "seeds": ";".join(str(seed) for seed in group.seed),
-            "acc_mean": group.test_acc.mean(),
-            "acc_ci_lo": lo,
-            "acc_ci_hi": hi,
-            "ci_method": method,
+            **_accuracy_row(group),
             "epochs_mean": group.epochs.mean(),
             "train_seconds_mean": group.train_seconds.mean(),
             "images_per_second_mean": group.images_per_second.mean(),
@@ -166,6 +189,26 @@ def summarize(runs: list[Run], table: pd.DataFrame) -> pd.DataFrame:
         ]
         if phase == "finetune" and paired:
             row.update(finetune_effect(paired))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarize_final(runs: list[Run], table: pd.DataFrame) -> pd.DataFrame:
+    """One row per dataset x backbone for the runs' final models (phase ``final``): mean accuracy and interval
+    over seeds, the phases chosen, total training time, and the pooled McNemar test of final vs head."""
+    rows = []
+    for (dataset, backbone), group in table[table.final].groupby(["dataset", "backbone"], sort=False):
+        cell = [run for run in runs if run.key[:2] == (dataset, backbone)]
+        row = {
+            "dataset": dataset,
+            "backbone": backbone,
+            "phase": "final",
+            **_accuracy_row(group),
+            "chosen": ";".join(f"{phase}x{count}" for phase, count in group.phase.value_counts(sort=False).items()),
+            "train_seconds": table[table.metrics.isin(group.metrics)].train_seconds.sum() / len(group),
+        }
+        if all("head" in run.metrics["phases"] for run in cell):
+            row.update(paired_effect(cell, lambda run: final_phase(run.metrics), "final_vs_head"))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -191,15 +234,36 @@ def _backbone_by_dataset(summary: pd.DataFrame, rows: pd.DataFrame, cell) -> pd.
     return table
 
 
+def _accuracy_cell(row: pd.Series, cells: pd.DataFrame) -> str:
+    """``mean [lo, hi]`` in %, in bold when the best mean of ``cells``, ``*`` for a single run."""
+    text = f"{_percent(row.acc_mean)} [{_percent(row.acc_ci_lo)}, {_percent(row.acc_ci_hi)}]"
+    text += "*" if row.n_seeds == 1 else ""
+    return f"**{text}**" if np.isclose(row.acc_mean, cells.acc_mean.max()) else text
+
+
 def accuracy_table(summary: pd.DataFrame, phase: str) -> pd.DataFrame:
     """Backbones x datasets, ``mean [lo, hi]`` in %, best mean per dataset in bold, ``*`` for single runs."""
+    return _backbone_by_dataset(summary, summary[summary.phase == phase], _accuracy_cell)
+
+
+def final_table(final: pd.DataFrame) -> pd.DataFrame:
+    """Backbones x datasets: the final models' accuracy as in ``accuracy_table``, then the phases chosen."""
+    return _backbone_by_dataset(
+        final, final, lambda row, cells: f"{_accuracy_cell(row, cells)} ({row.chosen.replace(';', ', ')})"
+    )
+
+
+def final_vs_head_table(final: pd.DataFrame) -> pd.DataFrame:
+    """Backbones x datasets: accuracy change of the final model over the head phase, pooled McNemar p."""
 
     def cell(row: pd.Series, cells: pd.DataFrame) -> str:
-        text = f"{_percent(row.acc_mean)} [{_percent(row.acc_ci_lo)}, {_percent(row.acc_ci_hi)}]"
-        text += "*" if row.n_seeds == 1 else ""
-        return f"**{text}**" if np.isclose(row.acc_mean, cells.acc_mean.max()) else text
+        worse = row.final_vs_head_pooled_p < SIGNIFICANCE and row.final_vs_head_diff < 0
+        text = f"{100 * row.final_vs_head_diff:+.1f} pts, p={row.final_vs_head_pooled_p:.2g}: " + (
+            "significantly worse" if worse else "not worse"
+        )
+        return f"**{text}**" if worse else text
 
-    return _backbone_by_dataset(summary, summary[summary.phase == phase], cell)
+    return _backbone_by_dataset(final, final[final.final_vs_head_pooled_p.notna()], cell)
 
 
 def finetune_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -274,13 +338,12 @@ def write_report(runs_dir: str | Path = LOGS, output: str | Path | None = None) 
     runs, left_out = collect_runs(runs_dir)
     table = run_table(runs)
     summary = summarize(runs, table)
+    final = summarize_final(runs, table)
     write_csv(output / "report.csv", summary)
+    write_csv(output / "final.csv", final)
     write_csv(output / "runs.csv", table)
     plots.plot_accuracy_bars(summary, output / "accuracy.png")
-    final = summary.drop_duplicates(["dataset", "backbone"], keep="last")  # finetune when present, else head
-    totals = table.groupby(["dataset", "backbone", "seed"]).train_seconds.sum().groupby(["dataset", "backbone"]).mean()
-    points = final.assign(train_seconds=[totals[(row.dataset, row.backbone)] for row in final.itertuples()])
-    plots.plot_time_vs_accuracy(points, output / "time_vs_accuracy.png")
+    plots.plot_time_vs_accuracy(final, output / "time_vs_accuracy.png")
 
     sections = [
         f"# tlbench report\n\n{len(runs)} finished runs from `{runs_dir}`"
@@ -296,6 +359,19 @@ def write_report(runs_dir: str | Path = LOGS, output: str | Path | None = None) 
     )
     for phase in [phase for phase in PHASES if phase in set(summary.phase)]:
         sections.append(f"## {PHASE_TITLES[phase]}\n\n{caption}\n\n{_markdown_table(accuracy_table(summary, phase))}")
+    sections.append(
+        "## Final model\n\nEach run's final model is the phase with the lower validation loss (ties: head); "
+        f"in brackets after the interval, how often each phase was chosen. {caption}\n\n"
+        f"{_markdown_table(final_table(final))}"
+    )
+    if "final_vs_head_pooled_p" in final:
+        sections.append(
+            "## Is the final model worse than its head phase?\n\n"
+            "Change in test accuracy from the head phase to the final model (mean over seeds; 0 where the head "
+            "was chosen), exact McNemar test with the discordant pairs of all seeds pooled. "
+            f"Bold: significantly worse (p < {SIGNIFICANCE:g}).\n\n"
+            f"{_markdown_table(final_vs_head_table(final))}"
+        )
     if "finetune_pooled_p" in summary:
         sections.append(
             "## Did fine-tuning help?\n\n"

@@ -11,6 +11,7 @@ import pytest
 
 from tests.commands.conftest import DATASETS, SEEDS, cell_metrics
 from tests.conftest import run_tlbench
+from tlbench.evaluation.final import final_phase
 from tlbench.evaluation.stats import t_quantile
 from tlbench.report import accuracy_interval
 
@@ -75,3 +76,31 @@ def test_t_quantile_matches_the_t_table():
 def test_a_single_seed_uses_the_runs_own_wilson_interval():
     one = pd.DataFrame({"test_acc": [0.8], "test_acc_ci_lo": [0.5], "test_acc_ci_hi": [0.95]})
     assert accuracy_interval(one) == (0.5, 0.95, "wilson (1 run)")
+
+
+def test_report_final_model_table_equals_the_runs_final_phases(grid_study, report_dir):
+    runs = [json.loads(Path(path).read_text()) for path in cell_metrics(grid_study)]
+    final = pd.read_csv(report_dir / "final.csv")
+    assert len(final) == len(DATASETS) * 2  # datasets x backbones
+    markdown = (report_dir / "report.md").read_text()
+    assert "## Final model" in markdown and "## Is the final model worse than its head phase?" in markdown
+    for row in final.itertuples():
+        cell = [run for run in runs if (run["dataset"], run["backbone"]) == (row.dataset, row.backbone)]
+        chosen = [final_phase(run) for run in cell]  # recorded, or computed for a cell killed before finish_run
+        accs = [run["phases"][phase]["test_acc"] for run, phase in zip(cell, chosen)]
+        assert row.phase == "final" and row.n_seeds == len(SEEDS) and row.acc_mean == pytest.approx(sum(accs) / 2)
+        assert sorted(row.chosen.split(";")) == sorted(f"{p}x{chosen.count(p)}" for p in set(chosen))
+        discordant = []
+        for run, phase in zip(cell, chosen):
+            head, last = (
+                pd.read_csv(Path(run["run_dir"]) / f"predictions_{p}.csv").set_index("path").correct.astype(bool)
+                for p in ("head", phase)
+            )
+            last = last.reindex(head.index)
+            discordant.append((int((head & ~last).sum()), int((~head & last).sum())))
+        assert (row.final_vs_head_pooled_b, row.final_vs_head_pooled_c) == tuple(map(sum, zip(*discordant)))
+        assert f"{_percent(row.acc_mean)} [" in markdown.split("## Final model")[1].split("##")[0]
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}"

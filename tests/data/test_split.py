@@ -65,7 +65,7 @@ def test_missing_root_and_empty_root_errors(tmp_path):
 def test_presplit_layout_is_used_as_given(tmp_path):
     make_dataset(tmp_path / "p" / "train", classes=2, per_class=4)
     make_dataset(tmp_path / "p" / "validate", classes=2, per_class=2)
-    table = make_split(tmp_path / "p")
+    table = make_split(tmp_path / "p", select_fraction=0)  # no selection split carved from train
     assert table.groupby("split").size().to_dict() == {"train": 8, "val": 4}
     assert all(path.startswith(("train/", "validate/")) for path in table.path)
 
@@ -84,3 +84,41 @@ def test_hidden_files_and_folders_are_never_data(tmp_path):
 def test_extensions_any_case(tmp_path: Path):
     make_dataset(tmp_path / "e", classes=2, per_class=3, suffix=".JPG")
     assert len(scan_class_folders(tmp_path / "e")) == 6
+
+
+def presplit(root: Path, train: int = 9, val: int = 3, test: int = 0, classes: int = 2) -> Path:
+    """``root/train``, ``root/val`` (and ``root/test``) of distinct images per class."""
+    for c in range(classes):
+        for offset, (split, count) in enumerate((("train", train), ("val", val), ("test", test))):
+            for i in range(count):
+                colour = (40 + 60 * c, 90, 90)
+                make_image(root / split / f"c{c}" / f"{split}_{i}.png", colour, seed=1000 * offset + 100 * c + i)
+    return root
+
+
+def test_a_train_val_layout_gets_a_selection_split_carved_from_train_only(tmp_path):
+    root = presplit(tmp_path / "data", train=9)
+    make_image(root / "train" / "lonely" / "only.png", (1, 2, 3), seed=1)
+    make_image(root / "val" / "lonely" / "v.png", (1, 2, 3), seed=2)
+    whole = make_split(root, select_fraction=0)
+    table = make_split(root, seed=5)
+    assert set(whole.split) == {"train", "val"}
+    select = table[table.split == "select"]
+    assert select.path.str.startswith("train/").all()
+    assert select.groupby("label").size().to_dict() == {"c0": 1, "c1": 1}  # round(0.9) = 1; 'lonely' keeps its one
+    pd.testing.assert_frame_equal(table[table.split == "val"], whole[whole.split == "val"])
+    assert sorted(table.path) == sorted(whole.path)
+    pd.testing.assert_frame_equal(table, make_split(root, seed=5))
+    assert any(not make_split(root, seed=seed).equals(table) for seed in range(6, 12))
+    assert make_split(root, seed=5, select_fraction=0.5).groupby("split").size()["select"] == 8
+
+
+def test_layouts_with_a_test_split_get_no_selection_split(tmp_path):
+    assert "select" not in set(make_split(presplit(tmp_path / "with_test", test=2)).split)
+    assert "select" not in set(make_split(make_dataset(tmp_path / "folders")).split)
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0])
+def test_a_selection_fraction_outside_0_1_is_refused(tmp_path, fraction):
+    with pytest.raises(TLBenchError, match="select_fraction"):
+        make_split(presplit(tmp_path / "data"), select_fraction=fraction)

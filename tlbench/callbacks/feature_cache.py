@@ -133,7 +133,8 @@ class FeatureCaching(pl.Callback):
         augmented = split == "train" and self.views > 1 and datamodule.augment
         views = self.views if augmented else 1
         table = datamodule.prepare_split()
-        in_split = table.loc[table.split == split, ["path", "label", "sha256"]]
+        rows_of = datamodule.validation_split if split == "val" else split  # the validation loader's table split
+        in_split = table.loc[table.split == rows_of, ["path", "label", "sha256"]]
         files = [list(map(str, row)) for row in in_split.itertuples(index=False)]
         description = {
             "preprocessing": module.preprocessing.to_dict(),
@@ -150,8 +151,8 @@ class FeatureCaching(pl.Callback):
             found = trainer.strategy.reduce_boolean_decision(found, all=True)
         if found:
             return FeatureSet.load(path)
-        title = f"caching features: {split}" + (f" ({views} views)" if views > 1 else "")
-        result = self._encode(module, split, module.encode, title, views, augmented)
+        title = f"caching features: {rows_of}" + (f" ({views} views)" if views > 1 else "")
+        result = self._encode(module, rows_of, module.encode, title, views, augmented)
         if trainer.is_global_zero:
             result.save(path)
         return result
@@ -163,13 +164,15 @@ class FeatureCaching(pl.Callback):
             size = module.preprocessing.input_size
             with evaluating(module.backbone), torch.no_grad():
                 one = module.encode_until(torch.zeros(1, 3, size, size, device=module.device), depth)
-            images = int((self.trainer.datamodule.prepare_split().split == "val").sum())
+            datamodule = self.trainer.datamodule
+            split = datamodule.validation_split
+            images = int((datamodule.prepare_split().split == split).sum())
             if one.numel() * one.element_size() * images <= TRUNK_CACHE_BYTES:
                 self._trunk = self._encode(
                     module,
-                    "val",
+                    split,
                     lambda batch: module.encode_until(batch, depth),
-                    "caching frozen-layer activations: val",
+                    f"caching frozen-layer activations: {split}",
                 )
                 self._trunk.depth = depth
         return self._trunk

@@ -38,7 +38,7 @@ def classify(
         inputs: image files and/or folders (searched recursively; any case of .jpg/.png/.bmp/.webp/.tif).
         top_k: most probable classes listed per image.
         output: also write the table as CSV here (path, top1_label, top1_prob, ..., error).
-        phase: with a run directory, the phase whose best checkpoint is used (default: finetune if trained, else head).
+        phase: with a run directory, the phase whose best checkpoint is used (default: the final model).
         batch_size: images decoded and run through the model at once (bounds memory on large folders).
         progress: progress bar on stderr (default: only when stderr is a terminal).
     """

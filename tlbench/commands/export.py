@@ -10,7 +10,7 @@ def export(run: str, phase: str | None = None, format: str = "safetensors", outp
 
     Args:
         run: run directory (lightning_logs/<experiment>/version_N).
-        phase: head or finetune (default: the last phase trained).
+        phase: head or finetune (default: the final model, metrics.json "final").
         format: comma-separated formats: safetensors (always written), onnx (needs tlbench[export]), torchscript.
         output: bundle folder to create (default: RUN/export_<phase>); must not exist yet.
     """

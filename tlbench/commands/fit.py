@@ -3,7 +3,8 @@
 Every knob is a LightningCLI option (``--model.backbone resnet50``, ``--data.batch_size 16``). On top of
 plain LightningCLI this adds: bare config names resolved in ``configs/``, a TensorBoard logger at
 ``lightning_logs/<experiment>/version_N`` (checkpoints mirror it under ``checkpoints/``), ``--ckpt_path last``
-meaning "the latest run of this experiment" (refused when the data changed since). What happens after ``fit``
+meaning "the latest run of this experiment" (refused when the data changed since), and ``test`` of a run's saved
+``config.yaml`` without ``--ckpt_path`` testing that run's final model. What happens after ``fit``
 (each phase's best checkpoint tested, reports, summary) is the module's ``TestBestPhases`` callback, so the
 Python API and plain Lightning get it too.
 """
@@ -21,8 +22,9 @@ from tlbench.configs import resolve_config_args
 from tlbench.data.datamodule import ImageFolderDataModule
 from tlbench.data.split import read_split
 from tlbench.errors import TLBenchError
+from tlbench.models.loading import checkpoint_for_run
 from tlbench.models.module import TransferLearningModule
-from tlbench.rundir import experiment_name, install_run_logger, latest_checkpoint, run_dir
+from tlbench.rundir import METRICS, experiment_name, install_run_logger, latest_checkpoint, run_dir
 
 
 def describe_data_change(previous: pd.DataFrame, current: pd.DataFrame) -> str:
@@ -87,6 +89,19 @@ class TLBenchCLI(LightningCLI):
             root = Path(config.trainer.default_root_dir or ".")
             self.resume_version, path = latest_checkpoint(root, self.experiment_name())
             config.ckpt_path = str(path)
+        if self.subcommand == "test" and not config.get("ckpt_path"):
+            run = self._run_of_config()
+            if run is not None:
+                config.ckpt_path = str(checkpoint_for_run(run, None))
+                print(f"testing the final model of {run}: {config.ckpt_path} (--ckpt_path tests another checkpoint)")
+
+    def _run_of_config(self) -> Path | None:
+        """The run directory whose saved ``config.yaml`` was given with ``--config`` (the last such), if any."""
+        for path in reversed(self._active_config().get("config") or []):
+            folder = Path(str(getattr(path, "absolute", path))).parent
+            if (folder / METRICS).is_file():
+                return folder
+        return None
 
     def _install_run_logger(self) -> None:
         """Every subcommand logs to ``lightning_logs/<experiment>/version_N`` (the resumed version with

@@ -24,7 +24,7 @@ def serve(
 
     Args:
         model: a bundle (tlbench export), a run directory or a .ckpt file.
-        phase: head or finetune for a run directory (default: the last phase trained).
+        phase: head or finetune for a run directory (default: the final model, metrics.json "final").
         host: interface to listen on; 127.0.0.1 keeps it on this machine, 0.0.0.0 opens it to the network.
         port: TCP port.
         max_upload_mb: largest request body accepted; larger uploads get 413 while streaming.

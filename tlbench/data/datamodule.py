@@ -22,7 +22,7 @@ from tlbench.data.decode_cache import DecodedImageCache
 from tlbench.data.decode_cache import prune as prune_decoded
 from tlbench.data.discover import check_root, files_under
 from tlbench.data.images import is_image_file, load_rgb
-from tlbench.data.split import make_split, read_split, split_summary
+from tlbench.data.split import DEFAULT_SELECT_FRACTION, SELECT, make_split, read_split, split_summary
 from tlbench.data.transforms import AugmentPolicy, Preprocessing, loader_transform
 from tlbench.errors import TLBenchError
 from tlbench.rundir import run_dir
@@ -91,6 +91,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         dedupe: bool = False,
         decode_cache: bool = True,
         predict_dir: str | None = None,
+        select_fraction: float = DEFAULT_SELECT_FRACTION,
     ) -> None:
         """
         Args:
@@ -113,6 +114,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
             decode_cache: keep images decoded and shrunk to the training resolution on disk, so later epochs and
                 runs skip JPEG decoding (see data/decode_cache.py).
             predict_dir: a folder of images (searched recursively) for ``predict``; default: the test split.
+            select_fraction: for a ``train/ val/`` layout without a test folder, the part of each class's training
+                images held out (split ``select``) to choose checkpoints and the final phase, so the reported val
+                split stays untouched by selection; 0 selects on val as well.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -133,6 +137,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.dedupe = dedupe
         self.decode_cache = decode_cache
         self.predict_dir = predict_dir
+        self.select_fraction = select_fraction
         self._predict_rows: pd.DataFrame | None = None
         self.skipped: list[tuple[str, str]] = []
         self.preprocessing: Preprocessing | None = None
@@ -152,13 +157,21 @@ class ImageFolderDataModule(pl.LightningDataModule):
         """'test', or 'val' for a pre-split dataset without a test folder (reported as such)."""
         return "test" if (self.table.split == "test").any() else "val"
 
+    @property
+    def validation_split(self) -> str:
+        """The split the validation loader serves (checkpoint and phase selection): 'select' when the table has
+        one (carved from train because val is the reported split), else 'val'."""
+        return SELECT if (self.prepare_split().split == SELECT).any() else "val"
+
     def prepare_split(self) -> pd.DataFrame:
         """Discover, split and pre-flight the data once: every file decoded before training, duplicates across
         splits caught; the resulting table (with content hashes) is the run's manifest."""
         if self.table is not None:
             return self.table
         root = check_root(self.root)
-        table = read_split(self.split_file) if self.split_file else make_split(root, self.split_seed)
+        table = (
+            read_split(self.split_file) if self.split_file else make_split(root, self.split_seed, self.select_fraction)
+        )
         trainer = self.trainer  # the scan's bar follows --trainer.enable_progress_bar, on rank 0 only
         # reports (bad_files.csv, duplicates.csv) go to the run directory of a run, on rank 0 only
         report_dir = (
@@ -255,7 +268,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         precomputed = self._precomputed("val")
         if precomputed is not None:
             return DataLoader(precomputed, batch_size=self.batch_size, shuffle=False)
-        return self._loader(self.dataset("val"), shuffle=False)
+        return self._loader(self.dataset(self.validation_split), shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.dataset(self.test_on), shuffle=False)

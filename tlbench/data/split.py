@@ -3,6 +3,10 @@
 Every model trained on the same data root with the same ``split_seed`` sees the identical split: samples are
 sorted by path before a seeded shuffle per class, so the split depends only on the file names and the seed,
 not on the file system's listing order or on the backbone.
+
+A pre-split ``train/ val/`` layout without a test folder reports its official val split. So that val is not also
+what picks the checkpoint and the final phase, a stratified ``select`` split is carved from train (see
+``carve_selection``); the validation loader serves it, and val is read once per phase, after all training.
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ from tlbench.errors import TLBenchError
 from tlbench.outputs import dataset_name, default_output
 
 SPLITS = ("train", "val", "test")
+# Held out of train to choose checkpoints and the final phase when val is the reported split.
+SELECT = "select"
 DEFAULT_FRACTIONS = (0.7, 0.2, 0.1)
+DEFAULT_SELECT_FRACTION = 0.1
 MIN_IMAGES_PER_CLASS = 3
 
 
@@ -84,12 +91,39 @@ def presplit_table(root: Path, folders: dict[str, Path]) -> pd.DataFrame:
     return table.sort_values(["split", "label", "path"], ignore_index=True)
 
 
-def make_split(root: str | Path, seed: int = 0) -> pd.DataFrame:
-    """The split table (path, label, split) for a data root: pre-split folders as given, else stratified 70/20/10."""
+def carve_selection(table: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """``table`` with ``fraction`` of each class's train rows (rounded, at least one where a class has two or
+    more) moved to the ``select`` split, reproducibly for ``seed``; other splits are untouched."""
+    table = table.copy()
+    if fraction == 0:
+        return table
+    rng = np.random.default_rng(seed)
+    train = table[table.split == "train"]
+    for label in sorted(set(train.label)):
+        paths = sorted(train.path[train.label == label])
+        if len(paths) < 2:
+            continue
+        n_select = min(len(paths) - 1, max(1, round(len(paths) * fraction)))
+        chosen = {paths[index] for index in rng.permutation(len(paths))[:n_select]}
+        table.loc[(table.split == "train") & table.path.isin(chosen), "split"] = SELECT
+    return table.sort_values(["split", "label", "path"], ignore_index=True)
+
+
+def make_split(root: str | Path, seed: int = 0, select_fraction: float = DEFAULT_SELECT_FRACTION) -> pd.DataFrame:
+    """The split table (path, label, split) for a data root: pre-split folders as given, else stratified 70/20/10.
+
+    A pre-split layout without a test folder also gets a ``select`` split of ``select_fraction`` of train
+    (``carve_selection``); 0 keeps train whole, and val then both selects and is reported.
+    """
+    if not 0 <= select_fraction < 1:
+        raise TLBenchError(
+            f"--data.select_fraction {select_fraction} is outside [0, 1); pass e.g. 0.1, or 0 to select on val"
+        )
     root = check_root(root)
     folders = find_split_folders(root)
     if folders:
-        return presplit_table(root, folders)
+        table = presplit_table(root, folders)
+        return table if "test" in folders else carve_selection(table, select_fraction, seed)
     samples = scan_class_folders(root)
     if not samples:
         raise TLBenchError(
@@ -99,8 +133,9 @@ def make_split(root: str | Path, seed: int = 0) -> pd.DataFrame:
 
 
 def split_summary(table: pd.DataFrame) -> dict[str, int]:
+    """Images per split; ``select`` only when the table has one."""
     counts = Counter(table.split)
-    return {split: int(counts.get(split, 0)) for split in SPLITS}
+    return {split: int(counts.get(split, 0)) for split in (*SPLITS, *([SELECT] if counts.get(SELECT) else []))}
 
 
 def default_split_path(root: str | Path, seed: int) -> Path:

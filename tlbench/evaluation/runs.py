@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from tlbench.evaluation.artifacts import compare_phases, evaluate_predictions
+from tlbench.evaluation.final import choose_final
 from tlbench.evaluation.plots import plot_learning_curves
 from tlbench.rundir import read_metrics, update_metrics
 
@@ -42,7 +43,8 @@ def _boundary_epoch(history: pd.DataFrame) -> float | None:
 
 
 def finish_run(run_dir: str | Path) -> dict:
-    """After every phase was tested: learning curves and the head-vs-finetune comparison, saved in metrics.json.
+    """After every phase was tested: learning curves, the head-vs-finetune comparison and the final model (the
+    phase with the better validation loss, see ``final``), saved in metrics.json.
 
     The comparison is paired (same test images, McNemar and a paired bootstrap), which is the only honest way
     to say whether fine-tuning helped on a test set of a few dozen images. Returns the updated metrics.
@@ -56,6 +58,8 @@ def finish_run(run_dir: str | Path) -> dict:
         plot_learning_curves(history, run_dir / LEARNING_CURVES, _boundary_epoch(history))
         update["artifacts"]["learning_curves"] = LEARNING_CURVES
     phases = metrics.get("phases", {})
+    if phases:
+        update["final"] = choose_final(phases)
     if all(phases.get(phase, {}).get("predictions") for phase in ("head", "finetune")):
         head, finetune = (pd.read_csv(run_dir / phases[phase]["predictions"]) for phase in ("head", "finetune"))
         update["comparison"] = compare_phases(head, finetune, split=metrics.get("test_on", "test"))

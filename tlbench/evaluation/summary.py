@@ -33,24 +33,35 @@ def format_summary(metrics: dict) -> str:
     sizes = metrics.get("split_sizes", {})
     test_on = metrics.get("test_on", "test")
     phases = metrics.get("phases", {})
+    final = (metrics.get("final") or {}).get("phase")
+    selection = sizes.get("select", 0)
+    names = ("train", "select", "val", "test") if selection else ("train", "val", "test")
     lines = [
         f"tlbench: {metrics.get('dataset')} | {metrics.get('backbone')} ({metrics.get('weights')}) | "
-        f"split train/val/test = {sizes.get('train')}/{sizes.get('val')}/{sizes.get('test')}",
+        f"split {'/'.join(names)} = {'/'.join(str(sizes.get(name)) for name in names)}",
     ]
-    if test_on != "test":
+    if test_on != "test" and selection:
+        lines.append(
+            f"note: no test split in this dataset; checkpoints and the final phase were chosen on 'select'"
+            f" ({selection} images held out of train); the 'test' numbers below are the official val split,"
+            " untouched by selection"
+        )
+    elif test_on != "test":
         lines.append(
             "note: no test split in this dataset; the 'test' numbers below are measured on the validation split"
         )
     method = phases.get("head", phases.get("finetune", {})).get("test_acc_ci_method", "wilson")
     lines.append(
-        f"{'phase':<13} {'epochs':>6} {'train_s':>8} {'val_acc':>8} {'test_acc':>9} {'95% CI (' + method + ')':>18} "
+        f"{'phase':<16} {'epochs':>6} {'train_s':>8} {'sel_acc' if selection else 'val_acc':>8} {'test_acc':>9}"
+        f" {'95% CI (' + method + ')':>18} "
         f"{'macro_F1':>9} {'95% CI (bootstrap)':>19}"
     )
     for phase, values in phases.items():
         rows = [(phase, values), *([(f"{phase}+tta", values["tta"])] if values.get("tta") else [])]
         for name, row in rows:
+            name = f"{name} (final)" if name == final else name
             lines.append(
-                f"{name:<13} {values.get('epochs', '-'):>6} {_fmt(values.get('train_seconds'), 1):>8}"
+                f"{name:<16} {values.get('epochs', '-'):>6} {_fmt(values.get('train_seconds'), 1):>8}"
                 f" {_fmt(values.get('val_acc')):>8} "
                 f"{_fmt(row.get('test_acc')):>9} {_interval(row, 'test_acc_ci95'):>18}"
                 f" {_fmt(row.get('test_macro_f1')):>9} "
@@ -58,6 +69,8 @@ def format_summary(metrics: dict) -> str:
             )
     if metrics.get("comparison"):
         lines.append(f"head vs finetune: {metrics['comparison'].get('verdict', '')}")
+    if final:
+        lines.append(f"final model: {final} ({metrics['final'].get('why', '')})")
     lines.append(f"outputs: {metrics.get('run_dir')} (metrics.json, predictions_*.csv, split.csv, TensorBoard events)")
     reports = _report_files(metrics)
     if reports:

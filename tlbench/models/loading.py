@@ -15,6 +15,7 @@ import torch
 
 from tlbench.data.transforms import Preprocessing
 from tlbench.errors import TLBenchError
+from tlbench.evaluation.final import final_phase
 from tlbench.io import read_json
 from tlbench.models.module import TransferLearningModule
 from tlbench.rundir import METRICS, read_metrics
@@ -53,11 +54,13 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def checkpoint_for_run(run_dir: Path, phase: str | None) -> Path:
-    """The best checkpoint of ``phase`` (default: the last phase trained) recorded in a run's metrics.json."""
-    phases = read_metrics(run_dir).get("phases", {})
+    """The best checkpoint of ``phase`` recorded in a run's metrics.json; by default the run's final model (the
+    phase with the better validation loss, ``metrics.json["final"]``)."""
+    metrics = read_metrics(run_dir)
+    phases = metrics.get("phases", {})
     if not phases:
         raise TLBenchError(f"{run_dir}/metrics.json lists no trained phase; finish the run or pass a .ckpt file")
-    chosen = phase or ("finetune" if "finetune" in phases else next(iter(phases)))
+    chosen = phase or final_phase(metrics)
     if chosen not in phases or not phases[chosen].get("best_ckpt"):
         raise TLBenchError(f"{run_dir} has no '{chosen}' phase; available: {', '.join(phases)}")
     return Path(phases[chosen]["best_ckpt"])
