@@ -47,6 +47,12 @@ PHASE_TITLES = {
 }
 
 
+def model_name(metrics: dict) -> str:
+    """What a run is compared as: its named recipe (``configs/recipes/``; runs before recipes were recorded, and
+    runs without one, record their backbone) — so a recipe grid's candidates on one backbone stay apart."""
+    return metrics.get("recipe") or metrics["backbone"]
+
+
 @dataclass
 class Run:
     path: Path
@@ -54,7 +60,7 @@ class Run:
 
     @property
     def key(self) -> tuple[str, str, int]:
-        return self.metrics["dataset"], self.metrics["backbone"], int(self.metrics["split_seed"])
+        return self.metrics["dataset"], model_name(self.metrics), int(self.metrics["split_seed"])
 
 
 def collect_runs(runs_dir: str | Path) -> tuple[list[Run], list[Path]]:
@@ -98,7 +104,7 @@ def run_table(runs: list[Run]) -> pd.DataFrame:
             rows.append(
                 {
                     "dataset": metrics["dataset"],
-                    "backbone": metrics["backbone"],
+                    "backbone": model_name(metrics),
                     "seed": int(metrics["split_seed"]),
                     "phase": phase,
                     "final": phase == final,
