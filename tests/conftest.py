@@ -109,3 +109,14 @@ def run_tlbench(*args: str, cwd: Path, timeout: float = 600, env: dict | None = 
         timeout=timeout,
         env=tlbench_env(env),
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """``lightning_logs/tiny_cnn1/version_0`` of a cnn1 fit on generated data, through the real CLI: the one trained
+    run the command and reliability tests share (copy it before damaging it)."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    data = make_dataset(root / "tiny")
+    result = run_tlbench("fit", "--data.root", str(data), *TINY_FIT_ARGS, cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return root / "lightning_logs" / "tiny_cnn1" / "version_0"

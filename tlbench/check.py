@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
 from timm.data import ImageNetInfo
 
 from tlbench.classify import classify_paths
-from tlbench.configs import resolve_config_path
+from tlbench.configs import read_yaml_mapping, resolve_config_path
 from tlbench.data.split import make_split
 from tlbench.data.transforms import Preprocessing
 from tlbench.errors import TLBenchError
@@ -55,11 +54,11 @@ def config_values(config: str) -> tuple[str | None, str | None]:
     including file as jsonargparse does. Bare names (``birds_efficientnet_lite0``) resolve in ``configs/``.
     """
     path = Path(resolve_config_path(config))
-    values = yaml.safe_load(path.read_text()) or {}
+    values = read_yaml_mapping(path)
 
     def section(name: str) -> dict:
         value = values.get(name) or {}
-        return (yaml.safe_load((path.parent / value).read_text()) or {}) if isinstance(value, str) else value
+        return read_yaml_mapping(path.parent / value) if isinstance(value, str) else value
 
     return section("data").get("root"), section("model").get("backbone")
 
@@ -123,7 +122,8 @@ def check_dataset(
     config_root, config_backbone = config_values(config) if config else (None, None)
     root = data_root or config_root
     if root is None:
-        raise TLBenchError("no data folder: pass --data.root DIR or a --config that names one")
+        named = f"{config} names no data.root" if config else "no data folder"
+        raise TLBenchError(f"{named}: pass --data.root DIR or a --config that names one")
     if per_class < 1 or not 1 <= top_k <= 1000:
         raise TLBenchError(f"--per_class must be at least 1 and --top_k in 1..1000 (got {per_class} and {top_k})")
     table = make_split(root)

@@ -32,13 +32,15 @@ def _find(value: str, subfolder: str = "") -> Path | None:
 
 
 def resolve_config_path(value: str) -> str:
-    """``dogs_vgg19.yaml`` or ``dogs_vgg19`` -> ``configs/dogs_vgg19.yaml`` when it is not a path that exists."""
+    """``dogs_vgg19.yaml`` or ``dogs_vgg19`` -> ``configs/dogs_vgg19.yaml`` when it is not a path that exists;
+    a file that is not a YAML mapping is refused here, naming it (the parser's message would not)."""
     found = _find(value)
     if found is None:
         available = sorted(p.stem for p in CONFIGS.glob("*.yaml")) if CONFIGS.is_dir() else []
         raise TLBenchError(
             f"config '{value}' not found (looked in ./ and configs/); available: {', '.join(available) or 'none'}"
         )
+    read_yaml_mapping(found)
     return str(found)
 
 
@@ -59,16 +61,26 @@ def resolve_config_args(argv: list[str]) -> list[str]:
     return resolved
 
 
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file holding a mapping (an empty file is an empty one); anything else is one line naming the file."""
+    try:
+        content = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as error:
+        raise TLBenchError(f"cannot read {path}: {error.strerror or error}; pass a readable YAML file") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise TLBenchError(f"{path} is not valid YAML ({str(error).splitlines()[0]}); fix the file") from None
+    if not isinstance(content, dict):
+        raise TLBenchError(f"{path} holds a {type(content).__name__}, not a mapping of settings; fix the file")
+    return content
+
+
 def load_grid_file(path: str | Path) -> dict:
     """The keys of a grid YAML (a path, or a name in ``configs/grids/``); unknown keys are an error, not ignored."""
     found = _find(str(path), "grids")
     if found is None:
         raise TLBenchError(f"grid file '{path}' not found (also looked in {CONFIGS / 'grids'})")
-    try:
-        content = yaml.safe_load(found.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise TLBenchError(f"{found} is not valid YAML ({str(error).splitlines()[0]}); fix the file") from None
-    unknown = sorted(set(content) - set(GRID_KEYS)) if isinstance(content, dict) else ["<not a mapping>"]
+    content = read_yaml_mapping(found)
+    unknown = sorted(set(content) - set(GRID_KEYS))
     if unknown:
         raise TLBenchError(f"{found}: unknown grid keys {unknown}; allowed: {', '.join(GRID_KEYS)}")
     return content

@@ -8,3 +8,9 @@ traceback. Programming errors stay ordinary exceptions so that they keep their t
 
 class TLBenchError(Exception):
     """A problem the user can fix; the message names the file or setting and the fix."""
+
+
+def one_line(message: str, limit: int = 400) -> str:
+    """``message`` (a parser's multi-line complaint, say) as one line of at most ``limit`` characters."""
+    flat = " ".join(message.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

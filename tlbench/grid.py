@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from tlbench.configs import recipe_args, recipe_file
+from tlbench.data.discover import images_under
 from tlbench.errors import TLBenchError
 from tlbench.io import write_csv, write_json
 from tlbench.outputs import LOGS
@@ -135,6 +136,10 @@ def resolve_dataset(name: str, data_dir: str) -> Path:
         available = sorted(p.name for p in Path(data_dir).iterdir() if p.is_dir()) if Path(data_dir).is_dir() else []
         raise TLBenchError(
             f"dataset '{name}': {path} is not a folder (in {data_dir}: {', '.join(available) or 'nothing'})"
+        )
+    if not images_under(path):
+        raise TLBenchError(
+            f"dataset '{name}': no images under {path}; expected {path}/<class>/<image>.jpg (jpg, png, bmp, webp, tif)"
         )
     return path
 

@@ -1,4 +1,4 @@
-"""Runs shared by the command tests: one tiny trained run (export, serve) and one tiny grid (grid, report)."""
+"""Runs shared by the command tests: one tiny grid (grid, report); the tiny trained run is ``tests/conftest.py``'s."""
 
 from __future__ import annotations
 
@@ -15,17 +15,6 @@ import pytest
 
 from tests.conftest import REPO, TINY_FIT_ARGS, make_dataset, run_tlbench
 from tlbench.rundir import is_finished
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """``lightning_logs/tiny_cnn1/version_0`` of a cnn1 fit on generated data, through the real CLI."""
-    root = tmp_path_factory.mktemp("tiny_run")
-    data = make_dataset(root / "tiny")
-    result = run_tlbench("fit", "--data.root", str(data), *TINY_FIT_ARGS, cwd=root)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return root / "lightning_logs" / "tiny_cnn1" / "version_0"
-
 
 # TINY_FIT_ARGS for every cell, minus the backbone the grid sets per cell.
 _BACKBONE = TINY_FIT_ARGS.index("--model.backbone")

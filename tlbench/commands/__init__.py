@@ -14,7 +14,7 @@ import sys
 import typing
 from collections.abc import Callable
 
-from tlbench.errors import TLBenchError
+from tlbench.errors import TLBenchError, one_line
 
 PASSTHROUGH_PARAMETER = "fit_args"
 
@@ -98,10 +98,18 @@ def _pass_through(function: Callable, rest: list[str]) -> list[str]:
 
 
 def run_command(function: Callable, args: list[str]) -> int:
-    """Parse ``args`` for ``function``, call it, and return its exit status (0 unless it returns an int)."""
+    """Parse ``args`` for ``function``, call it, and return its exit status (0 unless it returns an int).
+
+    A wrong flag or value is one error line like any other bad input, not argparse's usage block.
+    """
+    from argparse import ArgumentError
+
     from jsonargparse import auto_cli
 
     args = _undot(function, _pass_through(function, args))
     args = _optional_first_positional(function, _gather_list_positional(function, args))
-    result = auto_cli(function, args=args, as_positional=True)
+    try:
+        result = auto_cli(function, args=args, as_positional=True, exit_on_error=False)
+    except ArgumentError as error:
+        raise TLBenchError(f"{one_line(str(error))}; --help lists the options") from None
     return result if isinstance(result, int) else 0

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
 
+from tlbench.data.images import ImageLoadError, image_size
 from tlbench.data.split import default_split_path, make_split, split_summary, write_split
+from tlbench.errors import TLBenchError
 
 
 def split(root: str, split_seed: int = 0, output: str | None = None) -> None:
@@ -41,8 +42,12 @@ def info(root: str, split_seed: int = 0) -> None:
     counts["total"] = counts.sum(axis=1)
     sizes = []
     for relative in table.path:
-        with Image.open(Path(root) / relative) as image:
-            sizes.append(image.size)
+        try:
+            sizes.append(image_size(Path(root) / relative))
+        except ImageLoadError as error:
+            raise TLBenchError(
+                f"{Path(root) / relative}: {error}; run 'python -m tlbench data audit {root}' to list every bad file"
+            ) from None
     frame = pd.DataFrame(sizes, columns=["width", "height"])
     print(f"{Path(root).resolve()}: {len(counts)} classes, {len(table)} images")
     print(counts.to_string())

@@ -12,6 +12,7 @@ Python API and plain Lightning get it too.
 from __future__ import annotations
 
 import sys
+from argparse import ArgumentError
 from pathlib import Path
 
 import pandas as pd
@@ -21,10 +22,21 @@ from tlbench.api import TRAINER_DEFAULTS
 from tlbench.configs import resolve_config_args
 from tlbench.data.datamodule import ImageFolderDataModule
 from tlbench.data.split import read_split
-from tlbench.errors import TLBenchError
-from tlbench.models.loading import checkpoint_for_run
+from tlbench.errors import TLBenchError, one_line
+from tlbench.models.loading import checkpoint_for_run, read_checkpoint
 from tlbench.models.module import TransferLearningModule
-from tlbench.rundir import METRICS, experiment_name, install_run_logger, latest_checkpoint, run_dir
+from tlbench.rundir import (
+    METRICS,
+    VERSION,
+    experiment_name,
+    install_run_logger,
+    latest_checkpoint,
+    read_metrics,
+    run_dir,
+)
+
+# --ckpt_path values Lightning resolves itself rather than reading as a file.
+LIGHTNING_CHECKPOINT_NAMES = ("best", "last", "hpc", "registry")
 
 
 def describe_data_change(previous: pd.DataFrame, current: pd.DataFrame) -> str:
@@ -51,6 +63,7 @@ class TLBenchCLI(LightningCLI):
             trainer_defaults=TRAINER_DEFAULTS,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
+            parser_kwargs={"exit_on_error": False},  # a bad flag or config key is one error line (run_lightning_cli)
             auto_configure_optimizers=False,  # a top-level optimizer would train every parameter, breaking freezing
             args=args,
             run=run,
@@ -94,12 +107,17 @@ class TLBenchCLI(LightningCLI):
             if run is not None:
                 config.ckpt_path = str(checkpoint_for_run(run, None))
                 print(f"testing the final model of {run}: {config.ckpt_path} (--ckpt_path tests another checkpoint)")
+        if config.get("ckpt_path") and config.ckpt_path not in LIGHTNING_CHECKPOINT_NAMES:
+            read_checkpoint(config.ckpt_path, mmap=True)  # missing or damaged: one line now, not Lightning's traceback
 
     def _run_of_config(self) -> Path | None:
-        """The run directory whose saved ``config.yaml`` was given with ``--config`` (the last such), if any."""
+        """The run directory whose saved ``config.yaml`` was given with ``--config`` (the last such), if any; a run
+        folder without a readable metrics.json (a run that never finished) is refused rather than testing an
+        untrained model."""
         for path in reversed(self._active_config().get("config") or []):
             folder = Path(str(getattr(path, "absolute", path))).parent
-            if (folder / METRICS).is_file():
+            if (folder / METRICS).is_file() or VERSION.fullmatch(folder.name):
+                read_metrics(folder)
                 return folder
         return None
 
@@ -111,6 +129,7 @@ class TLBenchCLI(LightningCLI):
     before_validate = before_test = before_predict = _install_run_logger
 
     def before_fit(self) -> None:
+        self.datamodule.discover()  # a bad data root stops here, before Lightning creates the run folder
         self._install_run_logger()
         if self.resume_version is None:
             return
@@ -126,9 +145,15 @@ class TLBenchCLI(LightningCLI):
 
 def run_lightning_cli(argv: list[str]) -> TLBenchCLI:
     """Run LightningCLI on ``argv`` as if typed (it reads ``sys.argv`` itself; passing ``args`` too only warns)."""
+    ckpt_path = next((value for flag, value in zip(argv, argv[1:]) if flag == "--ckpt_path"), None)
+    ckpt_path = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--ckpt_path=")), ckpt_path)
+    if ckpt_path and ckpt_path not in LIGHTNING_CHECKPOINT_NAMES:
+        read_checkpoint(ckpt_path, mmap=True)  # LightningCLI itself loads it unguarded while parsing
     saved = sys.argv
     sys.argv = [saved[0] if saved else "tlbench", *resolve_config_args(argv)]
     try:
         return TLBenchCLI()
+    except ArgumentError as error:
+        raise TLBenchError(f"{one_line(str(error))}; 'python -m tlbench {argv[0]} --help' lists the options") from None
     finally:
         sys.argv = saved

@@ -139,6 +139,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.predict_dir = predict_dir
         self.select_fraction = select_fraction
         self._predict_rows: pd.DataFrame | None = None
+        self._discovered: pd.DataFrame | None = None
         self.skipped: list[tuple[str, str]] = []
         self.preprocessing: Preprocessing | None = None
         self.table: pd.DataFrame | None = None
@@ -163,15 +164,25 @@ class ImageFolderDataModule(pl.LightningDataModule):
         one (carved from train because val is the reported split), else 'val'."""
         return SELECT if (self.prepare_split().split == SELECT).any() else "val"
 
+    def discover(self) -> pd.DataFrame:
+        """The split table from listing files only (no decoding): fast, so ``fit`` calls it before the trainer
+        creates a run folder, and a missing, empty or imageless data root leaves nothing behind."""
+        if self._discovered is None:
+            root = check_root(self.root)
+            self._discovered = (
+                read_split(self.split_file)
+                if self.split_file
+                else make_split(root, self.split_seed, self.select_fraction)
+            )
+        return self._discovered
+
     def prepare_split(self) -> pd.DataFrame:
         """Discover, split and pre-flight the data once: every file decoded before training, duplicates across
         splits caught; the resulting table (with content hashes) is the run's manifest."""
         if self.table is not None:
             return self.table
         root = check_root(self.root)
-        table = (
-            read_split(self.split_file) if self.split_file else make_split(root, self.split_seed, self.select_fraction)
-        )
+        table = self.discover()
         trainer = self.trainer  # the scan's bar follows --trainer.enable_progress_bar, on rank 0 only
         # reports (bad_files.csv, duplicates.csv) go to the run directory of a run, on rank 0 only
         report_dir = (

@@ -713,6 +713,8 @@ def download_dataset(
     if per_class < 1:
         raise TLBenchError(f"--per_class must be at least 1, got {per_class}")
     root_path = Path(root).expanduser()
+    if root_path.exists() and not root_path.is_dir():
+        raise TLBenchError(f"--root {root_path} is a file, not a folder; pass the folder to download into")
     out = root_path / name
     cache = root_path / ".downloads" / name
     if out.exists() and not force:

@@ -105,6 +105,22 @@ def _draft_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     return max(1, math.ceil(size[0] * scale)), max(1, math.ceil(size[1] * scale))
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """Width and height from the header alone (fast: no pixels decoded), raising ``ImageLoadError`` with a short
+    reason for a file that is not a readable image; a truncated file with a whole header passes."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except FileNotFoundError:
+        raise ImageLoadError("file not found") from None
+    except PermissionError:
+        raise ImageLoadError("permission denied") from None
+    except UnidentifiedImageError:
+        raise NotAnImageError("not an image (unrecognised format)") from None
+    except DECODE_ERRORS as error:
+        raise ImageLoadError(f"cannot decode: {error}") from None
+
+
 def load_rgb(path: str | Path | bytes, max_side: int | None = None, min_side: int = MIN_SIDE) -> Image.Image:
     """Decode ``path`` fully into an RGB image, raising ``ImageLoadError`` with a short reason on failure.
 

@@ -37,13 +37,16 @@ class TrainedModel:
     source: Path
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """A Lightning checkpoint's contents, refusing pickled code and reporting truncation in one line."""
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
+    """A Lightning checkpoint's contents, refusing pickled code and reporting truncation in one line.
+
+    ``mmap`` maps the tensors instead of reading them: a quick check that the file is whole before Lightning
+    loads it."""
     path = Path(path)
     if not path.is_file():
-        raise TLBenchError(f"checkpoint {path} does not exist")
+        raise TLBenchError(f"checkpoint {path} does not exist; pass a .ckpt written by tlbench fit")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # UnpicklingError for code payloads, RuntimeError/EOFError for truncation
         reason = (
             "it contains objects other than tensors (refused: loading could run code)"
