@@ -1,13 +1,15 @@
 """Dataset audit: every file decoded once, bad files and duplicates reported, nothing dropped silently.
 
 ``audit(root)`` walks a data root the way discovery does (class folders, or ``train/ val/ [test/]`` folders of
-class folders; hidden and OS files ignored) and reports
+class folders; hidden and OS files ignored; or the files a labels file lists) and reports
 
 * bad files ``(path, reason)``: the reasons of ``load_rgb`` (empty, not an image, unsupported format, possible
   decompression bomb, too small, cannot decode), plus symlinks that leave the data root, broken symlinks and
   symlink loops. Symlinks inside the root are followed, because linking images into class folders is a common
-  way to build a dataset; links out of it are refused, because a dataset must not reach into the rest of the
-  disk; a folder that links to one of its own parents is reported once and not walked again, so loops end.
+  way to build a dataset; links out of it are refused unless ``allow_external_links`` (``--data.
+  allow_external_links true``, for a subset linked from a larger copy), because a dataset must not reach into
+  the rest of the disk unasked; a folder that links to one of its own parents is reported once and not walked
+  again, so loops end.
 * duplicate groups: byte-identical files (sha256) and near-duplicates (64-bit DCT perceptual hash within
   ``near_threshold`` bits: a resized or recompressed copy), each group's ``kind`` saying whether it stays in one
   class, spans classes (conflicting labels) or spans train/val/test (leakage that inflates scores).
@@ -36,9 +38,15 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from tlbench.data.discover import check_root, find_split_folders, is_ignored
+from tlbench.data.discover import Layout, check_root, detect_layout, is_ignored
 from tlbench.data.images import MIN_SIDE, ImageLoadError, is_image_file, load_rgb
-from tlbench.data.split import make_split
+from tlbench.data.split import (
+    DEFAULT_SELECT_FRACTION,
+    DEFAULT_VAL_FRACTION,
+    UnsplittableError,
+    complete_split,
+    labelled_rows,
+)
 from tlbench.errors import TLBenchError
 from tlbench.io import cache_dir
 from tlbench.outputs import dataset_name, default_output
@@ -132,10 +140,11 @@ class AuditResult:
 
 @dataclass
 class DatasetAudit:
-    """``audit_dataset``'s outcome: the audit, which split's leakage it checked, and the two CSVs it wrote."""
+    """``audit_dataset``'s outcome: the audit, the layout line (which split's leakage it checked) and the two CSVs
+    it wrote."""
 
     result: AuditResult
-    split_note: str
+    layout: str
     bad_files_csv: Path
     duplicates_csv: Path
 
@@ -171,11 +180,19 @@ def _real(path: Path) -> Path:
 
 
 def _walk(
-    root: Path, real_root: Path, folder: Path, label: str, split: str, ancestors: frozenset[Path], found: Listing
+    root: Path,
+    real_root: Path,
+    folder: Path,
+    label: str,
+    split: str,
+    ancestors: frozenset[Path],
+    found: Listing,
+    allow_external_links: bool = False,
 ) -> None:
-    """Collect the images below ``folder``, following symlinks that stay inside the root and never a loop."""
+    """Collect the images below ``folder``, following symlinks that stay inside the root (anywhere when
+    ``allow_external_links``) and never a loop."""
     real = _real(folder)
-    if not real.is_relative_to(real_root):
+    if not allow_external_links and not real.is_relative_to(real_root):
         found.bad.append((_relative(root, folder), f"symlink to a folder outside the data root ({real})"))
         return
     if real in ancestors:
@@ -185,18 +202,18 @@ def _walk(
         if is_ignored(entry.name):
             continue
         if entry.is_dir():
-            _walk(root, real_root, entry, label, split, ancestors | {real}, found)
+            _walk(root, real_root, entry, label, split, ancestors | {real}, found, allow_external_links)
         elif is_image_file(entry):
             found.files.append(AuditedFile(_relative(root, entry), label, split))
         else:
             found.ignored.append((_relative(root, entry), "not an image file extension"))
 
 
-def list_dataset(root: Path) -> Listing:
+def list_dataset(root: Path, layout: Layout | None = None, allow_external_links: bool = False) -> Listing:
     """Every image below the class folders of ``root`` (or of its train/val/test folders), labelled and split."""
     real_root = _real(root)
     found = Listing()
-    split_folders = find_split_folders(root)
+    split_folders = (layout or detect_layout(root)).folders
     if split_folders:
         for entry in sorted(root.iterdir()):
             if not is_ignored(entry.name) and entry not in split_folders.values():
@@ -206,7 +223,8 @@ def list_dataset(root: Path) -> Listing:
             if is_ignored(entry.name):
                 continue
             if entry.is_dir():
-                _walk(root, real_root, entry, entry.name, split, frozenset({real_root, _real(top)}), found)
+                ancestors = frozenset({real_root, _real(top)})
+                _walk(root, real_root, entry, entry.name, split, ancestors, found, allow_external_links)
             else:
                 found.ignored.append((_relative(root, entry), "not in a class folder"))
     return found
@@ -242,10 +260,10 @@ def _write_cache(path: Path, min_side: int, entries: dict[str, list]) -> None:
         pass
 
 
-def _unreachable(full: Path, real_root: Path) -> str | None:
-    """Why ``full`` must not be read although it is listed: it leaves the root, dangles or loops."""
+def _unreachable(full: Path, real_root: Path, allow_external_links: bool = False) -> str | None:
+    """Why ``full`` must not be read although it is listed: it leaves the root (unless allowed), dangles or loops."""
     real = _real(full)
-    if not real.is_relative_to(real_root):
+    if not allow_external_links and not real.is_relative_to(real_root):
         return f"symlink to a file outside the data root ({real})"
     try:
         full.stat()
@@ -266,10 +284,13 @@ def _scan_file(full: Path, min_side: int) -> Scan:
     return Scan(sha256, perceptual_hash(image))
 
 
-def scan_files(root: Path, paths: list[str], min_side: int = MIN_SIDE, progress: bool = False) -> dict[str, Scan]:
+def scan_files(
+    root: Path, paths: list[str], min_side: int = MIN_SIDE, progress: bool = False, allow_external_links: bool = False
+) -> dict[str, Scan]:
     """``{path: Scan}`` for files relative to ``root``, decoding only those changed since the cached scan.
 
     ``progress`` shows a bar on stderr: the first scan of a large dataset decodes every file and takes minutes.
+    ``allow_external_links`` reads files linked from outside the root instead of reporting them.
     """
     real_root = _real(root)
     cache_file = cache_path(root)
@@ -277,7 +298,7 @@ def scan_files(root: Path, paths: list[str], min_side: int = MIN_SIDE, progress:
     scans: dict[str, Scan] = {}
     for path in tqdm(paths, desc=f"scanning {root.name}", unit="file", disable=not progress):
         full = root / path
-        reason = _unreachable(full, real_root)
+        reason = _unreachable(full, real_root, allow_external_links)
         if reason:
             scans[path] = Scan(reason=reason)
             continue
@@ -346,18 +367,25 @@ def audit(
     near_threshold: int = NEAR_THRESHOLD,
     min_side: int = MIN_SIDE,
     progress: bool = False,
+    listed: bool = False,
+    allow_external_links: bool = False,
 ) -> AuditResult:
     """Walk, decode and hash every image of ``root``; ``table`` (path, label, split) supplies the splits to check.
 
+    ``listed``: the files are the rows of ``table`` (a labels file's), not what a walk of the class folders finds.
     ``progress`` shows a bar on stderr while files are decoded.
     """
     root = check_root(root)
-    found = list_dataset(root)
+    if listed:
+        rows = table[["path", "label", "split"]].itertuples(index=False)
+        found = Listing(files=[AuditedFile(str(path), str(label), str(split)) for path, label, split in rows])
+    else:
+        found = list_dataset(root, allow_external_links=allow_external_links)
     files = found.files
     if table is not None:
         split_of = dict(zip(table.path, table.split))
         files = [replace(file, split=split_of.get(file.path, file.split)) for file in files]
-    scans = scan_files(root, [file.path for file in files], min_side, progress)
+    scans = scan_files(root, [file.path for file in files], min_side, progress, allow_external_links)
     bad = found.bad + [(file.path, scans[file.path].reason) for file in files if scans[file.path].reason]
     return AuditResult(root, files, bad, find_duplicates(files, scans, near_threshold), found.ignored)
 
@@ -369,21 +397,23 @@ def audit_dataset(
     near_threshold: int = NEAR_THRESHOLD,
     min_side: int = MIN_SIDE,
     progress: bool = False,
+    labels_csv: str | Path | None = None,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    allow_external_links: bool = False,
 ) -> DatasetAudit:
     """Audit a data root as ``fit`` would split it and write ``bad_files.csv`` and ``duplicates.csv``.
 
-    Leakage is checked on the pre-split folders, else on the stratified split of ``split_seed`` (when the data can
-    be split at all). Both CSVs are always written, so an old report never outlives its fix; ``output`` defaults
-    to ``lightning_logs/audit/<dataset>/``.
+    Leakage is checked on the split ``fit`` would use with ``split_seed`` (when the data can be split at all).
+    Both CSVs are always written, so an old report never outlives its fix; ``output`` defaults to
+    ``lightning_logs/audit/<dataset>/``.
     """
     root_path = check_root(root)
-    table, split_note = None, "pre-split folders"
-    if not find_split_folders(root_path):
-        try:
-            table, split_note = make_split(root_path, split_seed), f"split seed {split_seed}"
-        except TLBenchError as error:
-            split_note = f"not splittable, leakage not checked: {error}"
-    result = audit(root_path, table, near_threshold, min_side, progress)
+    given, kind = labelled_rows(root_path, labels_csv, allow_external_links)
+    try:
+        table, how = complete_split(given, str(root_path), split_seed, val_fraction, DEFAULT_SELECT_FRACTION)
+    except UnsplittableError as error:
+        table, how = given, f"not splittable, leakage not checked: {error}"
+    result = audit(root_path, table, near_threshold, min_side, progress, labels_csv is not None, allow_external_links)
     if not result.files:
         raise TLBenchError(
             f"no image files under {root_path}; expected {root_path}/<class>/<image>.jpg (jpg, png, bmp, webp, tif)"
@@ -391,7 +421,7 @@ def audit_dataset(
     out = Path(output) if output else default_output("audit", dataset_name(root_path))
     return DatasetAudit(
         result,
-        split_note,
+        f"layout: {kind} ({how})",
         write_bad_files(result.bad, out / "bad_files.csv"),
         write_duplicates(result.duplicates, out / "duplicates.csv"),
     )
@@ -433,6 +463,7 @@ def preflight(
     min_side: int = MIN_SIDE,
     report_dir: str | Path | None = None,
     progress: bool = False,
+    allow_external_links: bool = False,
 ) -> PreflightResult:
     """Check the files of a split table before training; refuse with the fix, or drop and list what was asked.
 
@@ -446,6 +477,7 @@ def preflight(
         min_side: shorter side below which an image is unusable.
         report_dir: when given, ``bad_files.csv`` and ``duplicates.csv`` are written there and named in errors.
         progress: show a bar on stderr while files are decoded (fit passes its ``enable_progress_bar``).
+        allow_external_links: read files linked from outside ``root`` instead of counting them unusable.
 
     Duplicates within one split (including ones with conflicting labels) do not leak and are returned as
     ``problems`` for the log.
@@ -454,7 +486,7 @@ def preflight(
     files = [
         AuditedFile(str(p), str(l), str(s)) for p, l, s in table[["path", "label", "split"]].itertuples(index=False)
     ]
-    scans = scan_files(root, [file.path for file in files], min_side, progress)
+    scans = scan_files(root, [file.path for file in files], min_side, progress, allow_external_links)
     bad = [(file.path, scans[file.path].reason) for file in files if scans[file.path].reason]
     groups = find_duplicates(files, scans, near_threshold)
     report = "lightning_logs/audit/<dataset>/bad_files.csv from 'python -m tlbench data audit ROOT'"
