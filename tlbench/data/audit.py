@@ -39,7 +39,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from tlbench.data.discover import Layout, check_root, detect_layout, is_ignored
-from tlbench.data.images import MIN_SIDE, ImageLoadError, is_image_file, load_rgb
+from tlbench.data.images import MIN_SIDE, ImageLoadError, image_size, is_image_file, load_rgb
 from tlbench.data.split import (
     DEFAULT_SELECT_FRACTION,
     DEFAULT_VAL_FRACTION,
@@ -59,7 +59,7 @@ NEAR_THRESHOLD = 4
 DECODE_SIDE = 256
 HASH_SIDE = 32
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 # Rows of the distance matrix computed at once: memory stays near CHUNK x n x 24 bytes however large the dataset.
 CHUNK = 64
 
@@ -83,6 +83,7 @@ class Scan:
     sha256: str | None = None
     phash: int | None = None
     reason: str | None = None
+    size: tuple[int, int] | None = None  # (width, height) as stored, for the small-image warning
 
 
 @dataclass
@@ -151,11 +152,13 @@ class DatasetAudit:
 
 @dataclass
 class PreflightResult:
-    """``table`` is what trains, with a ``sha256`` column: the run's manifest, compared again on resume."""
+    """``table`` is what trains, with a ``sha256`` column: the run's manifest, compared again on resume;
+    ``sizes`` the (width, height) of each of its images."""
 
     table: pd.DataFrame
     skipped: list[tuple[str, str]]
     problems: list[str]
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def perceptual_hash(image: Image.Image) -> int:
@@ -281,7 +284,7 @@ def _scan_file(full: Path, min_side: int) -> Scan:
         return Scan(reason=str(error))
     with full.open("rb") as stream:
         sha256 = hashlib.file_digest(stream, "sha256").hexdigest()
-    return Scan(sha256, perceptual_hash(image))
+    return Scan(sha256, perceptual_hash(image), size=image_size(full))
 
 
 def scan_files(
@@ -305,13 +308,14 @@ def scan_files(
         stat = full.stat()
         entry = cached.get(path)
         if entry and entry[:2] == [stat.st_size, stat.st_mtime_ns]:
-            sha256, phash, reason = entry[2:]
-            scans[path] = Scan(sha256, None if phash is None else int(phash, 16), reason)
+            sha256, phash, reason, width, height = entry[2:]
+            size = None if width is None else (width, height)
+            scans[path] = Scan(sha256, None if phash is None else int(phash, 16), reason, size)
             continue
         scan = _scan_file(full, min_side)
         scans[path] = scan
         phash = None if scan.phash is None else f"{scan.phash:016x}"
-        cached[path] = [stat.st_size, stat.st_mtime_ns, scan.sha256, phash, scan.reason]
+        cached[path] = [stat.st_size, stat.st_mtime_ns, scan.sha256, phash, scan.reason, *(scan.size or (None, None))]
     _write_cache(cache_file, min_side, {path: entry for path, entry in cached.items() if os.path.lexists(root / path)})
     return scans
 
@@ -515,4 +519,4 @@ def preflight(
             f"classes {sorted(lost)} have no usable training image left after skipping {len(skipped)} file(s)"
         )
     problems = [f"duplicate images, {group.describe()}" for group in groups if group not in leaks]
-    return PreflightResult(kept, skipped, problems)
+    return PreflightResult(kept, skipped, problems, {path: scans[path].size for path in kept.path})

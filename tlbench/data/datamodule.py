@@ -74,6 +74,10 @@ class UnlabelledImages(Dataset):
         return self.transform(load_rgb(self.paths[i])), -1, i
 
 
+# A warning at fit start for images whose shorter side is below this part of the network's input size.
+SMALL_IMAGE_RATIO = 0.5
+
+
 def default_num_workers() -> int:
     """Leave one core to the training process; loader workers beyond the cores only contend with it."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -159,6 +163,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.layout = ""
         self._predict_rows: pd.DataFrame | None = None
         self.skipped: list[tuple[str, str]] = []
+        self.image_sizes: dict[str, tuple[int, int]] = {}
         self.preprocessing: Preprocessing | None = None
         self.table: pd.DataFrame | None = None
         self.classes: list[str] = []
@@ -220,6 +225,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         for problem in checked.problems:
             rank_zero_warn(f"{root}: {problem}")
         self.skipped = checked.skipped
+        self.image_sizes = checked.sizes
         self.table = checked.table
         self.classes = sorted(set(table.label))
         return self.table
@@ -238,15 +244,28 @@ class ImageFolderDataModule(pl.LightningDataModule):
         if note:
             rank_zero_warn(note)
 
+    def _warn_if_small(self) -> None:
+        """One warning for all images far below the network's input: they are upscaled, so blurred."""
+        input_size = self.preprocessing.input_size
+        small = [min(size) for size in self.image_sizes.values() if size and min(size) < input_size * SMALL_IMAGE_RATIO]
+        if small:
+            rank_zero_warn(
+                f"{len(small)} of {len(self.image_sizes)} images have a shorter side under"
+                f" {input_size * SMALL_IMAGE_RATIO:g} px (smallest {min(small)} px): they are upscaled to the"
+                f" {input_size} px input, which blurs them; a smaller --model.input_size (or a backbone made for small"
+                " images) may suit them better"
+            )
+
     def setup(self, stage: str | None = None) -> None:
         self.prepare_split()
-        if stage == "fit":
-            self._warn_if_imbalanced()
         if self.decode_cache:
             prune_decoded()
         if self.preprocessing is None:
             module = self.trainer.lightning_module if self.trainer is not None else None
             self.preprocessing = getattr(module, "preprocessing", None) or Preprocessing()
+        if stage == "fit":
+            self._warn_if_imbalanced()
+            self._warn_if_small()
 
     def dataset(self, split: str, train_transforms: bool = False) -> ImageTableDataset:
         table = self.prepare_split()
