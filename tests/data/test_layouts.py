@@ -104,6 +104,12 @@ def _classes_named_like_splits(root: Path) -> None:
             make_image(root / split / f"{i}.png", (10, 200, 10) if split == "train" else (200, 10, 10), i)
 
 
+def _unlabelled_test(root: Path) -> None:
+    split_folders(root, train=3)
+    for i in range(3):
+        make_image(root / "test" / f"{i}.png", (90, 90, 90), 50 + i)
+
+
 def _two_val_folders(root: Path) -> None:
     split_folders(root, train=3, val=1, validation=1)
 
@@ -125,6 +131,7 @@ def _no_train(root: Path) -> None:
         ),
         (_classes_named_like_splits, r"train holds images, not class folders: are train, test splits or classes\?"),
         (_two_val_folders, r"has val and validation folders: which one is the val split\?"),
+        (_unlabelled_test, r"test holds images without class folders .* an unlabelled test split cannot be scored"),
         (_train_only, r"has a train folder only: pass --data.root .*train to split its classes"),
         (_no_train, r"has val, test but no train folder"),
     ],

@@ -60,7 +60,7 @@ DECODE_SIDE = 256
 HASH_SIDE = 32
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 CACHE_VERSION = 2
-# Rows of the distance matrix computed at once: memory stays near CHUNK x n x 24 bytes however large the dataset.
+# Rows of the distance matrix computed at once: memory stays near CHUNK x n x 16 bytes however large the dataset.
 CHUNK = 64
 
 _POPCOUNT8 = np.array([bin(value).count("1") for value in range(256)], dtype=np.uint8)
@@ -320,14 +320,24 @@ def scan_files(
     return scans
 
 
+def _popcount(values: np.ndarray) -> np.ndarray:
+    """Set bits of each ``uint64``: numpy 2's native popcount, else a byte lookup table (about ten times slower)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(values)
+    return _POPCOUNT8[values.view(np.uint8)].reshape(*values.shape, 8).sum(axis=-1)
+
+
 def _near_pairs(hashes: np.ndarray, threshold: int) -> list[tuple[int, int]]:
-    """Index pairs ``i < j`` whose hashes differ in at most ``threshold`` bits, in row chunks to bound memory."""
+    """Index pairs ``i < j`` whose hashes differ in at most ``threshold`` bits, in row chunks to bound memory.
+
+    Each chunk of rows is compared with the rows from its own start on only (the upper triangle): 20,000 images
+    take about a second rather than the half minute of the full matrix through a byte lookup table.
+    """
     pairs = []
     for start in range(0, len(hashes), CHUNK):
-        xor = hashes[start : start + CHUNK, None] ^ hashes[None, :]
-        distance = _POPCOUNT8[xor.view(np.uint8)].reshape(*xor.shape, 8).sum(axis=-1)
-        rows, columns = np.nonzero(distance <= threshold)
-        pairs += [(start + i, j) for i, j in zip(rows.tolist(), columns.tolist()) if start + i < j]
+        xor = hashes[start : start + CHUNK, None] ^ hashes[None, start:]
+        rows, columns = np.nonzero(_popcount(xor) <= threshold)
+        pairs += [(start + i, start + j) for i, j in zip(rows.tolist(), columns.tolist()) if i < j]
     return pairs
 
 

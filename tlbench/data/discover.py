@@ -146,12 +146,19 @@ def detect_layout(root: Path) -> Layout:
                 " rename or remove the other"
             )
     folders = {split: splits[split][0] for split in SPLIT_FOLDER_NAMES if split in splits}
-    loose = [folder.name for folder in folders.values() if _holds_images_directly(folder)]
-    if loose:
+    loose = [split for split, folder in folders.items() if _holds_images_directly(folder)]
+    if loose and "train" in folders and "train" not in loose:
+        unlabelled = folders[loose[0]]
         raise TLBenchError(
-            f"{root}/{loose[0]} holds images, not class folders: are {names} splits or classes? If splits, put"
-            f" their images in class folders ({loose[0]}/<class>/<image>); if classes, rename them"
-            f" (e.g. {loose[0]}_class)"
+            f"{unlabelled} holds images without class folders while {folders['train'].name} has class folders: an"
+            f" unlabelled {loose[0]} split cannot be scored; sort its images into class folders"
+            f" ({unlabelled.name}/<class>/<image>) or move it out of {root} (predict reads it with --data.predict_dir)"
+        )
+    if loose:
+        first = folders[loose[0]].name
+        raise TLBenchError(
+            f"{root}/{first} holds images, not class folders: are {names} splits or classes? If splits, put"
+            f" their images in class folders ({first}/<class>/<image>); if classes, rename them (e.g. {first}_class)"
         )
     if "train" not in folders:
         raise TLBenchError(
