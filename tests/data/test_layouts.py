@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import TINY_FIT_ARGS, make_dataset, make_image, run_tlbench
 from tlbench.__main__ import main
+from tlbench.data.datamodule import ImageFolderDataModule
 from tlbench.data.split import make_split, split_dataset
 from tlbench.errors import TLBenchError
 
@@ -234,6 +235,8 @@ def test_a_bad_labels_file_is_refused_in_one_line(tmp_path, header, row, expecte
 def test_a_missing_labels_file_names_the_option(tmp_path):
     with pytest.raises(TLBenchError, match="--data.labels_csv .* is not a file"):
         split_dataset(make_dataset(tmp_path / "d", classes=2, per_class=3), labels_csv=tmp_path / "nope.csv")
+    with pytest.raises(TLBenchError, match="both label the images; pass one"):
+        ImageFolderDataModule(str(tmp_path / "d"), split_file="split.csv", labels_csv="labels.csv")
 
 
 def test_links_out_of_the_root_are_refused_in_one_line_naming_the_flag(tmp_path, capsys):

@@ -149,6 +149,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 f"--data.augment_policy {augment_policy} augments training images but --data.augment is false;"
                 " pass --data.augment true or drop --data.augment_policy"
             )
+        if split_file and labels_csv:
+            raise TLBenchError(
+                f"--data.split_file {split_file} and --data.labels_csv {labels_csv} both label the images; pass one"
+            )
         self.augment = augment
         self.augment_policy = augment_policy
         self.sampler = sampler
