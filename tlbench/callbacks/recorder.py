@@ -134,6 +134,7 @@ class RunRecorder(pl.Callback):
             "preprocessing": pl_module.preprocessing.to_dict(),
             "classes": pl_module.classes,
             "split_sizes": datamodule.split_sizes(),
+            "layout": datamodule.layout,
             "test_on": datamodule.test_on,
             "run_dir": str(run_dir(trainer).resolve()),
             "checkpoint_dir": str(checkpoint_dir(trainer).resolve()),
