@@ -23,6 +23,8 @@ and it tells the module what the batches then hold (``TransferLearningModule.set
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
