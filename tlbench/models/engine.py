@@ -201,7 +201,7 @@ class Engine:
         path = cache_dir("onnx") / f"{graph_key(self.network, inputs, self.split)}.onnx"
         if not path.is_file():
             with atomic_path(path, durable=False) as temporary:
-                export_onnx(self.network, inputs, temporary)
+                export_onnx(self.network, inputs, temporary, self.output_name)
         return path
 
     def _fall_back(self, reason: str) -> None:
