@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
-    data = ImageFolderDataModule(str(args.data), batch_size=args.batch_size, decode_cache=False)
+    data = ImageFolderDataModule(str(args.data), batch_size=args.batch_size, decode_cache=False, dedupe=True)
     table = data.prepare_split()
     classes = sorted(table.label.unique())
 
