@@ -26,6 +26,7 @@ from PIL import Image
 from tlbench.data.datamodule import ImageFolderDataModule
 from tlbench.data.images import ImageLoadError, load_rgb
 from tlbench.errors import TLBenchError
+from tlbench.models.engine import EngineName
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import TrainedModel, load_trained
 from tlbench.models.module import TransferLearningModule
@@ -118,11 +119,12 @@ def fit(
 
 
 class Model:
-    """A trained model ready for inference, with its classes and its training-time preprocessing."""
+    """A trained model ready for inference, with its classes and its training-time preprocessing; ``engine`` runs
+    it (auto: ONNX Runtime on a CPU, torch on a GPU; see ``Predictor``)."""
 
-    def __init__(self, trained: TrainedModel, batch_size: int = 32) -> None:
+    def __init__(self, trained: TrainedModel, batch_size: int = 32, engine: EngineName = "auto") -> None:
         self.trained = trained
-        self.predictor = Predictor(trained, batch_size)
+        self.predictor = Predictor(trained, batch_size, engine)
 
     @property
     def classes(self) -> list[str]:
@@ -149,6 +151,7 @@ class Model:
         return results
 
 
-def load(path: str | Path, phase: str | None = None) -> Model:
-    """A model from a run directory, a ``.ckpt`` file or an export bundle (``phase`` picks a run's phase)."""
-    return Model(load_trained(path, phase))
+def load(path: str | Path, phase: str | None = None, engine: EngineName = "auto") -> Model:
+    """A model from a run directory, a ``.ckpt`` file or an export bundle (``phase`` picks a run's phase), run by
+    ``engine`` (auto, torch or onnxruntime)."""
+    return Model(load_trained(path, phase), engine=engine)

@@ -25,6 +25,7 @@ from tlbench.evaluation.domain import Recommendation, class_summary, recommend
 from tlbench.evaluation.plots import plot_contact_sheet
 from tlbench.io import write_csv
 from tlbench.models.backbones import create_classifier
+from tlbench.models.engine import EngineName
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import TrainedModel
 from tlbench.outputs import dataset_name, default_output
@@ -71,13 +72,14 @@ def imagenet_labels() -> list[str]:
     return [f"{name} #{i}" if repeated[name] > 1 else name for i, name in enumerate(names)]
 
 
-def imagenet_predictor(backbone: str) -> Predictor:
+def imagenet_predictor(backbone: str, engine: EngineName = "auto") -> Predictor:
     """The backbone with its ImageNet head, wrapped like a trained model so classify's batching is reused."""
     model, source = create_classifier(backbone)
     if source == "random" or getattr(model, "num_classes", 1000) != 1000:
         raise TLBenchError(f"check needs a backbone with ImageNet-1k weights; '{backbone}' has none ({source})")
     preprocessing = Preprocessing.from_timm_config(model.pretrained_cfg)
-    return Predictor(TrainedModel(model.eval(), imagenet_labels(), preprocessing, backbone, "imagenet", Path(source)))
+    trained = TrainedModel(model.eval(), imagenet_labels(), preprocessing, backbone, "imagenet", Path(source))
+    return Predictor(trained, engine=engine)
 
 
 def sample_images(table: pd.DataFrame, per_class: int, seed: int) -> pd.DataFrame:
@@ -102,6 +104,7 @@ def check_dataset(
     output: str | Path | None = None,
     seed: int = 0,
     progress: bool = False,
+    engine: EngineName = "auto",
 ) -> CheckResult:
     """ImageNet's predictions on ``per_class`` images per class, their per-class summary and the training advice.
 
@@ -118,6 +121,7 @@ def check_dataset(
         output: folder for check.csv and contact_sheet.png.
         seed: which images are sampled.
         progress: show a progress bar on stderr while classifying.
+        engine: auto (ONNX Runtime on a CPU, torch on a GPU), torch or onnxruntime.
     """
     config_root, config_backbone = config_values(config) if config else (None, None)
     root = data_root or config_root
@@ -128,7 +132,7 @@ def check_dataset(
         raise TLBenchError(f"--per_class must be at least 1 and --top_k in 1..1000 (got {per_class} and {top_k})")
     table = make_split(root)
     backbone = backbone or config_backbone or DEFAULT_BACKBONE
-    predictor = imagenet_predictor(backbone)
+    predictor = imagenet_predictor(backbone, engine)
     sample = sample_images(table, per_class, seed)
     predictions = classify_paths(predictor, [Path(root) / path for path in sample.path], top_k, progress)
     results = pd.concat([sample[["label"]], predictions], axis=1)

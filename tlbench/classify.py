@@ -17,6 +17,7 @@ from tlbench.data.discover import images_under
 from tlbench.data.images import ImageLoadError, load_rgb
 from tlbench.errors import TLBenchError
 from tlbench.io import write_csv
+from tlbench.models.engine import EngineName
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import TrainedModel, load_trained
 
@@ -90,6 +91,7 @@ def classify_files(
     batch_size: int = 32,
     output: str | Path | None = None,
     progress: bool = False,
+    engine: EngineName = "auto",
 ) -> Classification:
     """Classify image files and folders with a trained model (run directory, ``.ckpt`` or bundle).
 
@@ -101,6 +103,7 @@ def classify_files(
         batch_size: images decoded and run through the model at once (bounds memory on large folders).
         output: also write the table as CSV here.
         progress: show a progress bar on stderr.
+        engine: auto (ONNX Runtime on a CPU, torch on a GPU), torch or onnxruntime (see ``Predictor``).
     """
     if top_k < 1 or batch_size < 1:
         raise TLBenchError(f"--top_k and --batch_size must be at least 1 (got {top_k} and {batch_size})")
@@ -110,5 +113,5 @@ def classify_files(
             f"no image files in {', '.join(inputs)} (looked for .jpg, .jpeg, .png, .bmp, .webp, .tif, any case)"
         )
     trained = load_trained(model, phase)
-    table = classify_paths(Predictor(trained, batch_size), paths, top_k, progress)
+    table = classify_paths(Predictor(trained, batch_size, engine), paths, top_k, progress)
     return Classification(trained, table, write_csv(output, table) if output else None)

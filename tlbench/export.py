@@ -17,7 +17,6 @@ passed, so a failed or killed export never leaves a half-written bundle that ``l
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -31,40 +30,24 @@ from torch import nn
 from tlbench.data.images import ImageLoadError, load_rgb
 from tlbench.errors import TLBenchError
 from tlbench.io import write_json
-from tlbench.models.inference import Predictor
+from tlbench.models.engine import PARITY_TOLERANCE, export_onnx, ort_session
+from tlbench.models.inference import PROBABILITIES, Predictor, ProbabilityNetwork
 from tlbench.models.loading import (
     ARCHITECTURE_SETTINGS,
     BUNDLE_FORMAT,
     BUNDLE_MANIFEST,
+    BUNDLE_ONNX,
     BUNDLE_WEIGHTS,
     TrainedModel,
     load_bundle,
     load_trained,
 )
-from tlbench.models.module import TransferLearningModule
 from tlbench.rundir import read_metrics
 
 FORMATS = ("safetensors", "onnx", "torchscript")
-ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
-# float32 softmax outputs of the same graph agree to ~1e-7; 1e-4 leaves room for kernel differences
-# (onnxruntime's fused convolutions) while catching any real mismatch such as a wrong layer or preprocessing.
-PARITY_TOLERANCE = 1e-4
 PARITY_IMAGES = 4
 METRIC_KEYS = ("test_acc", "test_acc_ci95", "test_n", "test_macro_f1", "val_acc", "val_loss", "best_epoch")
-
-
-class ProbabilityNetwork(nn.Module):
-    """Backbone, head and softmax as a plain module: what ONNX and TorchScript consumers get. The
-    LightningModule itself cannot be traced (tracing probes its ``trainer`` property, which raises)."""
-
-    def __init__(self, model: TransferLearningModule) -> None:
-        super().__init__()
-        self.backbone = model.backbone
-        self.head = model.head
-
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(batch)).softmax(dim=1)
 
 
 def parse_formats(formats: str) -> list[str]:
@@ -76,14 +59,6 @@ def parse_formats(formats: str) -> list[str]:
             f"unknown export format {', '.join(unknown)}; choose from {', '.join(FORMATS)} (comma-separated)"
         )
     return [name for name in FORMATS if name == "safetensors" or name in requested]
-
-
-def require_onnx() -> None:
-    missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise TLBenchError(
-            f"ONNX export needs {' and '.join(missing)}; install them with: pip install 'tlbench[export]'"
-        )
 
 
 def parity_batch(run_dir: Path, predictor: Predictor, count: int = PARITY_IMAGES) -> tuple[torch.Tensor, str]:
@@ -141,22 +116,8 @@ def max_abs_diff(expected: torch.Tensor, actual: torch.Tensor) -> float:
 
 def write_onnx(network: nn.Module, example: torch.Tensor, path: Path) -> torch.Tensor:
     """Export with a dynamic batch axis and return onnxruntime's probabilities for ``example``."""
-    import onnxruntime
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notices
-        torch.onnx.export(
-            network,
-            (example,),
-            str(path),
-            dynamo=False,
-            input_names=["images"],
-            output_names=["probabilities"],
-            dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
-            opset_version=17,
-        )
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(["probabilities"], {"images": example.numpy()})[0])
+    export_onnx(network, example, path, PROBABILITIES)
+    return torch.from_numpy(ort_session(path).run([PROBABILITIES], {"images": example.numpy()})[0])
 
 
 def write_torchscript(network: nn.Module, example: torch.Tensor, path: Path) -> torch.Tensor:
@@ -176,14 +137,12 @@ def export_bundle(
     run_dir = Path(run).expanduser()
     read_metrics(run_dir)  # one line when it is no run directory: export needs its metrics and test images
     wanted = parse_formats(formats)
-    if "onnx" in wanted:
-        require_onnx()
     trained = load_trained(run_dir, phase)
     destination = Path(output).expanduser() if output else run_dir / f"export_{trained.phase}"
     if destination.exists():
         raise TLBenchError(f"{destination} already exists; remove it or choose another --output")
     destination.parent.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor(trained)
+    predictor = Predictor(trained, engine="torch")  # the reference every exported form is checked against
     inputs, described = parity_batch(run_dir, predictor)
     expected = predictor.forward(inputs)
     network = ProbabilityNetwork(trained.model).eval()
@@ -192,9 +151,10 @@ def export_bundle(
         save_model(trained.model, str(staging / BUNDLE_WEIGHTS))
         info = manifest(trained, run_dir)
         write_json(staging / BUNDLE_MANIFEST, info)
-        differences = {"safetensors": max_abs_diff(expected, Predictor(load_bundle(staging)).forward(inputs))}
+        reloaded = Predictor(load_bundle(staging), engine="torch").forward(inputs)
+        differences = {"safetensors": max_abs_diff(expected, reloaded)}
         if "onnx" in wanted:
-            differences["onnx"] = max_abs_diff(expected, write_onnx(network, inputs, staging / ONNX_FILE))
+            differences["onnx"] = max_abs_diff(expected, write_onnx(network, inputs, staging / BUNDLE_ONNX))
         if "torchscript" in wanted:
             differences["torchscript"] = max_abs_diff(
                 expected, write_torchscript(network, inputs, staging / TORCHSCRIPT_FILE)

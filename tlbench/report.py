@@ -136,15 +136,18 @@ def accuracy_interval(group: pd.DataFrame) -> tuple[float, float, str]:
     return max(0.0, lo), min(1.0, hi), f"t over {len(values)} seeds"
 
 
-def paired_effect(runs: list[Run], after: Callable[[Run], str], prefix: str) -> dict:
-    """Paired head -> ``after(run)`` comparison per seed, pooled over seeds (see module notes); keys start with
-    ``prefix``."""
-    tests = []
-    for run in runs:
-        tables = [
-            pd.read_csv(run.path.parent / run.metrics["phases"][phase]["predictions"]) for phase in ("head", after(run))
-        ]
-        tests.append(compare_phases(*tables, split=run.metrics["test_on"]))
+def phase_predictions(run: Run, phase: str) -> pd.DataFrame:
+    return pd.read_csv(run.path.parent / run.metrics["phases"][phase]["predictions"])
+
+
+def final_predictions(run: Run) -> pd.DataFrame:
+    return phase_predictions(run, final_phase(run.metrics))
+
+
+def pooled_mcnemar(pairs: list[tuple[pd.DataFrame, pd.DataFrame, str]], prefix: str) -> dict:
+    """Paired comparisons ``(before, after, split)``, one per seed (or dataset x seed), pooled by their discordant
+    pairs into one exact McNemar test (see module notes); keys start with ``prefix``."""
+    tests = [compare_phases(before, after, split=split) for before, after, split in pairs]
     b = sum(test["mcnemar_b"] for test in tests)
     c = sum(test["mcnemar_c"] for test in tests)
     # McNemar depends on the discordant counts only: b images right only before, c right only after.
@@ -157,6 +160,14 @@ def paired_effect(runs: list[Run], after: Callable[[Run], str], prefix: str) -> 
         f"{prefix}_seeds_significant": sum(test["mcnemar_p"] < SIGNIFICANCE for test in tests),
         f"{prefix}_seed_p": ";".join(f"{test['mcnemar_p']:.3g}" for test in tests),
     }
+
+
+def paired_effect(runs: list[Run], after: Callable[[Run], str], prefix: str) -> dict:
+    """Paired head -> ``after(run)`` comparison per seed, pooled over seeds; keys start with ``prefix``."""
+    return pooled_mcnemar(
+        [(phase_predictions(run, "head"), phase_predictions(run, after(run)), run.metrics["test_on"]) for run in runs],
+        prefix,
+    )
 
 
 def finetune_effect(runs: list[Run]) -> dict:
@@ -217,6 +228,69 @@ def summarize_final(runs: list[Run], table: pd.DataFrame) -> pd.DataFrame:
             row.update(paired_effect(cell, lambda run: final_phase(run.metrics), "final_vs_head"))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+ALL_DATASETS = "all datasets"
+
+
+def compare_candidates(runs: list[Run], final: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
+    """Each model's final model against a reference model's, on the same test images of the same seeds.
+
+    The reference is ``reference`` where it ran on the dataset, else the dataset's best mean final accuracy.
+    One row per dataset x model (the reference's own row has no test), plus rows for ``ALL_DATASETS``: the mean
+    of the per-dataset means for models that ran on every dataset, tested against the best such model (or
+    ``reference``) with the discordant pairs of every dataset and seed pooled.
+    """
+    if reference is not None and reference not in set(final.backbone):
+        raise TLBenchError(
+            f"--reference {reference}: no finished run of that model (have: {', '.join(dict.fromkeys(final.backbone))})"
+        )
+    by_key = {run.key: run for run in runs}
+    datasets = list(dict.fromkeys(final.dataset))
+    everywhere = [name for name, rows in final.groupby("backbone", sort=False) if len(rows) == len(datasets)]
+    overall = final[final.backbone.isin(everywhere)].groupby("backbone", sort=False).acc_mean.mean().rename("acc_mean")
+
+    def leader(means: pd.Series) -> str:
+        return reference if reference in means.index else str(means.idxmax())
+
+    rows = []
+    for dataset in [*datasets, ALL_DATASETS]:
+        if dataset == ALL_DATASETS:
+            if len(datasets) < 2 or overall.empty:
+                continue
+            means, scope = overall, datasets
+        else:
+            means, scope = final[final.dataset == dataset].set_index("backbone").acc_mean, [dataset]
+        best = leader(means)
+        for model, acc_mean in means.items():
+            row = {"dataset": dataset, "backbone": model, "acc_mean": acc_mean, "reference": best}
+            pairs = [
+                (final_predictions(base), final_predictions(run), run.metrics["test_on"])
+                for (name, candidate, seed), run in by_key.items()
+                if name in scope and candidate == model and (base := by_key.get((name, best, seed))) is not None
+            ]
+            if model != best and pairs:
+                row.update(pooled_mcnemar(pairs, "vs_reference"))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def candidates_table(comparison: pd.DataFrame) -> pd.DataFrame:
+    """Models x datasets (and all datasets): accuracy change against the reference, pooled McNemar p."""
+
+    def cell(row: pd.Series, cells: pd.DataFrame) -> str:
+        if row.name == row.reference:
+            return f"{_percent(row.acc_mean)}: reference"
+        if pd.isna(row.get("vs_reference_pooled_p")):
+            return f"{_percent(row.acc_mean)}: no shared seeds"
+        significant = row.vs_reference_pooled_p < SIGNIFICANCE
+        text = (
+            f"{_percent(row.acc_mean)}: {100 * row.vs_reference_diff:+.1f} pts, "
+            f"p={row.vs_reference_pooled_p:.2g}{' (significant)' if significant else ''}"
+        )
+        return f"**{text}**" if significant else text
+
+    return _backbone_by_dataset(comparison, comparison, cell)
 
 
 def _percent(value: float) -> str:
@@ -337,9 +411,10 @@ def default_report_dir(runs_dir: str | Path) -> Path:
     return default_output("reports", "all" if runs == LOGS.resolve() else runs.name)
 
 
-def write_report(runs_dir: str | Path = LOGS, output: str | Path | None = None) -> Path:
-    """``report.md``, ``report.csv`` (summary rows), ``runs.csv`` (per run and phase) and the PNG figures, in
-    ``output`` (default: ``default_report_dir(runs_dir)``)."""
+def write_report(runs_dir: str | Path = LOGS, output: str | Path | None = None, reference: str | None = None) -> Path:
+    """``report.md``, ``report.csv`` (summary rows), ``final.csv`` (final models), ``candidates.csv`` (final
+    models against ``reference``, see ``compare_candidates``), ``runs.csv`` (per run and phase) and the PNG
+    figures, in ``output`` (default: ``default_report_dir(runs_dir)``)."""
     output = Path(output) if output else default_report_dir(runs_dir)
     runs, left_out = collect_runs(runs_dir)
     table = run_table(runs)
@@ -347,6 +422,8 @@ def write_report(runs_dir: str | Path = LOGS, output: str | Path | None = None) 
     final = summarize_final(runs, table)
     write_csv(output / "report.csv", summary)
     write_csv(output / "final.csv", final)
+    candidates = compare_candidates(runs, final, reference)
+    write_csv(output / "candidates.csv", candidates)
     write_csv(output / "runs.csv", table)
     plots.plot_accuracy_bars(summary, output / "accuracy.png")
     plots.plot_time_vs_accuracy(final, output / "time_vs_accuracy.png")
@@ -370,6 +447,15 @@ def write_report(runs_dir: str | Path = LOGS, output: str | Path | None = None) 
         f"in brackets after the interval, how often each phase was chosen. {caption}\n\n"
         f"{_markdown_table(final_table(final))}"
     )
+    if "vs_reference_pooled_p" in candidates:
+        sections.append(
+            "## Candidates compared\n\nFinal-model test accuracy in % (mean over seeds), and its change against "
+            "the reference on the same test images of the same seeds: exact McNemar test with the discordant pairs "
+            "of all seeds (and, for all datasets, of every dataset) pooled. The reference is "
+            + (f"`{reference}`" if reference else "the best mean per column")
+            + f"; {ALL_DATASETS}: the mean of the per-dataset means, for models run on every dataset. "
+            f"Bold: significant (p < {SIGNIFICANCE:g}).\n\n{_markdown_table(candidates_table(candidates))}"
+        )
     if "final_vs_head_pooled_p" in final:
         sections.append(
             "## Is the final model worse than its head phase?\n\n"

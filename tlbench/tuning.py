@@ -6,11 +6,17 @@ phase's (``finetune_lr``) on images. A fine-tune search from a random head would
 learns, so the head is trained first, as in a fit: ``head_epochs`` epochs at the configured ``head_lr`` on the
 training images' centre-crop features (a constant rate and no augmentation, which is what the search needs: a
 head that already separates the classes, not the best head).
+
+A search sweeps its rates over ``num_training`` optimizer steps, but a fit's epochs bound them: on 100 images,
+10 head epochs of 3 batches end the sweep at a third of the range, whose suggestion is then meaningless. So each
+search runs in a phase widened to enough epochs for every step (``phase_for_search``), restored afterwards.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -45,6 +51,33 @@ def _search(
     plot_path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(plot_path, format="png", dpi=100)
     return finder.suggestion()
+
+
+@contextmanager
+def phase_for_search(
+    module: TransferLearningModule,
+    datamodule: ImageFolderDataModule,
+    trainer: pl.Trainer,
+    phase: str,
+    num_training: int,
+) -> Iterator[None]:
+    """The module set to ``phase`` alone, for as many epochs as ``num_training`` steps need (at least the phase's
+    own), and ``trainer``'s budget to match: the schedule neither switches phase nor ends the fit mid-sweep. The
+    module's epoch settings are restored on exit (the trainer is the search's own)."""
+    hp = module.hparams
+    saved = hp.head_epochs, hp.finetune_epochs, module.finetune_start
+    epochs = math.ceil(num_training / math.ceil(len(datamodule.dataset("train")) / datamodule.batch_size))
+    if phase == "head":
+        hp.head_epochs, hp.finetune_epochs = max(hp.head_epochs, epochs), 0
+    else:
+        hp.head_epochs, hp.finetune_epochs = 0, max(hp.finetune_epochs, epochs)
+    module.finetune_start = hp.head_epochs
+    trainer.fit_loop.max_epochs = module.total_epochs
+    module.apply_phase(phase)
+    try:
+        yield
+    finally:
+        hp.head_epochs, hp.finetune_epochs, module.finetune_start = saved
 
 
 def train_head(module: TransferLearningModule, datamodule: ImageFolderDataModule, device: torch.device) -> None:
@@ -83,24 +116,25 @@ def find_learning_rates(
 ) -> dict[str, float | None]:
     """Suggested ``head_lr`` and ``finetune_lr`` (for the phases the module runs; None where the search stopped
     too early to suggest one), each curve plotted to ``plot_dir/<name>.png``. ``make_trainer`` gives a fresh
-    trainer for each search; its epochs (``head_epochs + finetune_epochs``) bound the search's steps."""
+    trainer for each search."""
     hp = module.hparams
     suggestions: dict[str, float | None] = {}
     if hp.head_epochs > 0:
-        module.apply_phase("head")
-        suggestions["head_lr"] = _search(
-            module, datamodule, make_trainer(), "head_lr", plot_dir / "head_lr.png", num_training
-        )
+        trainer = make_trainer()
+        with phase_for_search(module, datamodule, trainer, "head", num_training):
+            suggestions["head_lr"] = _search(
+                module, datamodule, trainer, "head_lr", plot_dir / "head_lr.png", num_training
+            )
     if hp.finetune_epochs > 0:
         trainer = make_trainer()
         if hp.head_epochs > 0:
             train_head(module, datamodule, trainer.strategy.root_device)
-        module.apply_phase("finetune")
         cache_features, hp.cache_features = hp.cache_features, False  # the fine-tune search trains on images
         try:
-            suggestions["finetune_lr"] = _search(
-                module, datamodule, trainer, "finetune_lr", plot_dir / "finetune_lr.png", num_training
-            )
+            with phase_for_search(module, datamodule, trainer, "finetune", num_training):
+                suggestions["finetune_lr"] = _search(
+                    module, datamodule, trainer, "finetune_lr", plot_dir / "finetune_lr.png", num_training
+                )
         finally:
             hp.cache_features = cache_features
     return suggestions

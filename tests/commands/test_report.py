@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.commands.conftest import DATASETS, SEEDS, cell_metrics
+from tests.commands.conftest import BACKBONES, DATASETS, SEEDS, cell_metrics
 from tests.conftest import run_tlbench
 from tlbench.evaluation.final import final_phase
 from tlbench.evaluation.stats import t_quantile
-from tlbench.report import accuracy_interval
+from tlbench.report import accuracy_interval, write_report
 
 T_975 = {1: 12.7062, 2: 4.3027, 4: 2.7764, 9: 2.2622, 30: 2.0423}  # published two-sided 95% t table
 
@@ -104,3 +104,52 @@ def test_report_final_model_table_equals_the_runs_final_phases(grid_study, repor
 
 def _percent(value: float) -> str:
     return f"{100 * value:.1f}"
+
+
+def _final_correct(run: dict) -> pd.Series:
+    path = Path(run["run_dir"]) / f"predictions_{final_phase(run)}.csv"
+    return pd.read_csv(path).set_index("path").correct.astype(bool)
+
+
+def _discordant(runs: list[dict], reference: str, model: str, datasets) -> tuple[int, int]:
+    """Images only the reference's final model got right, and only the model's, summed over datasets and seeds."""
+    b = c = 0
+    for dataset in datasets:
+        for seed in SEEDS:
+            base, other = (
+                _final_correct(next(r for r in runs if (r["dataset"], r["backbone"], r["split_seed"]) == key))
+                for key in ((dataset, reference, seed), (dataset, model, seed))
+            )
+            other = other.reindex(base.index)
+            b, c = b + int((base & ~other).sum()), c + int((~base & other).sum())
+    return b, c
+
+
+def test_report_compares_candidates_with_the_best_by_pooled_mcnemar(grid_study, report_dir):
+    runs = [json.loads(Path(path).read_text()) for path in cell_metrics(grid_study)]
+    final = pd.read_csv(report_dir / "final.csv")
+    candidates = pd.read_csv(report_dir / "candidates.csv")
+    assert list(candidates.dataset) == [d for d in (*DATASETS, "all datasets") for _ in BACKBONES]
+    for dataset, rows in candidates.groupby("dataset"):
+        scope = DATASETS if dataset == "all datasets" else (dataset,)
+        means = final[final.dataset.isin(scope)].groupby("backbone").acc_mean.mean()
+        assert rows.set_index("backbone").acc_mean.to_dict() == pytest.approx(means.to_dict())
+        best = means.idxmax()
+        assert set(rows.reference) == {best}
+        other = rows[rows.backbone != best].iloc[0]
+        assert (other.vs_reference_pooled_b, other.vs_reference_pooled_c) == _discordant(
+            runs, best, other.backbone, scope
+        )
+        assert math.isnan(rows[rows.backbone == best].vs_reference_pooled_p.iloc[0])
+    section = (report_dir / "report.md").read_text().split("## Candidates compared")[1].split("\n## ")[0]
+    assert ": reference" in section and "p=" in section
+
+
+def test_report_reference_is_chosen_by_name_and_an_unknown_name_is_one_line(grid_study, tmp_path):
+    write_report(grid_study.root / "runs", tmp_path / "ref", reference="cnn1")
+    candidates = pd.read_csv(tmp_path / "ref" / "candidates.csv")
+    assert set(candidates.reference) == {"cnn1"}
+    assert candidates[candidates.backbone == "cnn6"].vs_reference_pooled_p.notna().all()
+    result = run_tlbench("report", "runs", "--output", str(tmp_path / "bad"), "--reference", "vit", cwd=grid_study.root)
+    assert result.returncode == 2 and "--reference vit: no finished run of that model" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "bad" / "report.md").exists()

@@ -23,6 +23,8 @@ and it tells the module what the batches then hold (``TransferLearningModule.set
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
@@ -145,16 +147,24 @@ class FeatureCaching(pl.Callback):
         }
         if augmented and datamodule.augment_policy != "none":  # keyed only when on: earlier entries stay valid
             description["augment_policy"] = datamodule.augment_policy
-        path = cache_dir("features") / f"{cache_key(weights_digest(module.backbone), description, files)}.pt"
-        found = path.is_file()
+        weights = weights_digest(module.backbone)
+
+        def entry(engine: str) -> Path:
+            """Features of another engine differ by float rounding: keyed apart, except torch's (earlier entries)."""
+            keyed = description if engine == "torch" else {**description, "engine": engine}
+            return cache_dir("features") / f"{cache_key(weights, keyed, files)}.pt"
+
+        engine = module.engine_name()
+        found = entry(engine).is_file()
         if trainer.world_size > 1:
             found = trainer.strategy.reduce_boolean_decision(found, all=True)
         if found:
-            return FeatureSet.load(path)
+            module.engines_used["features"] = engine
+            return FeatureSet.load(entry(engine))
         title = f"caching features: {rows_of}" + (f" ({views} views)" if views > 1 else "")
         result = self._encode(module, rows_of, module.encode, title, views, augmented)
         if trainer.is_global_zero:
-            result.save(path)
+            result.save(entry(module.engines_used.get("features", engine)))
         return result
 
     def _trunk_activations(self, module) -> FeatureSet | None:
@@ -163,7 +173,7 @@ class FeatureCaching(pl.Callback):
         if self._trunk is None and (depth := module.frozen_trunk_depth()) > 0:
             size = module.preprocessing.input_size
             with evaluating(module.backbone), torch.no_grad():
-                one = module.encode_until(torch.zeros(1, 3, size, size, device=module.device), depth)
+                one = module.backbone.forward_until(torch.zeros(1, 3, size, size, device=module.device), depth)
             datamodule = self.trainer.datamodule
             split = datamodule.validation_split
             images = int((datamodule.prepare_split().split == split).sum())

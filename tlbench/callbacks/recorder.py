@@ -134,10 +134,12 @@ class RunRecorder(pl.Callback):
             "preprocessing": pl_module.preprocessing.to_dict(),
             "classes": pl_module.classes,
             "split_sizes": datamodule.split_sizes(),
+            "layout": datamodule.layout,
             "test_on": datamodule.test_on,
             "run_dir": str(run_dir(trainer).resolve()),
             "checkpoint_dir": str(checkpoint_dir(trainer).resolve()),
             "skipped": [{"path": path, "reason": reason} for path, reason in datamodule.skipped],
+            "engine": dict(pl_module.engines_used),
             "phases": phases,
         }
         write_metrics(run_dir(trainer), metrics)
@@ -157,7 +159,8 @@ class RunRecorder(pl.Callback):
             phase_metrics["tta"] = self._evaluate(
                 trainer, outputs["tta_probs"], outputs, split_rows, pl_module.classes, f"{phase}_tta"
             )
-        update_metrics(out, {"phases": {phase: phase_metrics}, "test_on": datamodule.test_on})
+        update = {"phases": {phase: phase_metrics}, "test_on": datamodule.test_on, "engine": pl_module.engines_used}
+        update_metrics(out, update)
         self._log_confusion(trainer, out / phase_metrics["artifacts"]["confusion_plot"], phase)
 
     @staticmethod

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tlbench.check import check_dataset, format_labels
 from tlbench.commands import show_progress
+from tlbench.models.engine import EngineName
 
 
 def check(
@@ -17,6 +18,7 @@ def check(
     output: str | None = None,
     seed: int = 0,
     progress: bool | None = None,
+    engine: EngineName = "auto",
 ) -> None:
     """Show ImageNet's predictions on a few images per class and recommend head-only or fine-tuning.
 
@@ -33,8 +35,9 @@ def check(
         output: folder for check.csv and contact_sheet.png (default: lightning_logs/check/<dataset>_<backbone>).
         seed: which images are sampled.
         progress: progress bar on stderr (default: only when stderr is a terminal).
+        engine: auto (ONNX Runtime on a CPU, torch on a GPU), torch or onnxruntime.
     """
-    result = check_dataset(config, data_root, backbone, per_class, top_k, output, seed, show_progress(progress))
+    result = check_dataset(config, data_root, backbone, per_class, top_k, output, seed, show_progress(progress), engine)
     predictions = result.predictions
     print(
         f"{result.backbone} ImageNet predictions on {len(predictions)} images of {result.root}"

@@ -6,6 +6,7 @@ import pandas as pd
 
 from tlbench.classify import classify_files
 from tlbench.commands import show_progress
+from tlbench.models.engine import EngineName
 
 
 def format_table(table: pd.DataFrame) -> str:
@@ -30,6 +31,7 @@ def classify(
     phase: str | None = None,
     batch_size: int = 32,
     progress: bool | None = None,
+    engine: EngineName = "auto",
 ) -> int:
     """Classify images with a trained model; exit 0 when every file was classified, 1 when some could not be read.
 
@@ -41,8 +43,9 @@ def classify(
         phase: with a run directory, the phase whose best checkpoint is used (default: the final model).
         batch_size: images decoded and run through the model at once (bounds memory on large folders).
         progress: progress bar on stderr (default: only when stderr is a terminal).
+        engine: auto (ONNX Runtime on a CPU, torch on a GPU), torch or onnxruntime.
     """
-    result = classify_files(model, inputs, top_k, phase, batch_size, output, show_progress(progress))
+    result = classify_files(model, inputs, top_k, phase, batch_size, output, show_progress(progress), engine)
     trained = result.trained
     print(f"{trained.backbone} ({trained.phase}) from {trained.source}: {len(result.table)} image(s)")
     print(format_table(result.table))

@@ -11,7 +11,7 @@ def export(run: str, phase: str | None = None, format: str = "safetensors", outp
     Args:
         run: run directory (lightning_logs/<experiment>/version_N).
         phase: head or finetune (default: the final model, metrics.json "final").
-        format: comma-separated formats: safetensors (always written), onnx (needs tlbench[export]), torchscript.
+        format: comma-separated formats: safetensors (always written), onnx, torchscript.
         output: bundle folder to create (default: RUN/export_<phase>); must not exist yet.
     """
     bundle, parity = export_bundle(run, phase, format, output)

@@ -28,6 +28,6 @@ def lr_find(args: list[str]) -> int:
             cli.model, cli.datamodule, lambda: cli.instantiate_trainer(default_root_dir=scratch), plot_dir
         )
     for name, suggested in suggestions.items():
-        found = f"{suggested:.3g}" if suggested is not None else "none (too few steps: more epochs or smaller batches)"
+        found = f"{suggested:.3g}" if suggested is not None else "none (the loss never fell steadily: see the plot)"
         print(f"{name}: suggested {found} (configured {cli.model.hparams[name]:g}); plot {plot_dir / name}.png")
     return 0

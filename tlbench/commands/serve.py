@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 
 from tlbench.errors import TLBenchError
+from tlbench.models.engine import EngineName
 from tlbench.models.loading import load_trained
 
 
@@ -19,6 +20,7 @@ def serve(
     top_k: int = 5,
     max_batch: int = 8,
     batch_window_ms: float = 5.0,
+    engine: EngineName = "auto",
 ) -> None:
     """Serve MODEL at http://HOST:PORT/ (page), POST /predict (multipart field "file"), GET /model, GET /health.
 
@@ -33,6 +35,8 @@ def serve(
         top_k: predictions returned per image.
         max_batch: most concurrent requests sharing one forward pass; 1 turns micro-batching off.
         batch_window_ms: how long the first queued request waits for others to join its batch.
+        engine: auto (ONNX Runtime on a CPU, torch on a GPU), torch or onnxruntime; a bundle's model.onnx is used
+            when present, else the model is exported on the first request (and cached).
     """
     missing = [name for name in ("fastapi", "uvicorn", "python_multipart") if importlib.util.find_spec(name) is None]
     if missing:
@@ -48,7 +52,7 @@ def serve(
 
     trained = load_trained(model, phase)
     app = create_app(
-        trained, ServeSettings(max_upload_mb, max_concurrency, queue_timeout, top_k, max_batch, batch_window_ms)
+        trained, ServeSettings(max_upload_mb, max_concurrency, queue_timeout, top_k, max_batch, batch_window_ms, engine)
     )
     print(
         f"serving {trained.backbone} ({trained.phase}, {len(trained.classes)} classes) from {trained.source}"

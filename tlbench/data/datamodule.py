@@ -22,7 +22,15 @@ from tlbench.data.decode_cache import DecodedImageCache
 from tlbench.data.decode_cache import prune as prune_decoded
 from tlbench.data.discover import check_root, files_under
 from tlbench.data.images import is_image_file, load_rgb
-from tlbench.data.split import DEFAULT_SELECT_FRACTION, SELECT, make_split, read_split, split_summary
+from tlbench.data.split import (
+    DEFAULT_SELECT_FRACTION,
+    DEFAULT_VAL_FRACTION,
+    SELECT,
+    imbalance_note,
+    read_split,
+    split_dataset,
+    split_summary,
+)
 from tlbench.data.transforms import AugmentPolicy, Preprocessing, loader_transform
 from tlbench.errors import TLBenchError
 from tlbench.rundir import run_dir
@@ -66,14 +74,14 @@ class UnlabelledImages(Dataset):
         return self.transform(load_rgb(self.paths[i])), -1, i
 
 
+# A warning at fit start for images whose shorter side is below this part of the network's input size.
+SMALL_IMAGE_RATIO = 0.5
+
+
 def default_num_workers() -> int:
     """Leave one core to the training process; loader workers beyond the cores only contend with it."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(0, min(8, cores - 1))
-
-
-# A warning at fit start when the largest training class has more than this many times the smallest one's images.
-IMBALANCE_WARNING_RATIO = 3
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
@@ -92,11 +100,16 @@ class ImageFolderDataModule(pl.LightningDataModule):
         decode_cache: bool = True,
         predict_dir: str | None = None,
         select_fraction: float = DEFAULT_SELECT_FRACTION,
+        val_fraction: float = DEFAULT_VAL_FRACTION,
+        labels_csv: str | None = None,
+        allow_external_links: bool = False,
     ) -> None:
         """
         Args:
-            root: folder of class sub-folders, or of ``train/ val/ [test/]`` folders used as given.
-            split_seed: seed of the stratified 70/20/10 split; the same seed gives the same split for every model.
+            root: folder of class sub-folders, or of ``train/`` with ``val/`` and/or ``test/`` folders of class
+                folders (used as given), or of images listed in ``labels_csv``.
+            split_seed: seed of the stratified 70/20/10 split (and of the val or select split carved from train);
+                the same seed gives the same split for every model.
             split_file: reuse a ``split.csv`` (path,label,split) instead of splitting.
             batch_size: images per batch for every split.
             num_workers: data-loading processes; default: one less than the available cores.
@@ -117,6 +130,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
             select_fraction: for a ``train/ val/`` layout without a test folder, the part of each class's training
                 images held out (split ``select``) to choose checkpoints and the final phase, so the reported val
                 split stays untouched by selection; 0 selects on val as well.
+            val_fraction: for a ``train/ test/`` layout (no val folder), the part of each class's training images
+                held out as the val split (stratified, seeded by ``split_seed``); test stays as given.
+            labels_csv: a CSV with columns path,label[,split] (paths relative to ``root``) labelling the images
+                under ``root``, instead of class folders; without a split column the images are split 70/20/10.
+            allow_external_links: follow image symlinks that lead outside ``root`` (a subset linked from a larger
+                copy) instead of refusing the dataset.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -130,6 +149,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 f"--data.augment_policy {augment_policy} augments training images but --data.augment is false;"
                 " pass --data.augment true or drop --data.augment_policy"
             )
+        if split_file and labels_csv:
+            raise TLBenchError(
+                f"--data.split_file {split_file} and --data.labels_csv {labels_csv} both label the images; pass one"
+            )
         self.augment = augment
         self.augment_policy = augment_policy
         self.sampler = sampler
@@ -138,9 +161,14 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.decode_cache = decode_cache
         self.predict_dir = predict_dir
         self.select_fraction = select_fraction
+        self.val_fraction = val_fraction
+        self.labels_csv = labels_csv
+        self.allow_external_links = allow_external_links
+        self.layout = ""
         self._predict_rows: pd.DataFrame | None = None
         self._discovered: pd.DataFrame | None = None
         self.skipped: list[tuple[str, str]] = []
+        self.image_sizes: dict[str, tuple[int, int]] = {}
         self.preprocessing: Preprocessing | None = None
         self.table: pd.DataFrame | None = None
         self.classes: list[str] = []
@@ -169,11 +197,19 @@ class ImageFolderDataModule(pl.LightningDataModule):
         creates a run folder, and a missing, empty or imageless data root leaves nothing behind."""
         if self._discovered is None:
             root = check_root(self.root)
-            self._discovered = (
-                read_split(self.split_file)
-                if self.split_file
-                else make_split(root, self.split_seed, self.select_fraction)
-            )
+            if self.split_file:
+                self._discovered = read_split(self.split_file)
+                self.layout = f"layout: split file {self.split_file} (used as given)"
+            else:
+                split = split_dataset(
+                    root,
+                    self.split_seed,
+                    self.select_fraction,
+                    self.val_fraction,
+                    self.labels_csv,
+                    self.allow_external_links,
+                )
+                self._discovered, self.layout = split.table, split.layout
         return self._discovered
 
     def prepare_split(self) -> pd.DataFrame:
@@ -184,17 +220,26 @@ class ImageFolderDataModule(pl.LightningDataModule):
         root = check_root(self.root)
         table = self.discover()
         trainer = self.trainer  # the scan's bar follows --trainer.enable_progress_bar, on rank 0 only
+        if trainer is None or trainer.is_global_zero:
+            print(f"{root}: {self.layout}")
         # reports (bad_files.csv, duplicates.csv) go to the run directory of a run, on rank 0 only
         report_dir = (
             run_dir(trainer) if trainer is not None and trainer.is_global_zero and trainer.lightning_module else None
         )
         progress = trainer is not None and trainer.is_global_zero and trainer.progress_bar_callback is not None
         checked = preflight(
-            root, table, skip_bad=self.skip_bad_images, dedupe=self.dedupe, report_dir=report_dir, progress=progress
+            root,
+            table,
+            skip_bad=self.skip_bad_images,
+            dedupe=self.dedupe,
+            report_dir=report_dir,
+            progress=progress,
+            allow_external_links=self.allow_external_links,
         )
         for problem in checked.problems:
             rank_zero_warn(f"{root}: {problem}")
         self.skipped = checked.skipped
+        self.image_sizes = checked.sizes
         self.table = checked.table
         self.classes = sorted(set(table.label))
         return self.table
@@ -209,24 +254,32 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return [int(counts.get(name, 0)) for name in self.classes]
 
     def _warn_if_imbalanced(self) -> None:
-        counts = dict(zip(self.classes, self.train_class_counts()))
-        largest, smallest = max(counts, key=counts.get), min(counts, key=counts.get)
-        if counts[largest] > IMBALANCE_WARNING_RATIO * counts[smallest]:
+        note = imbalance_note(self.prepare_split())
+        if note:
+            rank_zero_warn(note)
+
+    def _warn_if_small(self) -> None:
+        """One warning for all images far below the network's input: they are upscaled, so blurred."""
+        input_size = self.preprocessing.input_size
+        small = [min(size) for size in self.image_sizes.values() if size and min(size) < input_size * SMALL_IMAGE_RATIO]
+        if small:
             rank_zero_warn(
-                f"class imbalance: largest class {largest} has {counts[largest]} images, smallest {smallest} has"
-                f" {counts[smallest]} (ratio {counts[largest] / max(1, counts[smallest]):.1f});"
-                " consider --model.class_weights balanced or --data.sampler balanced"
+                f"{len(small)} of {len(self.image_sizes)} images have a shorter side under"
+                f" {input_size * SMALL_IMAGE_RATIO:g} px (smallest {min(small)} px): they are upscaled to the"
+                f" {input_size} px input, which blurs them; a smaller --model.input_size (or a backbone made for small"
+                " images) may suit them better"
             )
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_split()
-        if stage == "fit":
-            self._warn_if_imbalanced()
         if self.decode_cache:
             prune_decoded()
         if self.preprocessing is None:
             module = self.trainer.lightning_module if self.trainer is not None else None
             self.preprocessing = getattr(module, "preprocessing", None) or Preprocessing()
+        if stage == "fit":
+            self._warn_if_imbalanced()
+            self._warn_if_small()
 
     def dataset(self, split: str, train_transforms: bool = False) -> ImageTableDataset:
         table = self.prepare_split()
@@ -296,7 +349,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 raise TLBenchError(f"--data.predict_dir {folder} is not a folder; pass a folder of images")
             files = [path.relative_to(folder).as_posix() for path in files_under(folder)]
             images = [path for path in files if is_image_file(Path(path))]
-            scans = scan_files(folder, images)
+            scans = scan_files(folder, images, allow_external_links=self.allow_external_links)
             skipped = [(path, "not an image file") for path in files if path not in scans]
             skipped += [(path, scan.reason) for path, scan in scans.items() if scan.reason]
             for path, reason in skipped:

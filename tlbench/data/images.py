@@ -26,6 +26,8 @@ import io
 import math
 import struct
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -105,20 +107,38 @@ def _draft_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     return max(1, math.ceil(size[0] * scale)), max(1, math.ceil(size[1] * scale))
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """Width and height from the header alone (fast: no pixels decoded), raising ``ImageLoadError`` with a short
-    reason for a file that is not a readable image; a truncated file with a whole header passes."""
+@contextmanager
+def _load_errors() -> Iterator[None]:
+    """Whatever PIL or the file system raises while reading an image, as an ``ImageLoadError`` with a short reason."""
     try:
-        with Image.open(path) as image:
-            return image.size
+        yield
+    except ImageLoadError:
+        raise
     except FileNotFoundError:
         raise ImageLoadError("file not found") from None
     except PermissionError:
         raise ImageLoadError("permission denied") from None
     except UnidentifiedImageError:
         raise NotAnImageError("not an image (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageLoadError(f"possible decompression bomb: {error}") from None
     except DECODE_ERRORS as error:
         raise ImageLoadError(f"cannot decode: {error}") from None
+
+
+def _open_supported(source: Path | io.BytesIO) -> Image.Image:
+    image = Image.open(source)
+    if image.format not in SUPPORTED_FORMATS:
+        image.close()
+        raise NotAnImageError(f"unsupported format {image.format}")
+    return image
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` from the header alone, for a quick look at a dataset; ``ImageLoadError`` with the reason
+    when the file is not a usable image (damage past the header is found only by decoding, as the audit does)."""
+    with _load_errors(), _open_supported(Path(path)) as image:
+        return image.size
 
 
 def load_rgb(path: str | Path | bytes, max_side: int | None = None, min_side: int = MIN_SIDE) -> Image.Image:
@@ -133,30 +153,18 @@ def load_rgb(path: str | Path | bytes, max_side: int | None = None, min_side: in
         min_side: images whose shorter side is below this are refused as too small.
     """
     source = io.BytesIO(path) if isinstance(path, bytes) else Path(path)
-    try:
+    with _load_errors():
         if (len(path) if isinstance(path, bytes) else source.stat().st_size) == 0:
             raise NotAnImageError("empty file (0 bytes)")
         # PIL only warns between MAX_IMAGE_PIXELS and twice that and would then allocate; make it refuse instead.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as image:
-                if image.format not in SUPPORTED_FORMATS:
-                    raise NotAnImageError(f"unsupported format {image.format}")
+            with _open_supported(source) as image:
                 _check_size(image.size, min_side)
                 if max_side is not None and max(image.size) > max_side:
                     image.draft(None, _draft_size(image.size, max_side))
                 image.load()
                 rgb = to_rgb(image)
-    except ImageLoadError:
-        raise
-    except FileNotFoundError:
-        raise ImageLoadError("file not found") from None
-    except UnidentifiedImageError:
-        raise NotAnImageError("not an image (unrecognised format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageLoadError(f"possible decompression bomb: {error}") from None
-    except DECODE_ERRORS as error:
-        raise ImageLoadError(f"cannot decode: {error}") from None
     if max_side is not None:
         rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return rgb

@@ -23,6 +23,7 @@ from tlbench.rundir import METRICS, read_metrics
 BUNDLE_FORMAT = 1
 BUNDLE_MANIFEST = "model.json"
 BUNDLE_WEIGHTS = "weights.safetensors"
+BUNDLE_ONNX = "model.onnx"
 # Constructor arguments that shape the network; the others only steer training and do not matter for inference.
 ARCHITECTURE_SETTINGS = ("backbone", "input_size", "head_hidden", "head_dropout", "classes")
 
@@ -83,8 +84,9 @@ def model_from_checkpoint(checkpoint: dict, source: Path) -> TrainedModel:
 
 def build_model(settings: dict, phase: str | None, preprocessing: dict | None) -> TransferLearningModule:
     """An untrained module with the architecture of ``settings``, built without fetching any weights; ``None``
-    keeps the module's own default phase and preprocessing."""
-    model = TransferLearningModule(**{**settings, "pretrained": False, "weights": None})
+    keeps the module's own default phase and preprocessing. The module runs in torch: inference picks its engine
+    itself (``Predictor``), and its torch path must be plain torch."""
+    model = TransferLearningModule(**{**settings, "pretrained": False, "weights": None, "engine": "torch"})
     if preprocessing is not None:
         model.preprocessing = Preprocessing.from_dict(preprocessing)
     model.apply_phase(phase or model.phase)

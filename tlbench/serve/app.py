@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from tlbench.data.images import ImageLoadError, NotAnImageError, load_rgb
+from tlbench.models.engine import EngineName
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import TrainedModel
 from tlbench.serve.batching import MicroBatcher
@@ -52,6 +53,7 @@ class ServeSettings:
     top_k: int = 5
     max_batch: int = 8
     batch_window_ms: float = 5.0
+    engine: EngineName = "auto"
 
 
 def model_info(trained: TrainedModel) -> dict:
@@ -103,7 +105,7 @@ def decode(data: bytes, predictor: Predictor):
 
 def create_app(trained: TrainedModel, settings: ServeSettings = ServeSettings()) -> FastAPI:
     """The server for ``trained``; the body-size limit wraps everything else."""
-    predictor = Predictor(trained)
+    predictor = Predictor(trained, engine=settings.engine)
     batcher = MicroBatcher(predictor.forward, settings.max_batch, settings.batch_window_ms)
     limit = ConcurrencyLimit(settings.max_concurrency, settings.queue_timeout)
     info = model_info(trained)
