@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 from timm.data import ImageNetInfo
 
 from tests.conftest import run_tlbench
 from tlbench.check import config_values
+from tlbench.commands import run_command
+from tlbench.commands.check import check
+from tlbench.errors import TLBenchError
 
 # ImageNet-1k bird classes: cock..jay, partridge..black swan (ex. mammals), white stork..red-breasted merganser.
 BIRD_INDICES = [*range(7, 25), *range(80, 101), *range(127, 147)]
@@ -42,6 +46,14 @@ def test_config_values_follow_shipped_includes_and_run_configs(tmp_path):
     run_config = tmp_path / "config.yaml"
     run_config.write_text("model:\n  backbone: vgg16\ndata:\n  root: /x/y\n")
     assert config_values(str(run_config)) == ("/x/y", "vgg16")
+
+
+def test_check_reads_the_fit_config_given_as_config(tmp_path):
+    """``--config`` names a fit config (jsonargparse would otherwise take it as check's own settings and drop it)."""
+    config = tmp_path / "fit.yaml"
+    config.write_text(f"data:\n  root: {tmp_path / 'from_the_config'}\nmodel:\n  backbone: efficientnet_lite0\n")
+    with pytest.raises(TLBenchError, match="from_the_config"):
+        run_command(check, ["--config", str(config)])
 
 
 def test_check_refuses_a_backbone_without_imagenet_weights(tiny_dataset, tmp_path):

@@ -17,6 +17,9 @@ from collections.abc import Callable
 from tlbench.errors import TLBenchError, one_line
 
 PASSTHROUGH_PARAMETER = "fit_args"
+# jsonargparse keeps ``--config`` for a YAML of the command's own parameters (and drops a parameter of that name),
+# so a command that reads a *fit* config (``check --config birds_efficientnet_lite0.yaml``) names it ``fit_config``.
+FIT_CONFIG_PARAMETER = "fit_config"
 
 
 def show_progress(progress: bool | None) -> bool:
@@ -41,6 +44,16 @@ def _undot(function: Callable, args: list[str]) -> list[str]:
             arg = f"--{match}{equals}{value}" if match else arg
         result.append(arg)
     return result
+
+
+def _fit_config_flag(function: Callable, args: list[str]) -> list[str]:
+    """``--config X`` as ``--fit_config X`` for a command with a ``fit_config`` parameter (``FIT_CONFIG_PARAMETER``)."""
+    if FIT_CONFIG_PARAMETER not in inspect.signature(function).parameters:
+        return args
+    return [
+        f"--{FIT_CONFIG_PARAMETER}{arg[len('--config') :]}" if arg.partition("=")[0] == "--config" else arg
+        for arg in args
+    ]
 
 
 def _positional_indices(args: list[str]) -> list[int]:
@@ -106,7 +119,7 @@ def run_command(function: Callable, args: list[str]) -> int:
 
     from jsonargparse import auto_cli
 
-    args = _undot(function, _pass_through(function, args))
+    args = _fit_config_flag(function, _undot(function, _pass_through(function, args)))
     args = _optional_first_positional(function, _gather_list_positional(function, args))
     try:
         result = auto_cli(function, args=args, as_positional=True, exit_on_error=False)

@@ -10,7 +10,7 @@ from tlbench.models.engine import EngineName
 
 
 def check(
-    config: str | None = None,
+    fit_config: str | None = None,
     data_root: str | None = None,
     backbone: str | None = None,
     per_class: int = 2,
@@ -27,7 +27,8 @@ def check(
     ``--data.root`` and ``--model.backbone``.
 
     Args:
-        config: a fit config (shipped name or a run's config.yaml); its data root and backbone are the defaults.
+        fit_config: a fit config (shipped name or a run's config.yaml), typed ``--config`` as for fit; its data
+            root and backbone are the defaults.
         data_root: the data folder (class folders, or train/val[/test]); wins over the config's.
         backbone: timm backbone with ImageNet weights; wins over the config's (default: efficientnet_lite0).
         per_class: images looked at per class.
@@ -37,7 +38,9 @@ def check(
         progress: progress bar on stderr (default: only when stderr is a terminal).
         engine: auto (ONNX Runtime on a CPU, torch on a GPU), torch or onnxruntime.
     """
-    result = check_dataset(config, data_root, backbone, per_class, top_k, output, seed, show_progress(progress), engine)
+    result = check_dataset(
+        fit_config, data_root, backbone, per_class, top_k, output, seed, show_progress(progress), engine
+    )
     predictions = result.predictions
     print(
         f"{result.backbone} ImageNet predictions on {len(predictions)} images of {result.root}"
