@@ -13,13 +13,15 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-
-import pytorch_lightning as pl
-from pytorch_lightning.loggers import TensorBoardLogger
+from typing import TYPE_CHECKING
 
 from tlbench.errors import TLBenchError
 from tlbench.io import read_json, write_json
 from tlbench.outputs import LOGS
+
+if TYPE_CHECKING:  # Lightning costs seconds to import; report, test and the metrics readers never need it
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import TensorBoardLogger
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.json"
@@ -36,6 +38,8 @@ def experiment_name(dataset: str, backbone: str) -> str:
 
 def run_logger(trainer: pl.Trainer) -> TensorBoardLogger | None:
     """The logger whose folder is the run directory: the trainer's first TensorBoard logger."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+
     return next((logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
 
 
@@ -50,6 +54,8 @@ def install_run_logger(trainer: pl.Trainer, experiment: str, version: int | None
     A TensorBoard logger the user configured is kept as the run's; Lightning's unnamed default one is replaced;
     any other loggers stay beside it. ``version`` resumes an earlier run's folder.
     """
+    from pytorch_lightning.loggers import TensorBoardLogger
+
     loggers = list(trainer.loggers)
     existing = run_logger(trainer)
     if existing is not None and not _lightning_default(existing, trainer):
