@@ -78,10 +78,14 @@ class UnlabelledImages(Dataset):
 SMALL_IMAGE_RATIO = 0.5
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_num_workers() -> int:
     """Leave one core to the training process; loader workers beyond the cores only contend with it."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(0, min(8, cores - 1))
+    return max(0, min(8, usable_cores() - 1))
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
