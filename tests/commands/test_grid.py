@@ -19,7 +19,7 @@ from tests.commands.conftest import (
     cell_metrics,
     finished_cells,
 )
-from tests.conftest import make_dataset, run_tlbench
+from tests.conftest import make_dataset, make_image, run_tlbench
 from tlbench.__main__ import main
 from tlbench.configs import CONFIGS, load_grid_file, recipe_args
 from tlbench.grid import build_spec, run_cell
@@ -127,7 +127,7 @@ def test_recipe_grid_plans_every_shared_dataset_and_candidate_and_names_cells_by
     from tlbench.grid import cell_command, plan_cells
 
     for name in ("birds10", "leaves3", "butterflies10", "aerial7", "xray2"):
-        (tmp_path / name).mkdir()
+        make_image(tmp_path / name / "a" / "0.png", (0, 0, 0), seed=0)  # a grid refuses a dataset without images
     spec = build_spec({**load_grid_file("recipe"), "data_dir": str(tmp_path)}, {})
     cells = plan_cells(spec)
     assert len(cells) == 5 * 4 * 3 and spec.backbones == []
