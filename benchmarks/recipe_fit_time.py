@@ -45,7 +45,7 @@ def main() -> None:
         baseline = None
         for recipe in recipes:
             model = REPO / "configs" / "recipes" / f"{recipe}.yaml"
-            fit_args = ("--model", str(model), "--data.root", str(scratch / "data"))
+            fit_args = ("--model", str(model), "--data.root", str(scratch / "data"), "--data.dedupe", "true")
             metrics = run_fit(scratch / "runs", recipe, *fit_args, cache_dir=scratch / f"cache_{recipe}")
             wall = metrics["wall_seconds"]
             baseline = baseline or wall

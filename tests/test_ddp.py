@@ -20,6 +20,9 @@ ARGS = [
     "false",
     "--trainer.accelerator",
     "cpu",
+    # DDP runs torch (engine auto); the single process must too for its feature cache to be comparable.
+    "--model.engine",
+    "torch",
 ]
 
 
