@@ -8,7 +8,8 @@ behind that a later command would take for a result: no metrics.json, no checkpo
 only the reports a case names (``allowed``).
 
 Lightning's own commands (fit, test, predict) may log Lightning's info lines (``Seed set to 0``) before the error;
-for them the error is the last line and the only ``error:`` line. Every other command prints the error line alone.
+for them the error is the last line and the only ``error:`` line (a bad data root or predict folder is refused
+before the Trainer exists, so only the seed line precedes it). Every other command prints the error line alone.
 
 Each case gets its own folder (inputs under ``in/``, the command's working directory ``cwd/``). The cases run as
 separate processes, a few at a time, in one module fixture: a process costs seconds of imports, the errors
@@ -399,3 +400,11 @@ def test_bad_input_gives_one_line_and_leaves_nothing(case: Case, outcomes: dict[
     assert not [path for path, size in new.items() if size == 0], new
     changed = [path for path, size in outcome.before.items() if outcome.after.get(path) != size]
     assert not changed, changed
+
+
+@pytest.mark.parametrize("name", list(DATA_INPUTS))
+def test_fit_refuses_a_bad_data_root_before_lightning_reports_devices(name: str, outcomes: dict[str, Outcome]) -> None:
+    """The data root is read before the Trainer exists: its error follows only Lightning's seed line, not the
+    device report and tips (which do precede errors found while decoding, once the run folder exists)."""
+    lines = [line for line in outcomes[f"fit:{name}"].result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 2 and lines[0].startswith("Seed set to ") and lines[1].startswith("error: "), lines

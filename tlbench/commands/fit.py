@@ -14,8 +14,10 @@ from __future__ import annotations
 import sys
 from argparse import ArgumentError
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+from pytorch_lightning import Trainer
 from pytorch_lightning.cli import LightningCLI
 
 from tlbench.api import TRAINER_DEFAULTS
@@ -128,8 +130,16 @@ class TLBenchCLI(LightningCLI):
 
     before_validate = before_test = before_predict = _install_run_logger
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Read the data before the Trainer exists: a bad data root or predict folder is then the command's only
+        output (besides the seed line), not an error after Lightning's device report, and no run folder is made."""
+        if self.subcommand == "predict":
+            self.datamodule.predict_rows()
+        elif self.subcommand:
+            self.datamodule.discover()
+        return super().instantiate_trainer(**kwargs)
+
     def before_fit(self) -> None:
-        self.datamodule.discover()  # a bad data root stops here, before Lightning creates the run folder
         self._install_run_logger()
         if self.resume_version is None:
             return
