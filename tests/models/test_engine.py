@@ -33,9 +33,11 @@ def own_cache(tmp_path, monkeypatch) -> Path:
 
 
 def tiny_model(seed: int = 0) -> TransferLearningModule:
-    """A random cnn6 with a head, engine "auto"."""
+    """A random cnn6 with a head, engine "auto"; fine-tuning trains its top 2 of 6 blocks, leaving a frozen trunk."""
     torch.manual_seed(seed)
-    return TransferLearningModule(backbone="cnn6", pretrained=False, input_size=32, head_hidden=8, classes=CLASSES)
+    return TransferLearningModule(
+        backbone="cnn6", pretrained=False, input_size=32, head_hidden=8, unfreeze_blocks=2, classes=CLASSES
+    )
 
 
 def images(count: int = 4, seed: int = 0) -> torch.Tensor:

@@ -104,25 +104,25 @@ class TransferLearningModule(pl.LightningModule):
         input_size: int | None = None,
         head_hidden: int = 1024,
         head_dropout: float = 0.5,
-        head_epochs: int = 10,
-        finetune_epochs: int = 5,
-        unfreeze_blocks: int = 2,
+        head_epochs: int = 20,
+        finetune_epochs: int = 10,
+        unfreeze_blocks: int = 3,
         train_bn: bool = False,
         head_optimizer: OptimizerName = "adamw",
         head_lr: float = 1e-3,
         finetune_optimizer: OptimizerName = "adamw",
-        finetune_lr: float = 1e-4,
+        finetune_lr: float = 2e-4,
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
         lr_schedule: Literal["constant", "cosine"] = "cosine",
         label_smoothing: float = 0.0,
         class_weights: Literal["none", "balanced"] = "none",
-        layer_decay: float | None = None,
+        layer_decay: float | None = 0.75,
         decay_norms_and_biases: bool = True,
-        warmup_epochs: int = 0,
+        warmup_epochs: int = 1,
         head_warmup_epochs: int = 0,
-        head_patience: int | None = None,
-        finetune_patience: int | None = None,
+        head_patience: int | None = 3,
+        finetune_patience: int | None = 3,
         mixup: float = 0.0,
         cutmix: float = 0.0,
         cache_features: bool = True,
@@ -133,7 +133,11 @@ class TransferLearningModule(pl.LightningModule):
         tta: bool = False,
         recipe: str | None = None,
     ) -> None:
-        """
+        """The defaults are the recipe the recipe grid chose (README "The recipe grid"; the same settings as
+        configs/models/efficientnet_lite0.yaml): head up to 20 epochs, then the top 3 block groups fine-tuned up to
+        10 epochs with layer decay 0.75 and one warmup epoch, each phase stopping after 3 epochs without a better
+        val_loss.
+
         Args:
             backbone: timm model name (vgg16, xception, resnet50, efficientnet_lite0, ...), optionally with a pretrained
                 tag (resnet50.a1_in1k), an hf-hub:ORG/REPO or local-dir:FOLDER id, or cnn6/cnn1.
@@ -160,7 +164,7 @@ class TransferLearningModule(pl.LightningModule):
                 ones in the loss; computed when the run starts, never stored in checkpoints.
             layer_decay: layer-wise learning-rate decay while fine-tuning, over timm's block groups: the head gets
                 ``finetune_lr``, the top unfrozen group ``finetune_lr * layer_decay``, the next one
-                ``finetune_lr * layer_decay**2``, ...; None (default) gives every trained parameter ``finetune_lr``.
+                ``finetune_lr * layer_decay**2``, ...; None gives every trained parameter ``finetune_lr``.
             decay_norms_and_biases: apply ``weight_decay`` to every parameter (default, as before); False applies it
                 to weights of dim >= 2 only, none to norm scales and biases (timm's and most recipes' convention).
             warmup_epochs: epochs of linear learning-rate warmup at the start of the fine-tune phase, before the
