@@ -247,3 +247,41 @@ def test_page_in_headless_chromium_shows_bars(server, shared_data, tmp_path):
         os.makedirs(os.environ["TLBENCH_ARTIFACTS"], exist_ok=True)
         shutil.copy(screenshot, os.environ["TLBENCH_ARTIFACTS"])
     assert screenshot.stat().st_size > 0
+
+
+def test_micro_batcher_waits_only_for_requests_on_their_way():
+    """A lone request runs at once despite a long window; one announced as decoding is waited for and shares the
+    pass; one that withdraws (its upload failed to decode) stops being waited for."""
+    calls = []
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(len(batch))
+        return batch
+
+    async def scenario() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        batcher = MicroBatcher(forward, max_batch=8, window_ms=5000)
+        batcher.start()
+        start = loop.time()
+        await batcher.submit(torch.tensor([1.0]))
+        alone = loop.time() - start
+
+        async def decoding_then_submit() -> None:
+            with batcher.on_its_way() as submit:
+                await asyncio.sleep(0.2)
+                await submit(torch.tensor([2.0]))
+
+        late = loop.create_task(decoding_then_submit())
+        await asyncio.sleep(0)  # it is announced before the next request arrives
+        await asyncio.gather(batcher.submit(torch.tensor([3.0])), late)
+        with batcher.on_its_way():
+            pass  # withdrawn without submitting
+        start = loop.time()
+        await batcher.submit(torch.tensor([4.0]))
+        withdrawn = loop.time() - start
+        await batcher.stop()
+        return alone, withdrawn
+
+    alone, withdrawn = asyncio.run(scenario())
+    assert alone < 1.0 and withdrawn < 1.0, (alone, withdrawn)
+    assert calls == [1, 2, 1]

@@ -149,8 +149,9 @@ def create_app(trained: TrainedModel, settings: ServeSettings = ServeSettings())
         started = time.perf_counter()
         upload = read_upload(await request.body(), request.headers.get("content-type", ""))
         async with limit.slot():
-            tensor = await run_in_threadpool(decode, upload, predictor)
-            probabilities = await batcher.submit(tensor)
+            with batcher.on_its_way() as submit:
+                tensor = await run_in_threadpool(decode, upload, predictor)
+                probabilities = await submit(tensor)
         predictions = predictor.label_top_k(probabilities[None], settings.top_k)[0]
         return {
             "predictions": [{"label": label, "prob": prob} for label, prob in predictions],
