@@ -22,7 +22,7 @@ def test_lr_find_prints_and_plots_a_suggestion_per_phase_and_leaves_no_run(tiny_
     work.mkdir()
     result = run_tlbench("lr_find", "--data.root", str(tiny_dataset), *ARGS, cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name, configured in (("head_lr", "0.001"), ("finetune_lr", "0.0001")):
+    for name, configured in (("head_lr", "0.001"), ("finetune_lr", "0.0002")):
         line = re.search(rf"^{name}: suggested (\S+) \(configured {configured}\); plot (\S+)$", result.stdout, re.M)
         assert line, result.stdout
         assert float(line.group(1)) > 0

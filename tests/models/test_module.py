@@ -17,6 +17,10 @@ def module(**overrides) -> TransferLearningModule:
         head_epochs=1,
         finetune_epochs=1,
         unfreeze_blocks=1,
+        layer_decay=None,  # the recipe controls stay off unless a test is about them
+        warmup_epochs=0,
+        head_patience=None,
+        finetune_patience=None,
     )
     return TransferLearningModule(**{**settings, **overrides}, classes=["a", "b", "c"])
 
