@@ -1,6 +1,7 @@
-"""Fine-tune throughput: tlbench's fine-tune phase vs a bare PyTorch loop on pre-made tensors.
+"""Fine-tune throughput: tlbench's fine-tune phase vs a bare loop on pre-made tensors.
 
-The bare loop is the model's own speed: the same backbone with the same top blocks trainable, the same head,
+The bare loop is the model's own speed: the module's forward (the frozen layers through the default engine, ONNX
+Runtime on a CPU, the trainable top in torch) with the same top blocks trainable, the same head,
 batch size, optimizer and threads, forward + backward + step on random tensors already in memory, as many full
 batches as one epoch holds. It runs three times, before, between and after the tlbench runs, and the median is
 the reference (this machine's speed drifts by about 10% between minutes). tlbench's figures come from
@@ -138,12 +139,11 @@ def main() -> None:
         f" {n_train} train / {cached['split_sizes']['val']} val images)",
         [
             (
-                "bare PyTorch loop, pre-made tensors, channels_last"
-                f" (median of {', '.join(f'{r:.1f}' for r in bare_runs)})",
+                f"bare loop, pre-made tensors, channels_last (median of {', '.join(f'{r:.1f}' for r in bare_runs)})",
                 f"{reference:.1f} img/s",
                 "1.00x",
             ),
-            ("bare PyTorch loop, pre-made tensors, NCHW", f"{bare_nchw:.1f} img/s", f"{bare_nchw / reference:.2f}x"),
+            ("bare loop, pre-made tensors, NCHW", f"{bare_nchw:.1f} img/s", f"{bare_nchw / reference:.2f}x"),
             *((name, f"{rate:.1f} img/s", f"{rate / reference:.2f}x") for name, rate in rates.items()),
         ],
     )

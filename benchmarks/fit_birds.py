@@ -30,8 +30,8 @@ def main() -> None:
                 (
                     f"fit, {label}",
                     f"{metrics['wall_seconds']:.0f} s wall, peak RSS {metrics['peak_rss_mib']:.0f} MiB",
-                    f"head {phases['head']['train_seconds']:.0f} s,"
-                    f" finetune {phases['finetune']['train_seconds']:.0f} s",
+                    f"head {phases['head']['epochs']} ep {phases['head']['train_seconds']:.0f} s,"
+                    f" finetune {phases['finetune']['epochs']} ep {phases['finetune']['train_seconds']:.0f} s",
                 )
             )
             rows.append(
@@ -44,7 +44,7 @@ def main() -> None:
                 )
             )
     print_table(
-        f"birds_efficientnet_lite0.yaml on {args.data.name} (10 head + 5 fine-tune epochs)",
+        f"birds_efficientnet_lite0.yaml on {args.data.name} (the default recipe; epochs run per phase)",
         rows,
         ("run", "time / memory", "phases"),
     )
