@@ -22,7 +22,7 @@ class MicroBatcher:
     """Collects up to ``max_batch`` queued inputs into one batch, waiting at most ``window_ms`` after the first for
     inputs still on their way.
 
-        ``max_batch=1`` turns batching off: every request gets its own forward pass, still one at a time.
+    ``max_batch=1`` turns batching off: every request gets its own forward pass, still one at a time.
     """
 
     def __init__(
