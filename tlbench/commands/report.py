@@ -6,8 +6,9 @@ from tlbench.report import write_report
 
 
 def report(runs_dir: str = "lightning_logs", output: str | None = None, reference: str | None = None) -> None:
-    """Write OUTPUT/report.md, report.csv, final.csv, candidates.csv, runs.csv, accuracy.png and
-    time_vs_accuracy.png.
+    """Tabulate the finished runs under RUNS_DIR into OUTPUT: report.md and its CSVs and figures.
+
+    The files: report.md, report.csv, final.csv, candidates.csv, runs.csv, accuracy.png and time_vs_accuracy.png.
 
     Reads only the metrics.json files under RUNS_DIR (recursively) and the predictions CSVs they name; the
     newest finished run of each dataset x backbone x seed counts.
