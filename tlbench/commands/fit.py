@@ -133,10 +133,10 @@ class TLBenchCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Read the data before the Trainer exists: a bad data root or predict folder is then the command's only
         output (besides the seed line), not an error after Lightning's device report, and no run folder is made."""
-        if self.subcommand == "predict":
-            self.datamodule.predict_rows()
+        if self.subcommand == "predict" and self.datamodule.predict_dir is not None:
+            self.datamodule.predict_rows()  # lists and scans that folder only
         elif self.subcommand:
-            self.datamodule.discover()
+            self.datamodule.discover()  # lists files only: the decoding pre-flight needs the run folder for its reports
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
