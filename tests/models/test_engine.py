@@ -17,7 +17,14 @@ import tlbench.models.engine as engine_module
 from tests.conftest import make_dataset
 from tlbench.classify import classify_paths
 from tlbench.errors import TLBenchError
-from tlbench.models.engine import PARITY_TOLERANCE, Engine, export_onnx, graph_key, resolve_engine
+from tlbench.models.engine import (
+    PARITY_IMAGES,
+    PARITY_TOLERANCE,
+    Engine,
+    export_onnx,
+    graph_key,
+    resolve_engine,
+)
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import TrainedModel
 from tlbench.models.module import TransferLearningModule
@@ -122,6 +129,33 @@ def test_changed_weights_are_exported_and_checked_again():
     assert engine.name == "onnxruntime"
     assert (after - model.backbone(batch)).abs().max() <= PARITY_TOLERANCE
     assert (after - before).abs().max() > 1e-3
+
+
+def test_the_check_runs_torch_on_a_sample_once_per_weights_and_mode():
+    """Torch sees only the first PARITY_IMAGES images, once per (weights, modes): a validation pass switching the
+    layers to eval and back to train does not pay for the check again."""
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(  # no layer that computes differently in train mode (cnn6's dropout does)
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    ).eval()
+    seen = []
+
+    def reference(inputs: torch.Tensor) -> torch.Tensor:
+        seen.append(len(inputs))
+        return backbone(inputs)
+
+    engine = Engine(backbone, reference, "onnxruntime", "cpu", "test backbone", "pooled")
+    batch = images(3 * PARITY_IMAGES).float() / 255
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback
+        answer = engine(batch)
+        for training in (True, False, True, False):
+            backbone.train(training)
+            engine(batch)
+    assert seen == [PARITY_IMAGES, PARITY_IMAGES]  # eval, then train: each checked once
+    assert engine.name == "onnxruntime"
+    with torch.no_grad():
+        assert (answer - backbone.eval()(batch)).abs().max() <= PARITY_TOLERANCE  # the whole batch, not the sample
 
 
 def test_module_torch_engine_is_the_plain_torch_pass_and_is_recorded():
