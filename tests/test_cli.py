@@ -203,3 +203,18 @@ def test_every_candidate_recipe_parses_and_names_itself(recipe, monkeypatch):
     cli = ParseOnly(run=False)
     assert cli.config.model.recipe == recipe
     assert cli.config.trainer.max_epochs == cli.config.model.head_epochs + cli.config.model.finetune_epochs
+
+
+def test_module_defaults_are_the_default_recipe():
+    """`fit` without --config and tlbench.fit() must train the recipe the grid chose, as the shipped config does."""
+    import inspect
+
+    import yaml
+
+    from tlbench import api
+    from tlbench.models.module import TransferLearningModule
+
+    recipe = yaml.safe_load((REPO / "configs" / "models" / "efficientnet_lite2.yaml").read_text())
+    defaults = {name: p.default for name, p in inspect.signature(TransferLearningModule).parameters.items()}
+    assert {name: defaults[name] for name in recipe} == recipe
+    assert inspect.signature(api.fit).parameters["backbone"].default == recipe["backbone"]

@@ -26,6 +26,7 @@ from PIL import Image
 from tlbench.data.datamodule import ImageFolderDataModule
 from tlbench.data.images import ImageLoadError, load_rgb
 from tlbench.errors import TLBenchError
+from tlbench.models.backbones import DEFAULT_BACKBONE
 from tlbench.models.engine import EngineName
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import TrainedModel, load_trained
@@ -80,7 +81,7 @@ def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
 def fit(
     data: str | Path,
     *,
-    backbone: str = "efficientnet_lite0",
+    backbone: str = DEFAULT_BACKBONE,
     output: str | Path = ".",
     experiment: str | None = None,
     seed: int = 0,
@@ -91,7 +92,7 @@ def fit(
 
     Args:
         data: a folder of class folders, or of ``train/ val/ [test/]`` folders.
-        backbone: any timm model name (or ``cnn6``/``cnn1``).
+        backbone: any timm model name (or ``cnn6``/``cnn1``); default: the recipe grid's (efficientnet_lite2).
         output: where ``lightning_logs/`` and ``checkpoints/`` go.
         experiment: run name (default ``<data folder>_<backbone>``).
         seed: seeds the training randomness (``seed_everything``), as ``--seed_everything`` does; the split has

@@ -24,13 +24,12 @@ from tlbench.errors import TLBenchError
 from tlbench.evaluation.domain import Recommendation, class_summary, recommend
 from tlbench.evaluation.plots import plot_contact_sheet
 from tlbench.io import write_csv
-from tlbench.models.backbones import create_classifier
+from tlbench.models.backbones import DEFAULT_BACKBONE, create_classifier
 from tlbench.models.engine import EngineName
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import TrainedModel
 from tlbench.outputs import dataset_name, default_output
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
 SHEET_LABELS = 3
 
 
@@ -115,7 +114,7 @@ def check_dataset(
     Args:
         config: a fit config (shipped name or a run's config.yaml); its data root and backbone are the defaults.
         data_root: the data folder (class folders, or train/val[/test]); wins over the config's.
-        backbone: timm backbone with ImageNet weights; wins over the config's (default: efficientnet_lite0).
+        backbone: timm backbone with ImageNet weights; wins over the config's (default: efficientnet_lite2).
         per_class: images looked at per class.
         top_k: ImageNet labels listed per image.
         output: folder for check.csv and contact_sheet.png.

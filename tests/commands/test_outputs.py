@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tests.commands.conftest import CELL_OVERRIDES
 from tests.conftest import make_dataset, run_tlbench
+from tlbench.models.backbones import DEFAULT_BACKBONE
 
 
 def written(cwd: Path) -> set[str]:
@@ -31,8 +32,8 @@ def test_commands_with_defaults_write_only_under_lightning_logs(tiny_run, tmp_pa
         "lightning_logs/audit/tiny/bad_files.csv",
         "lightning_logs/audit/tiny/duplicates.csv",
         "lightning_logs/splits/tiny_seed0.csv",
-        "lightning_logs/check/tiny_efficientnet_lite0/check.csv",
-        "lightning_logs/check/tiny_efficientnet_lite0/contact_sheet.png",
+        f"lightning_logs/check/tiny_{DEFAULT_BACKBONE}/check.csv",
+        f"lightning_logs/check/tiny_{DEFAULT_BACKBONE}/contact_sheet.png",
     }
 
     # A grid's runs sit beside hand-typed ones, its status in grids/<name>/; report and export read and write there.

@@ -30,7 +30,7 @@ def check(
         fit_config: a fit config (shipped name or a run's config.yaml), typed ``--config`` as for fit; its data
             root and backbone are the defaults.
         data_root: the data folder (class folders, or train/val[/test]); wins over the config's.
-        backbone: timm backbone with ImageNet weights; wins over the config's (default: efficientnet_lite0).
+        backbone: timm backbone with ImageNet weights; wins over the config's (default: efficientnet_lite2).
         per_class: images looked at per class.
         top_k: ImageNet labels listed per image.
         output: folder for check.csv and contact_sheet.png (default: lightning_logs/check/<dataset>_<backbone>).

@@ -18,6 +18,8 @@ from tlbench.errors import TLBenchError
 from tlbench.models import baselines  # noqa: F401  registers cnn6/cnn1 with timm
 from tlbench.models.weights import EMBEDDED_WEIGHTS, load_into, read_state_dict
 
+# The default backbone of fit, check and the Python API: the recipe grid's choice (README "The recipe grid").
+DEFAULT_BACKBONE = "efficientnet_lite2"
 BACKBONE_ALIASES = {"xception": "legacy_xception"}
 NAME_FORMS = (
     "a timm model name with an optional pretrained tag (resnet50, resnet50.a1_in1k), hf-hub:ORG/REPO,"

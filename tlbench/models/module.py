@@ -24,7 +24,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from tlbench.errors import TLBenchError
-from tlbench.models.backbones import create_backbone
+from tlbench.models.backbones import DEFAULT_BACKBONE, create_backbone
 from tlbench.models.engine import Engine, EngineName, resolve_engine
 from tlbench.models.heads import ClassifierHead
 
@@ -98,31 +98,31 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
 class TransferLearningModule(pl.LightningModule):
     def __init__(
         self,
-        backbone: str = "efficientnet_lite0",
+        backbone: str = DEFAULT_BACKBONE,
         pretrained: bool = True,
         weights: str | None = None,
         input_size: int | None = None,
         head_hidden: int = 1024,
         head_dropout: float = 0.5,
-        head_epochs: int = 20,
-        finetune_epochs: int = 10,
-        unfreeze_blocks: int = 3,
+        head_epochs: int = 10,
+        finetune_epochs: int = 5,
+        unfreeze_blocks: int = 2,
         train_bn: bool = False,
         head_optimizer: OptimizerName = "adamw",
         head_lr: float = 1e-3,
         finetune_optimizer: OptimizerName = "adamw",
-        finetune_lr: float = 2e-4,
+        finetune_lr: float = 1e-4,
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
         lr_schedule: Literal["constant", "cosine"] = "cosine",
         label_smoothing: float = 0.0,
         class_weights: Literal["none", "balanced"] = "none",
-        layer_decay: float | None = 0.75,
+        layer_decay: float | None = None,
         decay_norms_and_biases: bool = True,
-        warmup_epochs: int = 1,
+        warmup_epochs: int = 0,
         head_warmup_epochs: int = 0,
-        head_patience: int | None = 3,
-        finetune_patience: int | None = 3,
+        head_patience: int | None = None,
+        finetune_patience: int | None = None,
         mixup: float = 0.0,
         cutmix: float = 0.0,
         cache_features: bool = True,
@@ -134,9 +134,8 @@ class TransferLearningModule(pl.LightningModule):
         recipe: str | None = None,
     ) -> None:
         """The defaults are the recipe the recipe grid chose (README "The recipe grid"; the same settings as
-        configs/models/efficientnet_lite0.yaml): head up to 20 epochs, then the top 3 block groups fine-tuned up to
-        10 epochs with layer decay 0.75 and one warmup epoch, each phase stopping after 3 epochs without a better
-        val_loss.
+        configs/models/efficientnet_lite2.yaml, tested): EfficientNet-Lite2, 10 head epochs, then the top 2 block
+        groups fine-tuned for 5 epochs at one learning rate; layer decay, warmup and early stopping are options.
 
         Args:
             backbone: timm model name (vgg16, xception, resnet50, efficientnet_lite0, ...), optionally with a pretrained
