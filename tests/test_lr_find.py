@@ -1,5 +1,6 @@
 """``python -m tlbench lr_find``: a range test per phase, printed and plotted, on a tiny dataset."""
 
+import inspect
 import math
 import re
 
@@ -22,7 +23,9 @@ def test_lr_find_prints_and_plots_a_suggestion_per_phase_and_leaves_no_run(tiny_
     work.mkdir()
     result = run_tlbench("lr_find", "--data.root", str(tiny_dataset), *ARGS, cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name, configured in (("head_lr", "0.001"), ("finetune_lr", "0.0002")):
+    defaults = inspect.signature(TransferLearningModule).parameters
+    for name in ("head_lr", "finetune_lr"):
+        configured = re.escape(str(defaults[name].default))  # the module's default learning rate, as printed
         line = re.search(rf"^{name}: suggested (\S+) \(configured {configured}\); plot (\S+)$", result.stdout, re.M)
         assert line, result.stdout
         assert float(line.group(1)) > 0
