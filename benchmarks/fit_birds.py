@@ -4,7 +4,7 @@ warm caches.
 Cold: empty decoded-image and feature caches (a first run). Warm: the same command again (a second model on
 the same data, or a re-run), which reuses both.
 
-    python benchmarks/fit_birds.py [--data ../shared/data/birds10] [--config birds_efficientnet_lite0.yaml]  (default: the default recipe, lite2)
+    python benchmarks/fit_birds.py [--data ../shared/data/birds10] [--config birds_efficientnet_lite0.yaml]
 """
 
 from __future__ import annotations
