@@ -158,6 +158,24 @@ def test_the_check_runs_torch_on_a_sample_once_per_weights_and_mode():
         assert (answer - backbone.eval()(batch)).abs().max() <= PARITY_TOLERANCE  # the whole batch, not the sample
 
 
+class CentredOnTheBatch(torch.nn.Module):
+    """In eval mode, each image's output depends on the other images of its batch: checking the graph on a sample
+    alone would pass it."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        pooled = inputs.mean(dim=(2, 3))
+        return pooled - pooled.mean(dim=0, keepdim=True)
+
+
+def test_a_graph_whose_answer_depends_on_the_rest_of_the_batch_falls_back():
+    network = CentredOnTheBatch().eval()
+    engine = Engine(network, network, "onnxruntime", "cpu", "test backbone", "pooled")
+    batch = images(4 * PARITY_IMAGES).float() / 255
+    with pytest.warns(UserWarning, match=r"its output differs from torch's by \S+ > \S+; running it in torch"):
+        answer = engine(batch)
+    assert engine.name == "torch" and torch.equal(answer, network(batch))  # torch's answer for the whole batch
+
+
 def test_module_torch_engine_is_the_plain_torch_pass_and_is_recorded():
     model = tiny_model()
     model.hparams.engine = "torch"
