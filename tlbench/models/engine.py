@@ -45,8 +45,8 @@ ENGINES = ("auto", "torch", "onnxruntime")
 # engines differ by 1.5e-4.
 PARITY_TOLERANCE = 1e-4
 # Images of the first batch the parity check runs through torch. In eval mode each image's output depends on that
-# image alone, so the graph is checked on these few, and ONNX Runtime's answer for the whole batch must repeat its
-# answer for them (a graph whose output depends on the batch size or the other images fails). A cold first torch
+# image alone, so the rows of ONNX Runtime's whole-batch answer for these few must match torch's output for them
+# (a graph whose output depends on the batch size or the other images fails). A cold first torch
 # call on 8 images cost a birds10 head phase 0.3-0.5 s more than on 2 (benchmarks/head_phase.py). Train-mode
 # checks (batch statistics) compare the same images on both engines.
 PARITY_IMAGES = 2
@@ -182,7 +182,7 @@ class Engine:
 
     def _start(self, inputs: torch.Tensor, fingerprint: tuple) -> torch.Tensor:
         """Export or load the graph for the current weights and check it against torch on the first
-        ``PARITY_IMAGES`` images of ``inputs`` (in eval mode also ONNX Runtime's rows for them in the whole batch).
+        ``PARITY_IMAGES`` images of ``inputs`` (in eval mode, ONNX Runtime's rows for them in the whole batch).
         A (weights, modes) pair passes once: validation switching the layers' modes back and forth does not check
         again. The answer for this batch is torch's when the check fails, else ONNX Runtime's."""
         sample = inputs[:PARITY_IMAGES]
