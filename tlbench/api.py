@@ -105,12 +105,8 @@ def fit(
     pl.seed_everything(seed, workers=True, verbose=False)
     datamodule = ImageFolderDataModule(str(data), **data_options)
     module = TransferLearningModule(backbone=backbone, **model_options)
-    settings = {
-        **TRAINER_DEFAULTS,
-        "default_root_dir": str(output),
-        "max_epochs": module.total_epochs,
-        **(trainer or {}),
-    }
+    # max_epochs is left to the module's schedule (PhaseSchedule), which may need the data to fix it.
+    settings = {**TRAINER_DEFAULTS, "default_root_dir": str(output), **(trainer or {})}
     lightning = pl.Trainer(**settings)
     install_run_logger(lightning, experiment or experiment_name(datamodule.dataset_name, backbone))
     lightning.fit(module, datamodule)

@@ -118,6 +118,7 @@ def find_learning_rates(
     too early to suggest one), each curve plotted to ``plot_dir/<name>.png``. ``make_trainer`` gives a fresh
     trainer for each search."""
     hp = module.hparams
+    module.plan_finetune(sum(datamodule.train_class_counts()))
     suggestions: dict[str, float | None] = {}
     if hp.head_epochs > 0:
         trainer = make_trainer()

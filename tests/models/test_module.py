@@ -1,11 +1,15 @@
 """Freezing, BatchNorm behaviour and unfreezing of the two-phase module."""
 
+import math
+
+import pandas as pd
 import pytest
+import pytorch_lightning as pl
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tlbench.models.backbones import create_backbone
-from tlbench.models.module import TransferLearningModule
+from tlbench.models.module import TransferLearningModule, finetune_epochs_for, schedule_factor
 
 
 def module(**overrides) -> TransferLearningModule:
@@ -158,7 +162,7 @@ def test_layer_decay_scales_learning_rate_per_block_group_from_the_top():
 
 def test_norms_and_biases_without_weight_decay_only_when_asked():
     def decay_of(model):
-        optimizer = model.configure_optimizers()["optimizer"]
+        optimizer = model.configure_optimizers()
         return {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
 
     default = decay_of(module(weight_decay=0.1))
@@ -169,27 +173,82 @@ def test_norms_and_biases_without_weight_decay_only_when_asked():
     assert {0.0, 0.1} == set(split.values())
 
 
-def learning_rates(model, epochs: int) -> list[float]:
-    scheduled = model.configure_optimizers()
-    optimizer, schedule = scheduled["optimizer"], scheduled["lr_scheduler"]["scheduler"]
-    rates = []
-    for _ in range(epochs):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        schedule.step()
-    return rates
+def test_schedule_warms_up_batch_by_batch_then_decays_to_zero_at_the_phase_end():
+    quarter = 0.25  # four batches an epoch
+    rates = [schedule_factor(batch * quarter, quarter, epochs=3, warmup=1, cosine=True) for batch in range(12)]
+    assert rates[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # not one jump to half the rate
+    assert rates[4] == pytest.approx(1.0)
+    assert rates[4:] == sorted(rates[4:], reverse=True)
+    assert rates[-1] == pytest.approx(0.5 * (1 + math.cos(0.875 * math.pi)))
+    assert schedule_factor(2.75, quarter, epochs=3, warmup=1, cosine=False) == 1.0
+    assert schedule_factor(0.0, quarter, epochs=2, warmup=0, cosine=True) == 1.0  # no warmup: the peak at once
 
 
-def test_warmup_ramps_linearly_then_follows_the_schedule():
-    model = module(finetune_epochs=5, finetune_lr=1.0, warmup_epochs=2)
-    model.apply_phase("finetune")
-    assert learning_rates(model, 5) == pytest.approx([1 / 3, 2 / 3, 1.0, 0.75, 0.25])
-    constant = module(finetune_epochs=4, finetune_lr=1.0, warmup_epochs=1, lr_schedule="constant")
-    constant.apply_phase("finetune")
-    assert learning_rates(constant, 4) == pytest.approx([0.5, 1.0, 1.0, 1.0])
-    head = module(head_epochs=3, head_lr=1.0, head_warmup_epochs=1, lr_schedule="constant")
-    assert learning_rates(head, 3) == pytest.approx([0.5, 1.0, 1.0])
-    assert learning_rates(module(head_epochs=2, head_lr=1.0), 2) == pytest.approx([1.0, 0.5])  # unchanged default
+class LearningRates(pl.Callback):
+    """The first parameter group's rate at every optimizer step, by phase."""
+
+    def __init__(self) -> None:
+        self.rates: list[tuple[str, float]] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.rates.append((pl_module.phase, optimizer.param_groups[0]["lr"]))
+
+
+def test_each_phase_warms_up_per_batch_from_its_own_peak_rate(tiny_dataset, tmp_path):
+    """24 training images in batches of 8: three steps an epoch. The head phase (constant, no warmup) trains at its
+    rate from the first step; the fine-tune phase climbs over its first epoch's three steps, then decays."""
+    import tlbench
+
+    recorder = LearningRates()
+    tlbench.fit(
+        tiny_dataset,
+        backbone="cnn1",
+        output=tmp_path,
+        pretrained=False,
+        input_size=32,
+        head_hidden=8,
+        head_epochs=1,
+        finetune_epochs=3,
+        unfreeze_blocks=-1,
+        head_lr=0.01,
+        finetune_lr=0.003,
+        warmup_epochs=1,
+        lr_schedule="cosine",
+        batch_size=8,
+        num_workers=0,
+        trainer={"callbacks": [recorder], "enable_progress_bar": False, "enable_model_summary": False},
+    )
+    head = [rate for phase, rate in recorder.rates if phase == "head"]
+    finetune = [rate for phase, rate in recorder.rates if phase == "finetune"]
+    steps = len(head)
+    assert steps >= 2 and len(finetune) == 3 * steps
+    assert head[0] == pytest.approx(0.01)  # cosine over one epoch starts at the peak
+    assert finetune[:steps] == pytest.approx([0.003 * (i + 1) / steps for i in range(steps)])
+    assert finetune[steps:] == sorted(finetune[steps:], reverse=True) and 0 < finetune[-1] < 0.003
+
+
+def test_budget_rule_gives_small_sets_more_epochs_within_its_range():
+    assert finetune_epochs_for(884, "default") == 5  # 4000 / 884 = 4.5
+    assert finetune_epochs_for(884, "thorough") == 14 and finetune_epochs_for(884, "fast") == 2
+    assert finetune_epochs_for(68, "default") == 30  # 59, capped
+    assert finetune_epochs_for(5000, "default") == 2  # 0.8, at least one warmup and one decay epoch
+
+
+def test_fit_leaves_finetune_epochs_to_the_budget_rule_and_checkpoints_its_choice(tiny_dataset, tmp_path, monkeypatch):
+    """Through the CLI in-process (``finetune_epochs: null`` also unlinks ``max_epochs``): 21 training images and a
+    budget of 60 images give 3 fine-tune epochs, recorded in the run's history and its checkpoints."""
+    from tests.conftest import TINY_FIT_ARGS
+    from tlbench.__main__ import main
+    from tlbench.models import module as module_py
+
+    monkeypatch.setitem(module_py.FINETUNE_BUDGETS, "fast", 60)
+    monkeypatch.chdir(tmp_path)
+    args = [*TINY_FIT_ARGS, "--model.finetune_epochs", "null", "--model.budget", "fast"]
+    assert main(["fit", "--data.root", str(tiny_dataset), *args]) == 0
+    run = tmp_path / "lightning_logs" / "tiny_cnn1" / "version_0"
+    assert list(pd.read_csv(run / "history.csv").phase) == ["head", "finetune", "finetune", "finetune"]
+    last = torch.load(tmp_path / "checkpoints" / "tiny_cnn1" / "version_0" / "last.ckpt", weights_only=False)
+    assert last["hyper_parameters"]["finetune_epochs"] == 3 and last["hyper_parameters"]["budget"] == "fast"
 
 
 @pytest.mark.parametrize("option, value", [("layer_decay", 0.0), ("warmup_epochs", -1), ("head_patience", 0)])

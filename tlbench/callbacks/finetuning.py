@@ -1,4 +1,4 @@
-"""The phase boundary and per-phase checkpoints.
+"""The phase boundary, the learning rate within each phase, and per-phase checkpoints.
 
 Lightning's ``BaseFinetuning`` adds parameter groups to the running optimizer and leaves frozen BatchNorm in
 training mode; the study's recipe instead changes optimizer and learning rate at the boundary. So the
@@ -15,10 +15,12 @@ from contextlib import contextmanager
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.strategies import DDPStrategy
+from pytorch_lightning.utilities import rank_zero_info
 
 from tlbench.callbacks.checkpoint_io import CrashSafeCheckpointIO
 from tlbench.callbacks.feature_cache import FeatureCaching
 from tlbench.errors import TLBenchError
+from tlbench.models.module import schedule_factor
 from tlbench.rundir import checkpoint_dir
 
 
@@ -57,10 +59,17 @@ class PhaseSchedule(pl.Callback):
         self.stale_validations = state_dict.get("stale_validations", 0)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """The schedule owns the epoch budget: ``max_epochs`` is ``head_epochs + finetune_epochs``. Lightning's
-        default (unset, 1000) is replaced; any other value that disagrees is refused rather than trained."""
+        """The schedule owns the epoch budget: ``max_epochs`` is ``head_epochs + finetune_epochs``, the latter fixed
+        here by the budget rule when left to it (``plan_finetune``; the datamodule has split the data by now).
+        Lightning's default (unset, 1000) is replaced; any other value that disagrees is refused rather than
+        trained."""
+        if stage != "fit":
+            return
+        if pl_module.hparams.finetune_epochs is None:
+            epochs = pl_module.plan_finetune(sum(trainer.datamodule.train_class_counts()))
+            rank_zero_info(f"fine-tuning {epochs} epochs: --model.budget {pl_module.hparams.budget}'s rule")
         total = pl_module.total_epochs
-        if stage != "fit" or trainer.max_epochs == total:
+        if trainer.max_epochs == total:
             return
         if trainer.max_epochs not in (-1, LIGHTNING_DEFAULT_MAX_EPOCHS):
             raise TLBenchError(
@@ -108,6 +117,31 @@ class PhaseSchedule(pl.Callback):
     @staticmethod
     def _fit_budget(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainer.fit_loop.max_epochs = pl_module.finetune_start + pl_module.hparams.finetune_epochs
+
+
+class PhaseLearningRate(pl.Callback):
+    """The learning rate of every training batch: each parameter group's ``peak_lr`` (see
+    ``TransferLearningModule.configure_optimizers``) times ``schedule_factor`` of where the batch stands in its
+    phase — warmup over ``head_warmup_epochs`` / ``warmup_epochs``, then ``lr_schedule`` over the phase's epochs.
+
+    Set per batch rather than per epoch because a phase of a few epochs is a few dozen steps: an epoch-stepped
+    warmup would start the fine-tune phase at half its rate, enough to wreck a head trained on frozen features.
+    The position is read from the trainer (epoch, batch index), so there is no state to checkpoint and a resumed
+    fit continues the same curve.
+    """
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        hp = pl_module.hparams
+        head = pl_module.phase == "head"
+        epochs = hp.head_epochs if head else hp.finetune_epochs
+        warmup = hp.head_warmup_epochs if head else hp.warmup_epochs
+        first_epoch = 0 if head else pl_module.finetune_start
+        step = 1 / max(1, trainer.num_training_batches)
+        position = trainer.current_epoch - first_epoch + batch_idx * step
+        factor = schedule_factor(position, step, epochs, warmup, hp.lr_schedule == "cosine")
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = group["peak_lr"] * factor
 
 
 class PhaseCheckpoint(ModelCheckpoint):

@@ -87,7 +87,7 @@ class TLBenchCLI(LightningCLI):
         parser.link_arguments(
             ("model.head_epochs", "model.finetune_epochs"),
             "trainer.max_epochs",
-            compute_fn=lambda head, finetune: head + finetune,
+            compute_fn=lambda head, finetune: None if finetune is None else head + finetune,
         )
 
     def _active_config(self):

@@ -33,6 +33,23 @@ Phase = Literal["head", "finetune"]
 # the first d layers of the backbone's ``layer_chain()``.
 BatchInputs = Literal["images", "pooled"] | int
 OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop"]
+Budget = Literal["fast", "default", "thorough"]
+
+# The fine-tune phase's length when ``finetune_epochs`` is left to the rule: about this many training images seen
+# (augmented, with repeats), whatever the dataset's size. BiT's HyperRule in spirit — a fixed amount of training for
+# every small dataset, so fewer images get more epochs — counted in images rather than steps, so that a fit's time
+# follows the budget: each image costs one forward and backward pass of the unfrozen blocks.
+FINETUNE_BUDGETS: dict[str, int] = {"fast": 1500, "default": 4000, "thorough": 12000}
+# At least two epochs (one warms up, one decays), at most 30 (a 36-image set stops at 1,080 images seen).
+FINETUNE_EPOCHS_RANGE = (2, 30)
+
+
+def finetune_epochs_for(train_images: int, budget: Budget) -> int:
+    """The declared rule: ``round(FINETUNE_BUDGETS[budget] / train_images)`` epochs, within
+    ``FINETUNE_EPOCHS_RANGE``. It depends on the training split's size only: not on the class count, not on the
+    machine (a time-based rule would make a run's result depend on how busy the computer was)."""
+    low, high = FINETUNE_EPOCHS_RANGE
+    return max(low, min(high, round(FINETUNE_BUDGETS[budget] / max(1, train_images))))
 
 
 def build_optimizer(
@@ -73,14 +90,16 @@ def check_recipe_options(options: dict) -> None:
             raise TLBenchError(f"--model.{name} {options[name]} is invalid: use {expected}")
 
 
-def schedule_factor(epoch: int, epochs: int, warmup: int, cosine: bool) -> float:
-    """Learning-rate multiplier of a phase's ``epoch``: linear warmup over ``warmup`` epochs, then constant or
-    cosine decay over the phase's remaining epochs."""
-    if epoch < warmup:
-        return (epoch + 1) / (warmup + 1)
+def schedule_factor(position: float, step: float, epochs: int, warmup: float, cosine: bool) -> float:
+    """Learning-rate multiplier of the batch starting ``position`` epochs into a phase (``step``: one batch, in
+    epochs): a linear warmup from ``step / warmup`` to 1 over the first ``warmup`` epochs, then constant or a cosine
+    decay reaching zero at the phase's end (``epochs``). Per batch, not per epoch: a one-epoch warmup of 28 batches
+    climbs in 28 steps, not in one jump to half the rate."""
+    if position < warmup:
+        return min(1.0, (position + step) / warmup)
     if not cosine:
         return 1.0
-    progress = min(1.0, (epoch - warmup) / max(1, epochs - warmup))
+    progress = min(1.0, (position - warmup) / max(step, epochs - warmup))
     return 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -105,7 +124,8 @@ class TransferLearningModule(pl.LightningModule):
         head_hidden: int = 1024,
         head_dropout: float = 0.5,
         head_epochs: int = 10,
-        finetune_epochs: int = 5,
+        finetune_epochs: int | None = 5,
+        budget: Budget = "default",
         unfreeze_blocks: int = 2,
         train_bn: bool = False,
         head_optimizer: OptimizerName = "adamw",
@@ -119,8 +139,8 @@ class TransferLearningModule(pl.LightningModule):
         class_weights: Literal["none", "balanced"] = "none",
         layer_decay: float | None = None,
         decay_norms_and_biases: bool = True,
-        warmup_epochs: int = 0,
-        head_warmup_epochs: int = 0,
+        warmup_epochs: float = 0,
+        head_warmup_epochs: float = 0,
         head_patience: int | None = None,
         finetune_patience: int | None = None,
         mixup: float = 0.0,
@@ -146,7 +166,11 @@ class TransferLearningModule(pl.LightningModule):
             head_hidden: width of the head's hidden layer; 0 for a linear head.
             head_dropout: dropout before the head's last layer.
             head_epochs: epochs training the head on the frozen backbone; 0 skips the phase.
-            finetune_epochs: epochs fine-tuning the top blocks; 0 gives a head-only (linear-probe style) run.
+            finetune_epochs: epochs fine-tuning the top blocks; 0 gives a head-only (linear-probe style) run; None
+                lets ``budget`` choose them from the training split's size (``finetune_epochs_for``).
+            budget: with ``finetune_epochs`` None, about how many training images the fine-tune phase sees: "fast"
+                1,500, "default" 4,000, "thorough" 12,000 (``FINETUNE_BUDGETS``), i.e. that many divided by the
+                training images, in epochs (2 to 30); fit time grows with it (README "Time budgets").
             unfreeze_blocks: top blocks (timm's block grouping) trained while fine-tuning; -1 for all.
             train_bn: let BatchNorm layers of unfrozen blocks update their statistics while fine-tuning;
                 off by default because small batches of a few hundred images give noisy statistics.
@@ -166,8 +190,8 @@ class TransferLearningModule(pl.LightningModule):
                 ``finetune_lr * layer_decay**2``, ...; None gives every trained parameter ``finetune_lr``.
             decay_norms_and_biases: apply ``weight_decay`` to every parameter (default, as before); False applies it
                 to weights of dim >= 2 only, none to norm scales and biases (timm's and most recipes' convention).
-            warmup_epochs: epochs of linear learning-rate warmup at the start of the fine-tune phase, before the
-                ``lr_schedule``; epoch ``e < warmup_epochs`` trains at ``(e + 1) / (warmup_epochs + 1)`` of the rate.
+            warmup_epochs: epochs (fractions allowed) of linear learning-rate warmup at the start of the fine-tune
+                phase, before the ``lr_schedule``, batch by batch from near zero to ``finetune_lr``.
             head_warmup_epochs: the same for the head phase.
             head_patience: end the head phase once val_loss has not improved for this many epochs of the phase;
                 fine-tuning then starts at the next epoch and keeps its ``finetune_epochs``. None: never early.
@@ -200,7 +224,8 @@ class TransferLearningModule(pl.LightningModule):
                 metrics.json; ``report`` compares runs by it (default: the backbone name).
         """
         super().__init__()
-        if head_epochs < 0 or finetune_epochs < 0 or head_epochs + finetune_epochs == 0:
+        epochs = (head_epochs, 1 if finetune_epochs is None else finetune_epochs)  # None: at least 2, by the rule
+        if min(epochs) < 0 or sum(epochs) == 0:
             raise ValueError("head_epochs and finetune_epochs must be >= 0 and not both 0")
         check_recipe_options(locals())
         self.save_hyperparameters()
@@ -258,8 +283,17 @@ class TransferLearningModule(pl.LightningModule):
     def classes(self) -> list[str]:
         return list(self.hparams.classes or [])
 
+    def plan_finetune(self, train_images: int) -> int:
+        """Fix ``finetune_epochs`` once the training split's size is known: the budget rule's choice when it was left
+        to the rule (None), kept in the hyperparameters and so in every checkpoint. Returns the epochs."""
+        if self.hparams.finetune_epochs is None:
+            self.hparams.finetune_epochs = finetune_epochs_for(train_images, self.hparams.budget)
+        return self.hparams.finetune_epochs
+
     @property
     def total_epochs(self) -> int:
+        if self.hparams.finetune_epochs is None:
+            raise RuntimeError("finetune_epochs is chosen by the budget rule once the data is known: plan_finetune()")
         return self.hparams.head_epochs + self.hparams.finetune_epochs
 
     # -- phases -------------------------------------------------------------------------------------------------
@@ -472,21 +506,14 @@ class TransferLearningModule(pl.LightningModule):
         return {key: value[order][keep] for key, value in local.items()}
 
     # -- optimisation ---------------------------------------------------------------------------------------------
-    def configure_optimizers(self):
-        """The optimizer of the current phase, over the parameters that phase trains, with the phase's warmup and
-        ``lr_schedule`` stepped per epoch."""
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """The optimizer of the current phase, over the parameters that phase trains. Each group's ``peak_lr`` is
+        its rate; ``PhaseLearningRate`` sets the rate of every batch from it (warmup, ``lr_schedule``)."""
         hp = self.hparams
         head = self.phase == "head"
         name, lr = (hp.head_optimizer, hp.head_lr) if head else (hp.finetune_optimizer, hp.finetune_lr)
-        optimizer = build_optimizer(name, self.parameter_groups(lr), lr, hp.momentum, hp.weight_decay)
-        warmup = hp.head_warmup_epochs if head else hp.warmup_epochs
-        if hp.lr_schedule == "constant" and warmup == 0:
-            return optimizer
-        epochs, cosine = max(1, hp.head_epochs if head else hp.finetune_epochs), hp.lr_schedule == "cosine"
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda epoch: schedule_factor(epoch, epochs, warmup, cosine)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+        groups = [{**group, "peak_lr": group["lr"]} for group in self.parameter_groups(lr)]
+        return build_optimizer(name, groups, lr, hp.momentum, hp.weight_decay)
 
     def parameter_groups(self, lr: float) -> list[dict]:
         """The current phase's trainable parameters as optimizer groups. With ``layer_decay`` while fine-tuning, the
@@ -524,13 +551,22 @@ class TransferLearningModule(pl.LightningModule):
         runs the whole recipe."""
         from tlbench.callbacks.evaluation import TestBestPhases
         from tlbench.callbacks.feature_cache import FeatureCaching
-        from tlbench.callbacks.finetuning import PhaseCheckpoint, PhaseSchedule
+        from tlbench.callbacks.finetuning import PhaseCheckpoint, PhaseLearningRate, PhaseSchedule
         from tlbench.callbacks.prediction_writer import PredictionCSVWriter
         from tlbench.callbacks.recorder import RunRecorder
 
         hp = self.hparams
-        phases = [phase for phase, epochs in (("head", hp.head_epochs), ("finetune", hp.finetune_epochs)) if epochs > 0]
+        planned = (("head", hp.head_epochs), ("finetune", hp.finetune_epochs))
+        phases = [phase for phase, epochs in planned if epochs is None or epochs > 0]  # None: >= 2 by the budget rule
         caching = [FeatureCaching(hp.cached_views)] if hp.cache_features else []
         checkpoints = [*(PhaseCheckpoint(phase) for phase in phases), PhaseCheckpoint(None)]
         # TestBestPhases last: its test after fit runs once every other callback has finished the fit.
-        return [PhaseSchedule(), RunRecorder(), *caching, *checkpoints, PredictionCSVWriter(), TestBestPhases()]
+        return [
+            PhaseSchedule(),
+            PhaseLearningRate(),
+            RunRecorder(),
+            *caching,
+            *checkpoints,
+            PredictionCSVWriter(),
+            TestBestPhases(),
+        ]
