@@ -84,6 +84,12 @@ def test_each_layout_says_how_it_was_split(tmp_path):
     assert split_dataset(tmp_path / "tv", select_fraction=0).layout == (
         "layout: train/val (used as given; val also chooses checkpoints)"
     )
+    # Only a split carved from the given train split, choosing for a split given separately, may see another
+    # distribution than the reported one (the summary says so).
+    carved = {root.name: split_dataset(root).selection_from_train for root in layouts}
+    assert carved == {"all3": False, "tv": True, "classes": False}
+    assert split_dataset(split_folders(tmp_path / "tt", train=5, test=2)).selection_from_train
+    assert not split_dataset(tmp_path / "tv", select_fraction=0).selection_from_train
     assert set(make_split(tmp_path / "all3").split) == {"train", "val", "test"}
 
 
@@ -272,3 +278,6 @@ def test_fit_on_a_train_test_layout_reports_its_layout_and_tests_on_the_given_te
     metrics = json.loads((tmp_path / "lightning_logs" / "official_cnn1" / "version_0" / "metrics.json").read_text())
     assert metrics["split_sizes"] == {"train": 18, "val": 2, "test": 6} and metrics["test_on"] == "test"
     assert metrics["classes"] == ["class_0", "class_1"] and metrics["layout"].startswith("layout: train/test")
+    assert metrics["selection_from_train"] and "'val' (which chose the checkpoints and the final phase) was carved" in (
+        result.stdout
+    )

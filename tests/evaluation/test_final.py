@@ -50,3 +50,13 @@ def test_summary_names_and_marks_the_final_phase():
     assert "final model: head (val_loss 0.213 <= finetune 0.245)" in text
     rows = [line.split()[:2] for line in text.splitlines() if line.startswith(("head", "finetune"))]
     assert rows == [["head", "(final)"], ["finetune", "-"]]
+
+
+def test_summary_says_when_the_split_that_chose_came_from_train_and_the_reported_one_did_not():
+    carved = {"phases": phases(0.3, 0.1), "final": choose_final(phases(0.3, 0.1)), "selection_from_train": True}
+    assert "'val' (which chose the checkpoints and the final phase) was carved from train" in format_summary(carved)
+    carved_select = {**carved, "split_sizes": {"train": 8, "select": 1, "val": 2}, "test_on": "val"}
+    assert "'select' (which chose the checkpoints and the final phase) was carved from train" in format_summary(
+        carved_select
+    )
+    assert "carved from train" not in format_summary({**carved, "selection_from_train": False})

@@ -136,6 +136,7 @@ class RunRecorder(pl.Callback):
             "split_sizes": datamodule.split_sizes(),
             "layout": datamodule.layout,
             "test_on": datamodule.test_on,
+            "selection_from_train": datamodule.selection_from_train,
             "run_dir": str(run_dir(trainer).resolve()),
             "checkpoint_dir": str(checkpoint_dir(trainer).resolve()),
             "skipped": [{"path": path, "reason": reason} for path, reason in datamodule.skipped],

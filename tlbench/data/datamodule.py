@@ -169,6 +169,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.labels_csv = labels_csv
         self.allow_external_links = allow_external_links
         self.layout = ""
+        self.selection_from_train = False  # see DatasetSplit
         self._predict_rows: pd.DataFrame | None = None
         self._discovered: pd.DataFrame | None = None
         self.skipped: list[tuple[str, str]] = []
@@ -214,6 +215,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
                     self.allow_external_links,
                 )
                 self._discovered, self.layout = split.table, split.layout
+                self.selection_from_train = split.selection_from_train
         return self._discovered
 
     def prepare_split(self) -> pd.DataFrame:

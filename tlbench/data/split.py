@@ -60,10 +60,13 @@ class UnsplittableError(TLBenchError):
 
 @dataclass(frozen=True)
 class DatasetSplit:
-    """The split table (path, label, split) and the one line saying how the data root was read and split."""
+    """The split table (path, label, split) and the one line saying how the data root was read and split.
+    ``selection_from_train``: the split that chooses checkpoints and the final phase was carved from the given
+    train split, while the reported split was given separately and may come from another distribution."""
 
     table: pd.DataFrame
     layout: str
+    selection_from_train: bool = False
 
 
 def split_counts(n: int, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> tuple[int, int, int]:
@@ -285,7 +288,9 @@ def split_dataset(
     root = check_root(root)
     given, kind = labelled_rows(root, labels_csv, allow_external_links)
     table, how = complete_split(given, str(root), seed, val_fraction, select_fraction)
-    return DatasetSplit(table, f"layout: {kind} ({how})")
+    given_splits = set(given.split) - {""}
+    carved = bool(given_splits) and (SELECT in set(table.split) or "val" not in given_splits)
+    return DatasetSplit(table, f"layout: {kind} ({how})", selection_from_train=carved)
 
 
 def labelled_rows(

@@ -50,6 +50,13 @@ def format_summary(metrics: dict) -> str:
         lines.append(
             "note: no test split in this dataset; the 'test' numbers below are measured on the validation split"
         )
+    if metrics.get("selection_from_train"):
+        chooser = "select" if selection else "val"
+        lines.append(
+            f"note: '{chooser}' (which chose the checkpoints and the final phase) was carved from train, so it follows"
+            f" the training distribution; if '{test_on}' comes from elsewhere, its accuracy may differ from"
+            f" {chooser}'s and the phase chosen on {chooser} loss need not be the better one there"
+        )
     method = phases.get("head", phases.get("finetune", {})).get("test_acc_ci_method", "wilson")
     lines.append(
         f"{'phase':<16} {'epochs':>6} {'train_s':>8} {'sel_acc' if selection else 'val_acc':>8} {'test_acc':>9}"
