@@ -151,7 +151,11 @@ def test_every_shipped_config_parses_with_its_dataset_and_backbone(config, monke
     monkeypatch.setattr("sys.argv", ["tlbench", *resolve_config_args(["--config", config])])
     cli = ParseOnly(run=False)
     assert cli.config.model.backbone == backbone and cli.config.data.root == f"data/{dataset}"
-    assert cli.config.trainer.max_epochs == cli.config.model.head_epochs + cli.config.model.finetune_epochs
+    model = cli.config.model
+    if model.finetune_epochs is None:  # the budget rule fixes the fine-tune length once the split is known
+        assert model.budget in ("fast", "default", "thorough") and cli.config.trainer.max_epochs is None
+    else:
+        assert cli.config.trainer.max_epochs == model.head_epochs + model.finetune_epochs
 
 
 def test_user_errors_are_one_line_without_traceback(tiny_dataset, tmp_path):
@@ -202,7 +206,11 @@ def test_every_candidate_recipe_parses_and_names_itself(recipe, monkeypatch):
     monkeypatch.setattr("sys.argv", ["tlbench", "--model", str(recipe_file(recipe)), "--data.root", "data/x"])
     cli = ParseOnly(run=False)
     assert cli.config.model.recipe == recipe
-    assert cli.config.trainer.max_epochs == cli.config.model.head_epochs + cli.config.model.finetune_epochs
+    model = cli.config.model
+    if model.finetune_epochs is None:  # the budget rule fixes the fine-tune length once the split is known
+        assert model.budget in ("fast", "default", "thorough") and cli.config.trainer.max_epochs is None
+    else:
+        assert cli.config.trainer.max_epochs == model.head_epochs + model.finetune_epochs
 
 
 def test_module_defaults_are_the_default_recipe():

@@ -126,11 +126,11 @@ def test_recipe_grid_plans_every_shared_dataset_and_candidate_and_names_cells_by
     override (the recipe names its backbone), and the run is named after the recipe."""
     from tlbench.grid import cell_command, plan_cells
 
-    for name in ("birds10", "leaves3", "butterflies10", "aerial7", "xray2"):
+    for name in ("birds10", "leaves3", "butterflies10", "aerial7", "xray2", "plankton65"):
         make_image(tmp_path / name / "a" / "0.png", (0, 0, 0), seed=0)  # a grid refuses a dataset without images
     spec = build_spec({**load_grid_file("recipe"), "data_dir": str(tmp_path)}, {})
     cells = plan_cells(spec)
-    assert len(cells) == 5 * 4 * 3 and spec.backbones == []
+    assert len(cells) == 6 * 4 * 3 and spec.backbones == []
     cell = next(c for c in cells if c.backbone == "lite2" and c.dataset == "xray2" and c.seed == 1)
     command = cell_command(cell, spec, tmp_path)
     assert command[command.index("--model") + 1] == str(CONFIGS / "recipes" / "lite2.yaml")
