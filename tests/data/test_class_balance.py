@@ -79,7 +79,13 @@ def test_balanced_sampler_also_draws_the_cached_features_of_the_head_phase(imbal
 
 def test_balanced_class_weights_follow_sklearn_and_stay_out_of_checkpoints():
     module = TransferLearningModule(
-        backbone="cnn1", pretrained=False, input_size=32, head_hidden=0, class_weights="balanced", classes=["a", "b"]
+        backbone="cnn1",
+        pretrained=False,
+        input_size=32,
+        head_hidden=0,
+        class_weights="balanced",
+        label_smoothing=0.0,  # the plain weighted cross-entropy, to compare with torch's
+        classes=["a", "b"],
     )
     module.set_class_weights([30, 10])
     assert torch.allclose(module.loss_fn.weight, torch.tensor([40 / 60, 40 / 20]))
