@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import subprocess
 import sys
@@ -170,6 +171,20 @@ def test_second_scan_of_an_unchanged_folder_decodes_nothing(dataset, monkeypatch
         "cat",
         "dog",
     ]
+
+
+def test_same_size_overwrite_with_mtime_restored_is_scanned_again(dataset, photo):
+    """Size and mtime alone are not a file's identity: a copy tool or ``touch -d`` can restore both over new
+    content, so the cached digest must also check ctime and inode, which no user-level call can set back."""
+    edited = photo(dataset / "cat" / "edited.bmp", seed=10)
+    before = audit_module.scan_files(dataset, ["cat/edited.bmp"])["cat/edited.bmp"]
+    stat = edited.stat()
+    photo(edited, seed=11)
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert edited.stat().st_size == stat.st_size and edited.stat().st_mtime_ns == stat.st_mtime_ns
+    after = audit_module.scan_files(dataset, ["cat/edited.bmp"])["cat/edited.bmp"]
+    assert after.sha256 == hashlib.sha256(edited.read_bytes()).hexdigest() != before.sha256
+    assert after.phash != before.phash
 
 
 def run_cli(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:

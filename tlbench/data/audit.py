@@ -18,8 +18,10 @@ class folders; hidden and OS files ignored; or the files a labels file lists) an
 with a one-line fix or drops what it was told to drop and lists it.
 
 Scan results are cached per data root in ``$TLBENCH_CACHE_DIR/audit/`` (default ``~/.cache/tlbench/audit/``;
-never inside the data root, which may be read-only), keyed by each file's (path, size, mtime_ns), so auditing
-an unchanged dataset again decodes nothing.
+never inside the data root, which may be read-only), keyed by each file's path and reused only while its size,
+mtime_ns, ctime_ns and inode all match (the rule git and DVC use): auditing an unchanged dataset again decodes
+nothing, and a file overwritten in place with its size and mtime restored (a copy tool, ``touch -d``) still
+changes ctime, so it is scanned again rather than seen as the old image.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ NEAR_THRESHOLD = 4
 DECODE_SIDE = 256
 HASH_SIDE = 32
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 # Rows of the distance matrix computed at once: memory stays near CHUNK x n x 16 bytes however large the dataset.
 CHUNK = 64
 
@@ -263,6 +265,11 @@ def _write_cache(path: Path, min_side: int, entries: dict[str, list]) -> None:
         pass
 
 
+def _identity(stat: os.stat_result) -> list[int]:
+    """What must be unchanged for a cached scan to hold: size and mtime alone can be restored over new content."""
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+
+
 def _unreachable(full: Path, real_root: Path, allow_external_links: bool = False) -> str | None:
     """Why ``full`` must not be read although it is listed: it leaves the root (unless allowed), dangles or loops."""
     real = _real(full)
@@ -305,17 +312,17 @@ def scan_files(
         if reason:
             scans[path] = Scan(reason=reason)
             continue
-        stat = full.stat()
+        identity = _identity(full.stat())
         entry = cached.get(path)
-        if entry and entry[:2] == [stat.st_size, stat.st_mtime_ns]:
-            sha256, phash, reason, width, height = entry[2:]
+        if isinstance(entry, list) and len(entry) == len(identity) + 5 and entry[: len(identity)] == identity:
+            sha256, phash, reason, width, height = entry[len(identity) :]
             size = None if width is None else (width, height)
             scans[path] = Scan(sha256, None if phash is None else int(phash, 16), reason, size)
             continue
         scan = _scan_file(full, min_side)
         scans[path] = scan
         phash = None if scan.phash is None else f"{scan.phash:016x}"
-        cached[path] = [stat.st_size, stat.st_mtime_ns, scan.sha256, phash, scan.reason, *(scan.size or (None, None))]
+        cached[path] = [*identity, scan.sha256, phash, scan.reason, *(scan.size or (None, None))]
     _write_cache(cache_file, min_side, {path: entry for path, entry in cached.items() if os.path.lexists(root / path)})
     return scans
 
