@@ -29,7 +29,7 @@ from torch import nn
 
 from tlbench.data.images import ImageLoadError, load_rgb
 from tlbench.errors import TLBenchError
-from tlbench.io import write_json
+from tlbench.io import read_csv, write_json
 from tlbench.models.engine import PARITY_TOLERANCE, export_onnx, ort_session
 from tlbench.models.inference import PROBABILITIES, Predictor, ProbabilityNetwork
 from tlbench.models.loading import (
@@ -69,7 +69,7 @@ def parity_batch(run_dir: Path, predictor: Predictor, count: int = PARITY_IMAGES
     """
     metrics = read_metrics(run_dir)
     split = (
-        pd.read_csv(run_dir / "split.csv")
+        read_csv(run_dir / "split.csv")
         if (run_dir / "split.csv").is_file()
         else pd.DataFrame(columns=["path", "split"])
     )

@@ -4,6 +4,10 @@ Each write goes to a temporary file in the destination folder, is flushed and (f
 renamed over the destination (atomic on POSIX): a reader sees the old file or the new one, never a half-written
 metrics file, prediction table or plot, and a failure (disk full, kill) leaves the previous file intact.
 
+CSV cells are neutralised against formula injection (OWASP): a string a spreadsheet would run as a formula
+(``=``, ``+``, ``-``, ``@``, tab or carriage return first; file, folder and class names are the user's) is written
+with a leading ``'``, and ``read_csv`` takes it off again, so tlbench reads back exactly what it wrote.
+
 Files get the mode ``open()`` would give them (0666 less the umask): ``mkstemp`` creates owner-only files,
 which would make results unreadable to the group that shares a run directory or serves a report.
 """
@@ -95,6 +99,40 @@ def read_json(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+# What makes a spreadsheet (Excel, LibreOffice, Google Sheets) evaluate a cell as a formula.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_csv_cell(value: object) -> object:
+    """``value`` with a ``'`` in front when it is a string a spreadsheet would run as a formula, else unchanged.
+
+    A string that already has quotes before a formula start gets one more, so ``restore_csv_cell`` can tell the
+    added quote from the name's own and the round trip stays lossless for every string.
+    """
+    return f"'{value}" if isinstance(value, str) and value.lstrip("'").startswith(FORMULA_STARTS) else value
+
+
+def restore_csv_cell(value: object) -> object:
+    """The inverse of ``neutralise_csv_cell``: one leading ``'`` off a string whose quotes precede a formula start."""
+    if isinstance(value, str) and value.startswith("'") and value.lstrip("'").startswith(FORMULA_STARTS):
+        return value[1:]
+    return value
+
+
+def _map_text(table: pd.DataFrame, cell: Callable[[object], object]) -> pd.DataFrame:
+    """``cell`` applied to the header, the index and every text column; numbers (``-0.5``) are never text."""
+    table = table.rename(columns=cell, index=cell)
+    for column in table.select_dtypes(include=["object", "string"]).columns:
+        table[column] = table[column].map(cell)
+    return table
+
+
 def write_csv(path: str | Path, table: pd.DataFrame, **to_csv) -> Path:
-    """``table`` as CSV; ``to_csv`` options default to no index column."""
-    return atomic_write(path, lambda tmp: table.to_csv(tmp, **{"index": False, **to_csv}))
+    """``table`` as CSV, text cells neutralised; ``to_csv`` options default to no index column."""
+    safe = _map_text(table, neutralise_csv_cell)
+    return atomic_write(path, lambda tmp: safe.to_csv(tmp, **{"index": False, **to_csv}))
+
+
+def read_csv(path: str | Path, **options) -> pd.DataFrame:
+    """A CSV that ``write_csv`` wrote, its neutralised cells restored; ``options`` go to ``pandas.read_csv``."""
+    return _map_text(pd.read_csv(path, **options), restore_csv_cell)

@@ -35,7 +35,7 @@ from tlbench.errors import TLBenchError
 from tlbench.evaluation import plots, stats
 from tlbench.evaluation.artifacts import CONFIDENCE, SIGNIFICANCE, compare_phases
 from tlbench.evaluation.final import final_phase
-from tlbench.io import read_json, write_csv, write_text
+from tlbench.io import read_csv, read_json, write_csv, write_text
 from tlbench.outputs import LOGS, default_output
 from tlbench.rundir import is_finished
 
@@ -137,7 +137,7 @@ def accuracy_interval(group: pd.DataFrame) -> tuple[float, float, str]:
 
 
 def phase_predictions(run: Run, phase: str) -> pd.DataFrame:
-    return pd.read_csv(run.path.parent / run.metrics["phases"][phase]["predictions"])
+    return read_csv(run.path.parent / run.metrics["phases"][phase]["predictions"])
 
 
 def final_predictions(run: Run) -> pd.DataFrame:

@@ -26,7 +26,6 @@ changes ctime, so it is scanned again rather than seen as the old image.
 
 from __future__ import annotations
 
-import csv
 import errno
 import hashlib
 import json
@@ -50,7 +49,7 @@ from tlbench.data.split import (
     labelled_rows,
 )
 from tlbench.errors import TLBenchError
-from tlbench.io import cache_dir
+from tlbench.io import cache_dir, write_csv
 from tlbench.outputs import dataset_name, default_output
 
 # Hamming distance (of 64 bits) at or below which two images count as near-duplicates. On the bundled photo sets
@@ -450,7 +449,7 @@ def audit_dataset(
 
 def write_bad_files(bad: list[tuple[str, str]], path: str | Path) -> Path:
     """``path,reason`` rows; written even when empty so an old report never outlives the fix."""
-    return _write_csv(path, ["path", "reason"], bad)
+    return write_csv(path, pd.DataFrame(bad, columns=["path", "reason"]))
 
 
 def write_duplicates(groups: list[DuplicateGroup], path: str | Path) -> Path:
@@ -458,17 +457,7 @@ def write_duplicates(groups: list[DuplicateGroup], path: str | Path) -> Path:
     rows = [
         (number, g.kind, g.match, m.path, m.label, m.split) for number, g in enumerate(groups, 1) for m in g.members
     ]
-    return _write_csv(path, ["group", "kind", "match", "path", "label", "split"], rows)
-
-
-def _write_csv(path: str | Path, header: list[str], rows: list[tuple]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
+    return write_csv(path, pd.DataFrame(rows, columns=["group", "kind", "match", "path", "label", "split"]))
 
 
 def _first(items: list[str], n: int = 3) -> str:

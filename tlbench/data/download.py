@@ -26,10 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+import pandas as pd
 from tqdm import tqdm
 
 from tlbench.data.images import ImageLoadError, is_image_file, load_rgb
 from tlbench.errors import TLBenchError
+from tlbench.io import write_csv
 
 CHUNK_SIZE = 1 << 16
 USER_AGENT = "tlbench-download/0.1 (+python-urllib)"
@@ -616,10 +618,8 @@ def download_open_images(
 
 
 def write_failure_report(path: Path, failures: list[ImageFailure]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as file:
-        writer = csv.writer(file)
-        writer.writerow(["image_id", "class", "url", "error"])
-        writer.writerows([f.image_id, f.folder, f.url, f.error] for f in failures)
+    rows = [(f.image_id, f.folder, f.url, f.error) for f in failures]
+    write_csv(path, pd.DataFrame(rows, columns=["image_id", "class", "url", "error"]))
 
 
 # --------------------------------------------------------------------------------------------------- SOURCE.md

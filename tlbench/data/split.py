@@ -39,6 +39,7 @@ from tlbench.data.discover import (
 )
 from tlbench.data.images import is_image_file
 from tlbench.errors import TLBenchError
+from tlbench.io import read_csv, write_csv
 from tlbench.outputs import dataset_name, default_output
 
 SPLITS = ("train", "val", "test")
@@ -209,7 +210,7 @@ def read_labels(path: str | Path, root: Path) -> pd.DataFrame:
     if not path.is_file():
         raise TLBenchError(f"--data.labels_csv {path} is not a file; {fix}")
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True)
+        table = read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
         raise TLBenchError(f"{path} is not a readable CSV ({str(error).splitlines()[0]}); {fix}") from None
     table.columns = [str(column).strip().lower() for column in table.columns]
@@ -350,14 +351,11 @@ def default_split_path(root: str | Path, seed: int) -> Path:
 
 
 def write_split(table: pd.DataFrame, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(path, index=False)
-    return path
+    return write_csv(path, table)
 
 
 def read_split(path: str | Path) -> pd.DataFrame:
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table = read_csv(path, dtype=str, keep_default_na=False)
     missing = {"path", "label", "split"} - set(table.columns)
     if missing:
         raise TLBenchError(f"{path} is not a split file: missing columns {sorted(missing)}")

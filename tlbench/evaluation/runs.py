@@ -15,6 +15,7 @@ import pandas as pd
 from tlbench.evaluation.artifacts import compare_phases, evaluate_predictions
 from tlbench.evaluation.final import choose_final
 from tlbench.evaluation.plots import plot_learning_curves
+from tlbench.io import read_csv
 from tlbench.rundir import read_metrics, update_metrics
 
 LEARNING_CURVES = "learning_curves.png"
@@ -54,13 +55,13 @@ def finish_run(run_dir: str | Path) -> dict:
     update: dict = {"artifacts": {}}
     history_path = run_dir / "history.csv"
     if history_path.is_file():
-        history = pd.read_csv(history_path)
+        history = read_csv(history_path)
         plot_learning_curves(history, run_dir / LEARNING_CURVES, _boundary_epoch(history))
         update["artifacts"]["learning_curves"] = LEARNING_CURVES
     phases = metrics.get("phases", {})
     if phases:
         update["final"] = choose_final(phases)
     if all(phases.get(phase, {}).get("predictions") for phase in ("head", "finetune")):
-        head, finetune = (pd.read_csv(run_dir / phases[phase]["predictions"]) for phase in ("head", "finetune"))
+        head, finetune = (read_csv(run_dir / phases[phase]["predictions"]) for phase in ("head", "finetune"))
         update["comparison"] = compare_phases(head, finetune, split=metrics.get("test_on", "test"))
     return update_metrics(run_dir, update)
