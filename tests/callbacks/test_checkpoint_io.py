@@ -1,6 +1,7 @@
 """``CrashSafeCheckpointIO``: deferred checkpoints stay in memory until flushed, writes never leave half a file."""
 
 import errno
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -46,3 +47,24 @@ def test_a_failed_write_keeps_the_old_file_and_names_the_checkpoint(tmp_path):
         CrashSafeCheckpointIO(FullDisk()).save_checkpoint(checkpoint(1.0), target)
     assert raised.value.filename == str(target) and raised.value.errno == errno.ENOSPC
     assert target.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+class ThenAnotherWriter(TorchCheckpointIO):
+    """Writes its file, then lets ``other`` write before returning: a second run's writer of the same path
+    finishing while this one's temporary file waits to be renamed."""
+
+    def __init__(self, other: Callable[[], None]) -> None:
+        self.other = other
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        super().save_checkpoint(checkpoint, path, storage_options)
+        self.other()
+
+
+def test_two_writers_of_one_path_never_share_a_temporary_file(tmp_path):
+    target = tmp_path / "finetune-best-epoch00.ckpt"
+    second = CrashSafeCheckpointIO(TorchCheckpointIO())
+    first = CrashSafeCheckpointIO(ThenAnotherWriter(lambda: second.save_checkpoint(checkpoint(2.0), target)))
+    first.save_checkpoint(checkpoint(1.0), target)  # renamed last, so its weights are the ones kept
+    assert torch.equal(first.load_checkpoint(target)["state_dict"]["head.w"], torch.full((2,), 1.0))
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]

@@ -10,6 +10,8 @@ epochs of a head phase on cached features take milliseconds, far less than writi
 from __future__ import annotations
 
 import copy
+import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,9 @@ def head_phase_snapshot(checkpoint: dict) -> dict:
 
 
 class CrashSafeCheckpointIO(CheckpointIO):
-    """Wraps the strategy's ``CheckpointIO`` (which must write synchronously): writes go to ``<path>.partial`` and
-    are renamed into place; while ``deferring`` (set by ``PhaseCheckpoint`` for head-phase epochs on cached
+    """Wraps the strategy's ``CheckpointIO`` (which must write synchronously): writes go to
+    ``<path>.<pid>.<token>.partial`` (two writers of one path never share a temporary file) and are renamed into
+    place; while ``deferring`` (set by ``PhaseCheckpoint`` for head-phase epochs on cached
     features, whose backbone is frozen), checkpoints are kept as ``head_phase_snapshot``s until ``flush``.
 
     Lightning calls it on the global-zero process only, so only that process holds deferred checkpoints.
@@ -67,7 +70,7 @@ class CrashSafeCheckpointIO(CheckpointIO):
 
     def _write(self, checkpoint: dict[str, Any], path: str, storage_options: Any | None) -> None:
         """Raises ``OSError`` naming ``path`` (not the temporary file) when the write fails; no ``.partial`` is left."""
-        partial = f"{path}.partial"
+        partial = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.partial"
         try:
             self.inner.save_checkpoint(checkpoint, partial, storage_options=storage_options)
             fsync_replace(partial, path)
