@@ -48,11 +48,32 @@ def _lightning_default(logger: TensorBoardLogger, trainer: pl.Trainer) -> bool:
     return logger.name == LOGS.name and Path(logger.root_dir).parent == Path(trainer.default_root_dir)
 
 
+def claim_version(folder: Path) -> int:
+    """Create ``folder/version_N`` for the next free ``N`` and return ``N``.
+
+    ``mkdir`` is atomic: of fits started at once in one folder, each gets a folder of its own (one that loses the
+    race takes the next number), where a number picked by listing the folder would be shared by all of them.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    version = max(
+        (int(match.group(1)) for path in folder.iterdir() if (match := VERSION.fullmatch(path.name))), default=-1
+    )
+    while True:
+        version += 1
+        try:
+            (folder / f"version_{version}").mkdir()
+        except FileExistsError:
+            continue
+        return version
+
+
 def install_run_logger(trainer: pl.Trainer, experiment: str, version: int | None = None) -> TensorBoardLogger:
     """Give ``trainer`` the run's TensorBoard logger at ``<root>/lightning_logs/<experiment>/version_N``.
 
     A TensorBoard logger the user configured is kept as the run's; Lightning's unnamed default one is replaced;
-    any other loggers stay beside it. ``version`` resumes an earlier run's folder.
+    any other loggers stay beside it. ``version`` resumes an earlier run's folder; a new run claims its folder
+    here, before anything is written (``claim_version``). Only rank zero claims: under DDP the other ranks never
+    write the run directory, and take its checkpoint folder from rank zero (``ModelCheckpoint`` broadcasts it).
     """
     from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -60,7 +81,10 @@ def install_run_logger(trainer: pl.Trainer, experiment: str, version: int | None
     existing = run_logger(trainer)
     if existing is not None and not _lightning_default(existing, trainer):
         return existing
-    logger = TensorBoardLogger(save_dir=str(Path(trainer.default_root_dir) / LOGS), name=experiment, version=version)
+    save_dir = Path(trainer.default_root_dir) / LOGS
+    if version is None and trainer.global_rank == 0:
+        version = claim_version(save_dir / experiment)
+    logger = TensorBoardLogger(save_dir=str(save_dir), name=experiment, version=version)
     trainer.loggers = [logger, *(other for other in loggers if other is not existing)]
     return logger
 
