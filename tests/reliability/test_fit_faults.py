@@ -123,7 +123,16 @@ def test_ctrl_c_writes_last_checkpoint_and_exits_non_zero(tiny_dataset, tmp_path
     ]
     log = tmp_path / "fit.log"
     with log.open("w") as stream:  # a file, not a pipe: a full pipe would block the child
-        process = subprocess.Popen(command, cwd=tmp_path, env=tlbench_env(), stdout=stream, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=tlbench_env(),
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            # A shell without job control starts background jobs with SIGINT ignored, and a Python started that way
+            # keeps ignoring it: give the child Ctrl-C's default action, so the test also holds under `pytest &`.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
     deadline = time.monotonic() + 300
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
