@@ -66,8 +66,9 @@ class Run:
 def collect_runs(runs_dir: str | Path) -> tuple[list[Run], list[Path]]:
     """Finished runs under ``runs_dir``, one per dataset x backbone x seed, and the metrics files left out.
 
-    A file is left out when its run did not finish (no test result for some phase) or when a newer run of the
-    same dataset, backbone and seed exists (a rerun supersedes the earlier one).
+    A file is left out when its run did not finish (no test result for some phase), when it is not a training run
+    (``test`` writes its results beside the fit's, in a version folder of its own), or when a newer run of the same
+    dataset, backbone and seed exists (a rerun supersedes the earlier one).
     """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
@@ -79,6 +80,9 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[Run], list[Path]]:
             left_out.append(path)
             continue
         run = Run(path, read_json(path))
+        if "dataset" not in run.metrics:  # a `test` of an earlier run's checkpoint: a re-evaluation, not a run
+            left_out.append(path)
+            continue
         previous = newest.get(run.key)
         if previous is not None and previous.path.stat().st_mtime > path.stat().st_mtime:
             left_out.append(path)

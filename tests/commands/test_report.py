@@ -153,3 +153,15 @@ def test_report_reference_is_chosen_by_name_and_an_unknown_name_is_one_line(grid
     result = run_tlbench("report", "runs", "--output", str(tmp_path / "bad"), "--reference", "vit", cwd=grid_study.root)
     assert result.returncode == 2 and "--reference vit: no finished run of that model" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "bad" / "report.md").exists()
+
+
+def test_a_test_run_beside_the_fits_is_left_out_not_a_crash(grid_study, report_dir, tmp_path):
+    """``test --config <run>/config.yaml`` writes a metrics.json with test results but no dataset of its own."""
+    import shutil
+
+    runs = shutil.copytree(grid_study.root / "runs", tmp_path / "runs")
+    retest = runs / "lightning_logs" / "alpha_cnn1_seed0" / "version_9" / "metrics.json"
+    retest.parent.mkdir(parents=True)
+    retest.write_text(json.dumps({"phases": {"finetune": {"test_acc": 0.5, "test_n": 4}}}))
+    write_report(runs, tmp_path / "report")
+    assert pd.read_csv(tmp_path / "report" / "report.csv").equals(pd.read_csv(report_dir / "report.csv"))
