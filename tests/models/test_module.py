@@ -8,8 +8,9 @@ import pytorch_lightning as pl
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from tlbench.callbacks.finetuning import schedule_factor
 from tlbench.models.backbones import create_backbone
-from tlbench.models.module import TransferLearningModule, finetune_epochs_for, schedule_factor
+from tlbench.models.module import TransferLearningModule, finetune_epochs_for
 
 
 def module(**overrides) -> TransferLearningModule:

@@ -20,7 +20,6 @@ from pytorch_lightning.utilities import rank_zero_info
 from tlbench.callbacks.checkpoint_io import CrashSafeCheckpointIO
 from tlbench.callbacks.feature_cache import FeatureCaching
 from tlbench.errors import TLBenchError
-from tlbench.models.module import schedule_factor
 from tlbench.rundir import checkpoint_dir
 
 
@@ -30,6 +29,19 @@ def cheap_epoch(trainer: pl.Trainer) -> bool:
     caching = FeatureCaching.attached_to(trainer)
     epoch = trainer.current_epoch
     return caching is not None and caching.caches_features(epoch) and caching.caches_features(epoch + 1)
+
+
+def schedule_factor(position: float, step: float, epochs: int, warmup: float, cosine: bool) -> float:
+    """Learning-rate multiplier of the batch starting ``position`` epochs into a phase (``step``: one batch, in
+    epochs): a linear warmup from ``step / warmup`` to 1 over the first ``warmup`` epochs, then constant or a cosine
+    decay reaching zero at the phase's end (``epochs``). Per batch, not per epoch: a one-epoch warmup of 28 batches
+    climbs in 28 steps, not in one jump to half the rate."""
+    if position < warmup:
+        return min(1.0, (position + step) / warmup)
+    if not cosine:
+        return 1.0
+    progress = min(1.0, (position - warmup) / max(step, epochs - warmup))
+    return 0.5 * (1 + math.cos(math.pi * progress))
 
 
 LIGHTNING_DEFAULT_MAX_EPOCHS = 1000  # what Lightning sets when max_epochs is left unset

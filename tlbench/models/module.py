@@ -12,7 +12,6 @@ linear warmup per phase, early stopping per phase (``PhaseSchedule``), and timm'
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import pytorch_lightning as pl
@@ -88,19 +87,6 @@ def check_recipe_options(options: dict) -> None:
     for name, (valid, expected) in rules.items():
         if not valid(options[name]):
             raise TLBenchError(f"--model.{name} {options[name]} is invalid: use {expected}")
-
-
-def schedule_factor(position: float, step: float, epochs: int, warmup: float, cosine: bool) -> float:
-    """Learning-rate multiplier of the batch starting ``position`` epochs into a phase (``step``: one batch, in
-    epochs): a linear warmup from ``step / warmup`` to 1 over the first ``warmup`` epochs, then constant or a cosine
-    decay reaching zero at the phase's end (``epochs``). Per batch, not per epoch: a one-epoch warmup of 28 batches
-    climbs in 28 steps, not in one jump to half the rate."""
-    if position < warmup:
-        return min(1.0, (position + step) / warmup)
-    if not cosine:
-        return 1.0
-    progress = min(1.0, (position - warmup) / max(step, epochs - warmup))
-    return 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
