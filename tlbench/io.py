@@ -103,20 +103,23 @@ def read_json(path: str | Path) -> dict:
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+def _formula_after_quotes(value: object) -> bool:
+    """A string that, once its leading quotes are set aside, a spreadsheet would run as a formula."""
+    return isinstance(value, str) and value.lstrip("'").startswith(FORMULA_STARTS)
+
+
 def neutralise_csv_cell(value: object) -> object:
     """``value`` with a ``'`` in front when it is a string a spreadsheet would run as a formula, else unchanged.
 
     A string that already has quotes before a formula start gets one more, so ``restore_csv_cell`` can tell the
     added quote from the name's own and the round trip stays lossless for every string.
     """
-    return f"'{value}" if isinstance(value, str) and value.lstrip("'").startswith(FORMULA_STARTS) else value
+    return f"'{value}" if _formula_after_quotes(value) else value
 
 
 def restore_csv_cell(value: object) -> object:
     """The inverse of ``neutralise_csv_cell``: one leading ``'`` off a string whose quotes precede a formula start."""
-    if isinstance(value, str) and value.startswith("'") and value.lstrip("'").startswith(FORMULA_STARTS):
-        return value[1:]
-    return value
+    return value[1:] if _formula_after_quotes(value) and value.startswith("'") else value
 
 
 def _map_text(table: pd.DataFrame, cell: Callable[[object], object]) -> pd.DataFrame:
