@@ -53,7 +53,9 @@ class PoisonHeadAtEpoch(pl.Callback):
 
 
 class DiskFullAtEpoch(pl.Callback):
-    """From epoch ``epoch`` on, every checkpoint write fails with ENOSPC, as on a full disk."""
+    """From epoch ``epoch`` on, the disk fills up halfway through every checkpoint file: the bytes written so far
+    stay in the file being written, then the write fails with ENOSPC. Only the serialiser is replaced, so
+    tlbench's crash-safe writer (temporary name, rename, clean-up) runs as it does on a real full disk."""
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
@@ -61,11 +63,19 @@ class DiskFullAtEpoch(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch == self.epoch:
             import errno
+            import io
 
-            def full(*args, **kwargs):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            import torch
 
-            trainer.strategy.save_checkpoint = full
+            writer = trainer.strategy.checkpoint_io.inner
+
+            def fill_disk(checkpoint, path, storage_options=None):
+                buffer = io.BytesIO()
+                torch.save(checkpoint, buffer)
+                Path(path).write_bytes(buffer.getvalue()[: buffer.tell() // 2])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+            writer.save_checkpoint = fill_disk
 
 
 class AssertRanksInSync(pl.Callback):

@@ -1,5 +1,6 @@
 """fit on bad data and under faults: stop before training with the fix, or keep every finished result."""
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -63,21 +64,30 @@ def test_duplicates_across_splits_refused_unless_dedupe(tiny_dataset, tmp_path):
 
 def test_resume_on_changed_data_refuses_unless_forced(tiny_dataset, tmp_path):
     args = ["--model.head_epochs", "2", "--model.finetune_epochs", "1"]
-    assert (
-        fit(
-            tiny_dataset,
-            tmp_path,
-            *args,
-            "--trainer.callbacks+=tests.helpers.KillAtEpochStart",
-            "--trainer.callbacks.epoch=2",
-        ).returncode
-        == -9
-    )
+    kill = ["--trainer.callbacks+=tests.helpers.KillAtEpochStart", "--trainer.callbacks.epoch=2"]
+    assert fit(tiny_dataset, tmp_path, *args, *kill).returncode == -9
+    run = tmp_path.joinpath(*RUN)
+    last = tmp_path.joinpath("checkpoints", *RUN[1:], "last.ckpt")
+    checkpoint_before = last.read_bytes()
+
     make_image(tiny_dataset / "class_2" / "new.png", (1, 2, 3), 99)
     refused = fit(tiny_dataset, tmp_path, *args, "--ckpt_path", "last")
     assert refused.returncode == 2 and "changed since the checkpoint (1 added, 0 removed" in last_line(refused)
+    make_image(tiny_dataset / "class_2" / "new.png", (1, 2, 3), 99).unlink()
+    # Same name, same size, new pixels: only the content digest can tell.
+    make_image(tiny_dataset / "class_0" / "img_000.png", (9, 9, 9), 7)
+    refused = fit(tiny_dataset, tmp_path, *args, "--ckpt_path", "last")
+    assert refused.returncode == 2 and "(0 added, 0 removed, 1 changed" in last_line(refused)
+    assert last.read_bytes() == checkpoint_before and not (run / "metrics.json").exists()
+
     forced = fit(tiny_dataset, tmp_path, *args, "--ckpt_path", "last", "--force", "true")
     assert forced.returncode == 0, forced.stderr[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["phases"]["head"]["epochs"] == 2 and metrics["phases"]["finetune"]["epochs"] == 1
+    # The resumed run records the data it finished on, not the data it started with.
+    split = pd.read_csv(run / "split.csv")
+    current = split.set_index("path").sha256["class_0/img_000.png"]
+    assert current == hashlib.sha256((tiny_dataset / "class_0" / "img_000.png").read_bytes()).hexdigest()
 
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tiny_dataset, tmp_path):
