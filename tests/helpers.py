@@ -40,6 +40,14 @@ class PauseAtStep(pl.Callback):
             raise RuntimeError(f"no signal came within {self.seconds} s of step {self.step}")
 
 
+class InterruptAtSetup(pl.Callback):
+    """Ctrl-C while the run is being set up (before tlbench's checkpoint writer is in place): Lightning's graceful
+    shutdown then runs with no training progress to keep."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        raise KeyboardInterrupt
+
+
 class PoisonHeadAtEpoch(pl.Callback):
     """Fill the head's weights with NaN when epoch ``epoch`` starts: a diverged run."""
 

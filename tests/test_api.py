@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import CSVLogger
 
 from tests.conftest import REPO, TINY_FIT_ARGS, make_dataset, run_tlbench
-from tests.helpers import NoDirLogger
+from tests.helpers import InterruptAtSetup, NoDirLogger
 from tlbench.errors import TLBenchError
 
 TINY = {
@@ -161,3 +161,17 @@ def test_cli_with_mlflow_file_store(tiny_dataset, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "lightning_logs" / "tiny_cnn1" / "version_0" / "metrics.json").is_file()
     assert list(store.rglob("metrics/val_loss")), "MLflow recorded the validation loss"
+
+
+def test_ctrl_c_during_fit_raises_keyboard_interrupt_not_system_exit(tiny_dataset, tmp_path):
+    """Lightning ends an interrupted ``Trainer.fit`` with ``sys.exit(1)``, which would close a notebook's kernel."""
+    import tlbench
+
+    with pytest.raises(KeyboardInterrupt):
+        tlbench.fit(
+            tiny_dataset,
+            backbone="cnn1",
+            output=tmp_path,
+            trainer={**QUIET, "callbacks": [InterruptAtSetup()]},
+            **TINY,
+        )

@@ -109,9 +109,12 @@ def fit(
     settings = {**TRAINER_DEFAULTS, "default_root_dir": str(output), **(trainer or {})}
     lightning = pl.Trainer(**settings)
     install_run_logger(lightning, experiment or experiment_name(datamodule.dataset_name, backbone))
-    lightning.fit(module, datamodule)
-    if lightning.interrupted:
-        raise KeyboardInterrupt
+    try:
+        lightning.fit(module, datamodule)
+    except SystemExit:  # Lightning's exit(1) after a Ctrl-C would end a notebook's kernel: raise the interrupt instead
+        if lightning.interrupted:
+            raise KeyboardInterrupt from None
+        raise
     return Run(run_dir(lightning).resolve())
 
 

@@ -148,8 +148,17 @@ def test_ctrl_c_writes_last_checkpoint_and_exits_non_zero(tiny_dataset, tmp_path
         time.sleep(0.1)
     assert marker.exists(), f"training never reached step 5: {log.read_text()[-2000:]}"
     process.send_signal(signal.SIGINT)  # Ctrl-C, while the run waits at step 5
-    assert process.wait(timeout=120) == 1, log.read_text()[-2000:]
+    assert process.wait(timeout=120) == 130, log.read_text()[-2000:]
+    lines = log.read_text().strip().splitlines()
+    assert "Traceback" not in log.read_text() and lines[-1] == "interrupted", lines[-5:]
+    assert lines[-2].startswith("progress saved to ") and "(epoch 1, step 5); resume with --ckpt_path last" in lines[-2]
     last = torch.load(tmp_path.joinpath("checkpoints", *RUN[1:], "last.ckpt"), map_location="cpu", weights_only=True)
     assert last["global_step"] == 5, "the interrupt must save the progress of the unfinished epoch"
     resumed = fit(tiny_dataset, tmp_path, "--model.head_epochs", "3", "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def test_ctrl_c_while_the_run_is_set_up_says_interrupted_without_a_traceback(tiny_dataset, tmp_path):
+    result = fit(tiny_dataset, tmp_path, "--trainer.callbacks+=tests.helpers.InterruptAtSetup")
+    assert result.returncode == 130 and last_line(result) == "interrupted", result.stderr[-2000:]
+    assert not tmp_path.joinpath("checkpoints", *RUN[1:], "last.ckpt").exists()

@@ -208,13 +208,21 @@ class PhaseCheckpoint(ModelCheckpoint):
                 super().on_validation_end(trainer, pl_module)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        """On Ctrl-C, write ``last.ckpt`` with the progress so far and any deferred best checkpoint (Lightning then
-        exits with status 1). Other exceptions (a NaN loss, a full disk) keep the previous ``last.ckpt``: it is the
-        last good state."""
-        if isinstance(exception, KeyboardInterrupt):
-            with self._writing(trainer, defer=False):
-                if self.phase is None:
-                    trainer.save_checkpoint(self.format_checkpoint_name({}))
+        """On Ctrl-C, write ``last.ckpt`` with the progress so far and any deferred best checkpoint. Other exceptions
+        (a NaN loss, a full disk) keep the previous ``last.ckpt``: it is the last good state. An interrupt before
+        ``setup`` (while the run is still being set up) has no progress to keep."""
+        if not isinstance(exception, KeyboardInterrupt) or not isinstance(
+            trainer.strategy.checkpoint_io, CrashSafeCheckpointIO
+        ):
+            return
+        with self._writing(trainer, defer=False):
+            if self.phase is None:
+                path = self.format_checkpoint_name({})
+                trainer.save_checkpoint(path, weights_only=False)
+                rank_zero_info(
+                    f"progress saved to {path} (epoch {trainer.current_epoch}, step {trainer.global_step});"
+                    " resume with --ckpt_path last"
+                )
 
     def _sits_out(self, trainer: pl.Trainer) -> bool:
         """Another phase's best checkpoint, or ``last.ckpt`` during a cheap epoch."""

@@ -59,17 +59,24 @@ def describe_data_change(previous: pd.DataFrame, current: pd.DataFrame) -> str:
 class TLBenchCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         self.resume_version: int | None = None
-        super().__init__(
-            TransferLearningModule,
-            ImageFolderDataModule,
-            trainer_defaults=TRAINER_DEFAULTS,
-            seed_everything_default=0,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"exit_on_error": False},  # a bad flag or config key is one error line (run_lightning_cli)
-            auto_configure_optimizers=False,  # a top-level optimizer would train every parameter, breaking freezing
-            args=args,
-            run=run,
-        )
+        try:
+            super().__init__(
+                TransferLearningModule,
+                ImageFolderDataModule,
+                trainer_defaults=TRAINER_DEFAULTS,
+                seed_everything_default=0,
+                save_config_kwargs={"overwrite": True},
+                parser_kwargs={"exit_on_error": False},  # a bad flag or config key: one error line (run_lightning_cli)
+                auto_configure_optimizers=False,  # a top-level optimizer would train every parameter, breaking freezing
+                args=args,
+                run=run,
+            )
+        except SystemExit:
+            # Lightning ends a Ctrl-C'd run with exit(1) after its graceful shutdown; tlbench treats every Ctrl-C alike
+            # (one "interrupted" line, status 130), whether it came during training or before.
+            if getattr(self, "trainer", None) is not None and self.trainer.interrupted:
+                raise KeyboardInterrupt from None
+            raise
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
