@@ -60,10 +60,11 @@ def test_latest_versions_and_finished_runs(tmp_path):
     assert latest_checkpoint(tmp_path, "e")[0] == 10  # numeric, not lexical, order
     with pytest.raises(TLBenchError, match="no checkpoints/other"):
         latest_checkpoint(tmp_path, "other")
-    write_json(
-        tmp_path / "lightning_logs" / "e" / "version_1" / "metrics.json", {"phases": {"head": {"test_acc": 1.0}}}
-    )
-    write_json(tmp_path / "lightning_logs" / "e" / "version_2" / "metrics.json", {"phases": {"head": {"val_acc": 1.0}}})
+    logs = tmp_path / "lightning_logs" / "e"
+    write_json(logs / "version_1" / "metrics.json", {"dataset": "d", "phases": {"head": {"test_acc": 1.0}}})
+    write_json(logs / "version_2" / "metrics.json", {"dataset": "d", "phases": {"head": {"val_acc": 1.0}}})
+    # a `test` of version_1's checkpoint: tested phases, but a re-evaluation, not a finished fit
+    write_json(logs / "version_3" / "metrics.json", {"phases": {"head": {"test_acc": 0.5}}})
     assert finished_metrics(tmp_path, "e") == tmp_path / "lightning_logs" / "e" / "version_1" / "metrics.json"
     assert (
         run_dir_of_checkpoint(tmp_path / "checkpoints" / "e" / "version_2" / "last.ckpt")

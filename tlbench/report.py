@@ -80,9 +80,6 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[Run], list[Path]]:
             left_out.append(path)
             continue
         run = Run(path, read_json(path))
-        if "dataset" not in run.metrics:  # a `test` of an earlier run's checkpoint: a re-evaluation, not a run
-            left_out.append(path)
-            continue
         previous = newest.get(run.key)
         if previous is not None and previous.path.stat().st_mtime > path.stat().st_mtime:
             left_out.append(path)

@@ -143,11 +143,16 @@ def has_checkpoint(root: Path, experiment: str) -> bool:
 
 
 def is_finished(metrics_path: Path) -> bool:
-    """Training ended and every phase was tested (``fit`` adds ``test_acc`` per phase last of all)."""
+    """A ``fit`` whose training ended and whose every phase was tested (it adds ``test_acc`` per phase last of all).
+    A ``test`` of an earlier checkpoint writes phases with ``test_acc`` too, but no ``dataset``: it re-evaluates a
+    run and never stands for one (a grid cell it shared an experiment with is not done)."""
     try:
-        phases = read_json(metrics_path).get("phases") or {}
+        metrics = read_json(metrics_path)
     except (OSError, ValueError):
         return False
+    if not isinstance(metrics, dict) or "dataset" not in metrics:
+        return False
+    phases = metrics.get("phases") or {}
     return bool(phases) and all("test_acc" in phase for phase in phases.values())
 
 
