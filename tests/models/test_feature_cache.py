@@ -70,14 +70,14 @@ def test_cache_on_and_off_agree_and_the_disk_cache_is_reused_and_invalidated(tin
     plain = head_only(tiny_dataset, tmp_path / "off", "false")
     assert abs(cached["test_acc"] - plain["test_acc"]) <= 1 / cached["test_n"] + 1e-9
     assert abs(cached["val_acc"] - plain["val_acc"]) <= 1 / 6 + 1e-9
-    entries = sorted((tmp_path / "cache" / "features").glob("*.pt"))
+    entries = sorted((tmp_path / "cache" / "features").glob("*.entry"))
     assert len(entries) == 2  # train and val
     again = head_only(tiny_dataset, tmp_path / "again", "true")
-    assert sorted((tmp_path / "cache" / "features").glob("*.pt")) == entries
+    assert sorted((tmp_path / "cache" / "features").glob("*.entry")) == entries
     assert again["test_acc"] == cached["test_acc"]
     make_image(tiny_dataset / "class_0" / "img_000.png", (0, 0, 0), 5)  # same name, new content
     head_only(tiny_dataset, tmp_path / "changed", "true")
-    assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) > len(entries)
+    assert len(list((tmp_path / "cache" / "features").glob("*.entry"))) > len(entries)
 
 
 @pytest.mark.parametrize("backbone, unfreeze", [("cnn1", "-1"), ("cnn6", "1")])
@@ -195,7 +195,7 @@ def test_a_plain_lightning_trainer_caches_features_without_being_told(tiny_datas
     assert FeatureCaching.attached_to(trainer) is not None
     depth = model.frozen_trunk_depth()
     assert recorder.seen == [{"train": "pooled", "val": "pooled"}] * 2 + [{"train": "images", "val": depth}]
-    assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 2
+    assert len(list((tmp_path / "cache" / "features").glob("*.entry"))) == 2
     assert model.batch_inputs == {"train": "images", "val": "images"} and data.precomputed_inputs is None
     trainer.validate(model, data, verbose=False)
 

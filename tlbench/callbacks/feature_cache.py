@@ -5,7 +5,8 @@ Head phase: with the backbone frozen and in eval mode, its output for an image n
 the head trains on features computed once. ``views=1`` caches the centre-crop (eval) features of each training
 image: the classic linear-probe setup, cheapest, no augmentation. ``views=K>1`` caches K augmented views per
 training image and epoch ``e`` trains on view ``e % K``: K backbone passes buy augmentation for the head.
-Validation always uses one eval view. Entries are kept on disk for later runs (see models/feature_cache.py).
+Validation always uses one eval view. Entries are kept on disk for later runs (see models/feature_cache.py and
+tlbench/cache.py).
 
 Fine-tune phase: only the top blocks train, so the layers below them stay frozen and in eval mode: validation
 images (centre crops, no augmentation) give the same activations at the top of those layers every epoch. They are
@@ -23,13 +24,11 @@ and it tells the module what the batches then hold (``TransferLearningModule.set
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from tlbench.io import cache_dir
+from tlbench.cache import Cache
 from tlbench.models.backbones import evaluating
 from tlbench.models.feature_cache import FeatureSet, cache_key, compute_features, gather_shards, weights_digest
 
@@ -149,22 +148,24 @@ class FeatureCaching(pl.Callback):
             description["augment_policy"] = datamodule.augment_policy
         weights = weights_digest(module.backbone)
 
-        def entry(engine: str) -> Path:
+        def key(engine: str) -> str:
             """Features of another engine differ by float rounding: keyed apart, except torch's (earlier entries)."""
             keyed = description if engine == "torch" else {**description, "engine": engine}
-            return cache_dir("features") / f"{cache_key(weights, keyed, files)}.pt"
+            return cache_key(weights, keyed, files)
 
+        cache = Cache("features")
         engine = module.engine_name()
-        found = entry(engine).is_file()
-        if trainer.world_size > 1:
+        stored = cache.get(key(engine), FeatureSet.from_bytes)
+        found = stored is not None
+        if trainer.world_size > 1:  # every process uses the stored entry, or every process encodes
             found = trainer.strategy.reduce_boolean_decision(found, all=True)
         if found:
             module.engines_used["features"] = engine
-            return FeatureSet.load(entry(engine))
+            return stored
         title = f"caching features: {rows_of}" + (f" ({views} views)" if views > 1 else "")
         result = self._encode(module, rows_of, module.encode, title, views, augmented)
         if trainer.is_global_zero:
-            result.save(entry(module.engines_used.get("features", engine)))
+            cache.put(key(module.engines_used.get("features", engine)), result.to_bytes())
         return result
 
     def _trunk_activations(self, module) -> FeatureSet | None:

@@ -5,28 +5,26 @@ A ``FeatureSet`` is a network's output for every image of a split, in one or mor
 features (the head phase trains on them), or the activations after its first ``d`` frozen layers (fine-tune
 validation runs only the trainable top on them).
 
-On disk, entries live under ``$TLBENCH_CACHE_DIR/features`` (default ``~/.cache/tlbench/features``). The key
-covers everything that changes a feature: the backbone's weights (a hash of its tensors), the preprocessing, the
-transform (eval or augmented, view count, seed), and every image's path, label and content hash, so a stale entry
-is never reused.
+On disk, entries live in the ``features`` kind of ``tlbench/cache.py`` (verified on every read, bounded,
+least recently used evicted first). The key covers everything that changes a feature: the backbone's weights (a
+hash of its tensors), the preprocessing, the transform (eval or augmented, view count, seed), and every image's
+path, label and content hash, so a stale entry is never reused.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
-
-from tlbench.io import atomic_write
 
 
 @dataclass
@@ -42,14 +40,16 @@ class FeatureSet:
     rows: torch.Tensor
     depth: int | None = None
 
-    def save(self, path: Path) -> None:
-        """Write the entry atomically and without fsync: a reader never sees half a file, a lost one is recomputed."""
-        entry = {"features": self.features, "targets": self.targets, "rows": self.rows}
-        atomic_write(path, lambda tmp: torch.save(entry, tmp), durable=False)
+    def to_bytes(self) -> bytes:
+        """The cache payload: features, targets and rows as one ``torch.save`` archive."""
+        buffer = io.BytesIO()
+        torch.save({"features": self.features, "targets": self.targets, "rows": self.rows}, buffer)
+        return buffer.getvalue()
 
     @classmethod
-    def load(cls, path: Path) -> FeatureSet:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
+    def from_bytes(cls, payload: bytes) -> FeatureSet:
+        """The inverse of ``to_bytes``, for a payload the cache has verified (tensors only: ``weights_only``)."""
+        stored = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
         return cls(stored["features"], stored["targets"], stored["rows"])
 
 
