@@ -17,8 +17,8 @@ class folders; hidden and OS files ignored; or the files a labels file lists) an
 ``preflight(root, table, ...)`` runs the same checks on a split table right before training and either refuses
 with a one-line fix or drops what it was told to drop and lists it.
 
-Scan results are cached per data root in ``$TLBENCH_CACHE_DIR/audit/`` (default ``~/.cache/tlbench/audit/``;
-never inside the data root, which may be read-only), keyed by each file's path and reused only while its size,
+Scan results are cached per data root in the ``audit`` kind of ``tlbench/cache.py`` (never inside the data root,
+which may be read-only; an entry is verified before use), per file by its path and reused only while its size,
 mtime_ns, ctime_ns and inode all match (the rule git and DVC use): auditing an unchanged dataset again decodes
 nothing, and a file overwritten in place with its size and mtime restored (a copy tool, ``touch -d``) still
 changes ctime, so it is scanned again rather than seen as the old image.
@@ -39,6 +39,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from tlbench.cache import Cache
 from tlbench.data.discover import Layout, check_root, detect_layout, is_ignored
 from tlbench.data.images import MIN_SIDE, ImageLoadError, image_size, is_image_file, load_rgb
 from tlbench.data.split import (
@@ -49,7 +50,7 @@ from tlbench.data.split import (
     labelled_rows,
 )
 from tlbench.errors import TLBenchError
-from tlbench.io import cache_dir, write_csv
+from tlbench.io import write_csv
 from tlbench.outputs import dataset_name, default_output
 
 # Hamming distance (of 64 bits) at or below which two images count as near-duplicates. On the bundled photo sets
@@ -234,34 +235,19 @@ def list_dataset(root: Path, layout: Layout | None = None, allow_external_links:
     return found
 
 
+def _cache_key(root: Path) -> str:
+    """One cache entry per data root, by its real path: every route to the same folder shares it."""
+    return hashlib.sha256(str(_real(root)).encode()).hexdigest()[:16]
+
+
 def cache_path(root: Path) -> Path:
     """Where the scans of ``root`` are cached: outside the data, which may be read-only or shared."""
-    digest = hashlib.sha256(str(_real(root)).encode()).hexdigest()[:16]
-    return cache_dir("audit") / f"{digest}.json"
+    return Cache("audit").path(_cache_key(root))
 
 
 def _cache_settings(min_side: int) -> dict:
     """Everything besides the file that a cached scan depends on; a change invalidates the whole cache."""
     return {"version": CACHE_VERSION, "min_side": min_side, "decode_side": DECODE_SIDE}
-
-
-def _read_cache(path: Path, min_side: int) -> dict[str, list]:
-    try:
-        cached = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return cached.get("files", {}) if cached.get("settings") == _cache_settings(min_side) else {}
-
-
-def _write_cache(path: Path, min_side: int, entries: dict[str, list]) -> None:
-    """Best effort and atomic: a read-only home or a concurrent audit costs a rescan, never a wrong result."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps({"settings": _cache_settings(min_side), "files": entries}))
-        os.replace(temporary, path)
-    except OSError:
-        pass
 
 
 def _identity(stat: os.stat_result) -> list[int]:
@@ -302,8 +288,9 @@ def scan_files(
     ``allow_external_links`` reads files linked from outside the root instead of reporting them.
     """
     real_root = _real(root)
-    cache_file = cache_path(root)
-    cached = _read_cache(cache_file, min_side)
+    cache, key = Cache("audit"), _cache_key(root)
+    stored = cache.get(key, json.loads)
+    cached = stored["files"] if stored and stored.get("settings") == _cache_settings(min_side) else {}
     scans: dict[str, Scan] = {}
     for path in tqdm(paths, desc=f"scanning {root.name}", unit="file", disable=not progress):
         full = root / path
@@ -322,7 +309,8 @@ def scan_files(
         scans[path] = scan
         phash = None if scan.phash is None else f"{scan.phash:016x}"
         cached[path] = [*identity, scan.sha256, phash, scan.reason, *(scan.size or (None, None))]
-    _write_cache(cache_file, min_side, {path: entry for path, entry in cached.items() if os.path.lexists(root / path)})
+    kept = {path: entry for path, entry in cached.items() if os.path.lexists(root / path)}
+    cache.put(key, json.dumps({"settings": _cache_settings(min_side), "files": kept}).encode())
     return scans
 
 
