@@ -15,6 +15,7 @@ from PIL import Image
 import tlbench
 import tlbench.models.engine as engine_module
 from tests.conftest import make_dataset
+from tlbench.cache import Cache
 from tlbench.classify import classify_paths
 from tlbench.errors import TLBenchError
 from tlbench.models.engine import (
@@ -76,7 +77,7 @@ def test_onnxruntime_matches_torch_and_the_exported_graph_is_cached(own_cache, m
         first, second = engine(batch), engine(batch)
     assert engine.name == "onnxruntime" and engine.max_abs_diff <= PARITY_TOLERANCE
     assert (first - expected).abs().max() <= PARITY_TOLERANCE and torch.equal(first, second)
-    assert [path.name for path in own_cache.iterdir()] == [f"{graph_key(model.backbone, batch, 'pooled')}.onnx"]
+    assert [path.name for path in own_cache.iterdir()] == [f"{graph_key(model.backbone, batch, 'pooled')}.entry"]
 
     def no_export(*args, **kwargs):
         raise AssertionError("the cached graph must be reused")
@@ -105,12 +106,13 @@ def test_an_export_failure_falls_back_to_torch_with_one_warning(monkeypatch):
     assert engine.name == "torch" and torch.equal(first, model.backbone(batch)) and torch.equal(second, first)
 
 
-def test_a_graph_that_disagrees_with_torch_falls_back_and_is_not_kept(own_cache):
+def test_a_graph_that_disagrees_with_torch_falls_back_and_is_not_kept(own_cache, tmp_path):
     model, other = tiny_model(0), tiny_model(1)
     batch = model.preprocessing.normalize(images())
-    stale = own_cache / f"{graph_key(model.backbone, batch, 'pooled')}.onnx"
-    own_cache.mkdir(parents=True)
-    export_onnx(other.backbone.eval(), batch, stale)  # another network's graph under this network's key
+    export_onnx(other.backbone.eval(), batch, tmp_path / "other.onnx")
+    key = graph_key(model.backbone, batch, "pooled")
+    Cache("onnx").put(key, (tmp_path / "other.onnx").read_bytes())  # another network's graph under this key
+    stale = Cache("onnx").path(key)
     engine = backbone_engine(model)
     with pytest.warns(UserWarning, match=r"its output differs from torch's by \S+ > \S+; running it in torch"):
         result = engine(batch)
@@ -230,7 +232,7 @@ def test_fit_records_the_engine_and_the_same_seed_gives_the_same_run(tmp_path, m
     second = fit(data, tmp_path / "two", "auto", monkeypatch)
     metrics = json.loads((tmp_path / "one" / "lightning_logs" / "tiny_cnn1" / "version_0" / "metrics.json").read_text())
     assert metrics["engine"] == {"features": "onnxruntime"}
-    assert len(list((tmp_path / "one" / "cache" / "onnx").glob("*.onnx"))) >= 1
+    assert len(list((tmp_path / "one" / "cache" / "onnx").glob("*.entry"))) >= 1
     assert first["history"].equals(second["history"])
     for phase in ("head", "finetune"):
         assert first["phases"][phase]["test_acc"] == second["phases"][phase]["test_acc"]
@@ -275,4 +277,4 @@ def test_serve_predicts_through_onnxruntime(tmp_path):
     predictions = response.json()["predictions"]
     assert predictions[0]["label"] == CLASSES[int(expected.argmax())]
     assert abs(predictions[0]["prob"] - float(expected.max())) <= PARITY_TOLERANCE
-    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1  # it ran the exported graph
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.entry"))) == 1  # it ran the exported graph

@@ -7,8 +7,9 @@ On this project's 2-core CPU, ONNX Runtime runs a frozen EfficientNet-Lite0 abou
 * ``--engine torch`` runs the torch callable it was given, unchanged; ``auto`` picks ONNX Runtime on a CPU and
   torch on a GPU or under DDP (``resolve_engine``).
 * On first use the network is exported with ``torch.onnx.export`` (opset 17, dynamic batch axis), or taken from
-  the graph cache (``$TLBENCH_CACHE_DIR/onnx``, keyed by the weights' hash, the architecture, the input shape
-  and the split point), or from a given file (a bundle's ``model.onnx``).
+  the graph cache (the ``onnx`` kind of ``tlbench/cache.py``, keyed by the weights' hash, the architecture, the
+  input shape and the split point; an entry is verified before ONNX Runtime loads it, and one it cannot load is
+  exported again), or from a given file (a bundle's ``model.onnx``).
 * Correctness first: the graph's output on that first real batch is compared with torch's; a max absolute
   difference above ``PARITY_TOLERANCE`` (relative beyond magnitude 1), or any failure to export or load, falls
   back to torch for good, with one warning that says why. The check is repeated whenever the network's weights
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +33,8 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
+from tlbench.cache import Cache
 from tlbench.errors import TLBenchError
-from tlbench.io import atomic_path, cache_dir
 from tlbench.models.backbones import evaluating
 from tlbench.models.feature_cache import weights_digest
 
@@ -87,9 +89,9 @@ def export_onnx(network: nn.Module, example: torch.Tensor, path: Path, output_na
         )
 
 
-def ort_session(path: Path, threads: int | None = None):
-    """An ``onnxruntime.InferenceSession`` on the CPU with ``threads`` intra-op threads (default ``ort_threads``),
-    one inter-op thread and no spinning."""
+def ort_session(graph: Path | bytes, threads: int | None = None):
+    """An ``onnxruntime.InferenceSession`` of ``graph`` (a file, or the graph itself) on the CPU with ``threads``
+    intra-op threads (default ``ort_threads``), one inter-op thread and no spinning."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -98,7 +100,8 @@ def ort_session(path: Path, threads: int | None = None):
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = graph if isinstance(graph, bytes) else str(graph)
+    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def graph_key(network: nn.Module, example: torch.Tensor, split: str) -> str:
@@ -193,7 +196,7 @@ class Engine:
         rows_of_the_batch = not any(fingerprint[1]) or len(sample) == len(inputs)
         try:
             if self._session is None or fingerprint[0] != self._session_weights:
-                self._session = ort_session(self._graph_path(inputs))
+                self._session = self._open_session(inputs)
                 self._session_weights = fingerprint[0]
             answer = self._run(inputs)
             actual = answer[: len(sample)] if rows_of_the_batch else self._run(sample)
@@ -206,7 +209,7 @@ class Engine:
         tolerance = PARITY_TOLERANCE * max(1.0, float(reference.abs().max()) if reference.numel() else 1.0)
         if not difference <= tolerance:
             if self.graph is None:
-                self._graph_path(inputs).unlink(missing_ok=True)  # a cached graph that disagrees is not kept
+                Cache("onnx").discard(graph_key(self.network, inputs, self.split))  # not kept
             self._fall_back(f"its output differs from torch's by {difference:.2e} > {tolerance:.2g}")
             return self._torch_answer(inputs, sample, expected)
         self.max_abs_diff = difference if self.max_abs_diff is None else max(self.max_abs_diff, difference)
@@ -222,15 +225,22 @@ class Engine:
         with torch.no_grad():
             return self.reference(inputs)
 
-    def _graph_path(self, inputs: torch.Tensor) -> Path:
-        """The given graph, or the cached export of the network's current weights (exported when missing)."""
+    def _open_session(self, inputs: torch.Tensor):
+        """A session on the given graph, or on the cached export of the network's current weights (exported and
+        stored when missing, or when the cached one is corrupt or will not load)."""
         if self.graph is not None:
-            return self.graph
-        path = cache_dir("onnx") / f"{graph_key(self.network, inputs, self.split)}.onnx"
-        if not path.is_file():
-            with atomic_path(path, durable=False) as temporary:
-                export_onnx(self.network, inputs, temporary, self.output_name)
-        return path
+            return ort_session(self.graph)
+        graphs = Cache("onnx")
+        key = graph_key(self.network, inputs, self.split)
+        session = graphs.get(key, ort_session)
+        if session is None:
+            with tempfile.TemporaryDirectory(prefix="tlbench-onnx-") as scratch:
+                path = Path(scratch) / "graph.onnx"
+                export_onnx(self.network, inputs, path, self.output_name)
+                graph = path.read_bytes()
+            graphs.put(key, graph)
+            session = ort_session(graph)
+        return session
 
     def _fall_back(self, reason: str) -> None:
         self.name = "torch"
