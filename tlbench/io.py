@@ -26,16 +26,6 @@ import pandas as pd
 from tlbench.errors import TLBenchError
 
 
-def cache_dir(kind: str) -> Path:
-    """``$TLBENCH_CACHE_DIR/<kind>`` (default ``~/.cache/tlbench/<kind>``): caches live outside the data, which
-    may be read-only or shared, and outside the project."""
-    base = (
-        os.environ.get("TLBENCH_CACHE_DIR")
-        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tlbench"
-    )
-    return Path(base) / kind
-
-
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
