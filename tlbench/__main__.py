@@ -19,6 +19,10 @@ LIGHTNING_CLI_COMMANDS = {"lr_find": "tlbench.commands.lr_find:lr_find"}
 # command -> "module:function"; a nested dict is a command group (``tlbench data audit``).
 COMMANDS: dict[str, str | dict[str, str]] = {
     "check": "tlbench.commands.check:check",
+    "cache": {
+        "info": "tlbench.commands.cache:info",
+        "clear": "tlbench.commands.cache:clear",
+    },
     "classify": "tlbench.commands.classify:classify",
     "data": {
         "split": "tlbench.commands.data:split",
