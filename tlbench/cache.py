@@ -63,7 +63,7 @@ KINDS: dict[str, tuple[str, int]] = {
 MAGIC = "tlbench-cache-1"
 SUFFIX = ".entry"
 KEY = re.compile(r"[A-Za-z0-9_.-]+")
-# A Cache prunes again once it has stored this fraction of its limit: pruning lists the whole folder, which for
+# A Cache prunes again once it has stored 1/PRUNE_EVERY of its limit: pruning lists the whole folder, which for
 # tens of thousands of decoded images is too slow to do after every store.
 PRUNE_EVERY = 16
 # An atomic write's temporary file (``.name.XXXX.tmp``) this old was left by a killed process and is evicted like
