@@ -32,19 +32,43 @@ def _umask() -> int:
     return mask
 
 
-def fsync_replace(source: str | Path, destination: str | Path) -> None:
-    """Flush ``source`` to disk, then rename it over ``destination`` (atomic on POSIX)."""
-    with open(source, "rb+") as stream:
+def umask_mode(base: int = 0o666) -> int:
+    """The mode ``open()`` (``base`` 0o666) or ``mkdir()`` (0o777) gives a new entry: ``base`` less the umask."""
+    return base & ~_umask()
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush ``path``'s contents to disk."""
+    with open(path, "rb+") as stream:
         os.fsync(stream.fileno())
+
+
+def fsync_folder(path: str | Path) -> None:
+    """Flush ``path``'s entries to disk: a rename is only durable once the folder holding it is synced."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def fsync_replace(source: str | Path, destination: str | Path) -> None:
+    """Flush ``source`` to disk, rename it over ``destination`` (atomic on POSIX), then flush the folder.
+
+    Without the folder sync a power cut after the rename can bring back the old entry, or none at all.
+    """
+    fsync_file(source)
     os.replace(source, destination)
+    fsync_folder(Path(destination).parent)
 
 
 @contextmanager
 def atomic_path(path: str | Path, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write; on success it replaces ``path``, on error it is removed.
 
-    ``durable=False`` skips the fsync, for caches: a reader never sees a partial file, and an entry lost to a
+    ``durable=False`` skips the fsyncs, for caches: a reader never sees a partial file, and an entry lost to a
     power cut is only recomputed. A failing write (disk full, permission) becomes one ``TLBenchError`` line.
+    The mode is set after the write: writers such as safetensors replace the path with their own owner-only file.
     """
     path = Path(path)
     try:
@@ -53,9 +77,9 @@ def atomic_path(path: str | Path, durable: bool = True) -> Iterator[Path]:
     except OSError as error:
         raise TLBenchError(f"could not write {path}: {error.strerror or error}; choose another output folder") from None
     os.close(handle)
-    os.chmod(temporary, 0o666 & ~_umask())
     try:
         yield Path(temporary)
+        os.chmod(temporary, umask_mode())
         if durable:
             fsync_replace(temporary, path)
         else:
