@@ -29,7 +29,7 @@ from torch import nn
 
 from tlbench.data.images import ImageLoadError, load_rgb
 from tlbench.errors import TLBenchError
-from tlbench.io import read_csv, write_json
+from tlbench.io import fsync_file, fsync_folder, read_csv, umask_mode, write_json
 from tlbench.models.engine import PARITY_TOLERANCE, export_onnx, ort_session
 from tlbench.models.inference import PROBABILITIES, Predictor, ProbabilityNetwork
 from tlbench.models.loading import (
@@ -128,10 +128,38 @@ def write_torchscript(network: nn.Module, example: torch.Tensor, path: Path) -> 
         return torch.jit.load(str(path)).eval()(example)
 
 
+def _staging_folder(destination: Path) -> Path:
+    """An empty hidden folder beside ``destination``; one line, not a traceback, when that place is not writable."""
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    except OSError as error:
+        raise TLBenchError(
+            f"cannot write the bundle to {destination}: {destination.parent} is not a writable folder"
+            f" ({error.strerror or error}); choose another --output"
+        ) from None
+
+
+def _publish(staging: Path, destination: Path) -> None:
+    """Rename the finished bundle into place so that it survives a power cut once this returns.
+
+    Every file gets the mode ``open()`` gives (safetensors writes owner-only files, ``mkdtemp`` an owner-only
+    folder) and is fsynced before the rename; the parent folder is fsynced after it, so the rename itself is on disk.
+    """
+    for file in staging.iterdir():
+        file.chmod(umask_mode())
+        fsync_file(file)
+    staging.chmod(umask_mode(0o777))
+    fsync_folder(staging)
+    os.rename(staging, destination)
+    fsync_folder(destination.parent)
+
+
 def export_bundle(
     run: str | Path, phase: str | None = None, formats: str = "safetensors", output: str | Path | None = None
 ) -> tuple[Path, dict]:
     """Write the bundle of ``run``'s ``phase`` to ``output``; returns its folder and the parity report."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_model
 
     run_dir = Path(run).expanduser()
@@ -141,12 +169,11 @@ def export_bundle(
     destination = Path(output).expanduser() if output else run_dir / f"export_{trained.phase}"
     if destination.exists():
         raise TLBenchError(f"{destination} already exists; remove it or choose another --output")
-    destination.parent.mkdir(parents=True, exist_ok=True)
     predictor = Predictor(trained, engine="torch")  # the reference every exported form is checked against
     inputs, described = parity_batch(run_dir, predictor)
     expected = predictor.forward(inputs)
     network = ProbabilityNetwork(trained.model).eval()
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    staging = _staging_folder(destination)
     try:
         save_model(trained.model, str(staging / BUNDLE_WEIGHTS))
         info = manifest(trained, run_dir)
@@ -168,8 +195,14 @@ def export_bundle(
             )
         parity = {"inputs": described, "tolerance": PARITY_TOLERANCE, "max_abs_diff": differences}
         write_json(staging / BUNDLE_MANIFEST, {**info, "parity": parity})
-        staging.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from the account that serves it
-        os.rename(staging, destination)
+        _publish(staging, destination)
+    except (OSError, SafetensorError) as error:  # disk full, a read-only mount, the folder taken away
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = getattr(error, "strerror", None) or error
+        raise TLBenchError(
+            f"could not write the bundle {destination}: {reason}; nothing was written"
+            " (free disk space or choose another --output)"
+        ) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
