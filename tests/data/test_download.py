@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -306,7 +307,7 @@ def test_safe_extract_refuses_malicious_tar(tmp_path, member, message):
     dest = tmp_path / "out"
     with pytest.raises(TLBenchError, match=message):
         dl.safe_extract(archive, dest)
-    assert not any(dest.iterdir())
+    assert not dest.exists()
     assert not (tmp_path / "evil").exists()
 
 
@@ -323,23 +324,29 @@ def test_safe_extract_refuses_zip_traversal(tmp_path):
         bundle.writestr("../evil.txt", b"pwned")
     with pytest.raises(TLBenchError, match="unsafe member path"):
         dl.safe_extract(archive, tmp_path / "out")
-    assert not any((tmp_path / "out").iterdir())
+    assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------------------------------- Open Images
 
 
-def serve_open_images(server) -> None:
+def oid(tag: str) -> str:
+    """An Open Images ImageID (16 hex digits) that starts with ``tag``: a0.. fried, b0.. soup, c0 d0 e0 others."""
+    return f"{tag:0<16}"
+
+
+def serve_open_images(server, extra_rows: tuple[tuple[str, str, int], ...] = ()) -> None:
     files = dl.OPEN_IMAGES_FILES
     descriptions = "LabelName,DisplayName\n/m/fried,Fried noodles\n/m/soup,Noodle Soup\n/m/pizza,Pizza\n"
-    rows = [("f" + str(i), "/m/fried", 1) for i in range(6)] + [("s" + str(i), "/m/soup", 1) for i in range(6)]
-    rows += [("fneg", "/m/fried", 0), ("both", "/m/fried", 1), ("both", "/m/soup", 1), ("p0", "/m/pizza", 1)]
+    rows = [(oid(f"a{i}"), "/m/fried", 1) for i in range(6)] + [(oid(f"b{i}"), "/m/soup", 1) for i in range(6)]
+    rows += [(oid("c0"), "/m/fried", 0), (oid("d0"), "/m/fried", 1), (oid("d0"), "/m/soup", 1)]
+    rows += [(oid("e0"), "/m/pizza", 1), *extra_rows]
     labels = "ImageID,Source,LabelName,Confidence\n" + "".join(f"{i},verification,{m},{c}\n" for i, m, c in rows)
     serve(server, files.class_descriptions.url, descriptions.encode())
     serve(server, files.image_labels.url, labels.encode())
-    for image_id in ["f0", "f1", "f3", "f4", "f5", "s0", "s2", "s3", "s4", "fneg", "both", "p0"]:  # f2, s1: 404
-        serve(server, files.image_url.format(image_id=image_id), image_bytes())
-    serve(server, files.image_url.format(image_id="s2"), b"<html>gone</html>")  # 200 but not an image
+    for tag in ["a0", "a1", "a3", "a4", "a5", "b0", "b2", "b3", "b4", "c0", "d0", "e0"]:  # a2, b1: 404
+        serve(server, files.image_url.format(image_id=oid(tag)), image_bytes())
+    serve(server, files.image_url.format(image_id=oid("b2")), b"<html>gone</html>")  # 200 but not an image
 
 
 def test_cli_open_images_cap_and_failure_report(server, tmp_path):
@@ -347,15 +354,16 @@ def test_cli_open_images_cap_and_failure_report(server, tmp_path):
     result = run_cli("noodles", "--root", str(tmp_path), "--mirror", server.url, "--per_class", "3")
     assert result.returncode == 0, result.stderr
     out = tmp_path / "noodles"
-    assert jpgs(out / "fried_noodles") == ["f0.jpg", "f1.jpg", "f3.jpg"]  # f2 failed, next candidate taken
-    assert jpgs(out / "noodle_soup") == ["s0.jpg", "s3.jpg", "s4.jpg"]
+    assert jpgs(out / "fried_noodles") == [f"{oid(t)}.jpg" for t in ("a0", "a1", "a3")]  # a2 failed, next taken
+    assert jpgs(out / "noodle_soup") == [f"{oid(t)}.jpg" for t in ("b0", "b3", "b4")]
     with (out / "failed_images.csv").open() as file:
         report = {row["image_id"]: row for row in csv.DictReader(file)}
-    assert set(report) == {"f2", "s1", "s2"}
-    assert "HTTP 404" in report["f2"]["error"] and report["f2"]["url"].startswith(server.url + "/train/f2.jpg")
-    assert "not an image" in report["s2"]["error"]
+    assert set(report) == {oid("a2"), oid("b1"), oid("b2")}
+    assert "HTTP 404" in report[oid("a2")]["error"]
+    assert report[oid("a2")]["url"].startswith(f"{server.url}/train/{oid('a2')}.jpg")
+    assert "not an image" in report[oid("b2")]["error"]
     requested = {path for path, _ in server.log}
-    assert not requested & {"/train/fneg.jpg", "/train/both.jpg", "/train/p0.jpg", "/train/f5.jpg"}
+    assert not requested & {f"/train/{oid(t)}.jpg" for t in ("c0", "d0", "e0", "a5")}
     assert "fried_noodles: 3" in (out / "SOURCE.md").read_text()
 
 
@@ -381,4 +389,125 @@ def test_cli_download_bar_on_stderr_only_when_asked(server, tmp_path):
     assert quiet.returncode == 0 and quiet.stderr == ""  # captured, not a terminal: no bar in logs
     shown = run_cli("leaves", "--root", str(tmp_path / "shown"), "--mirror", server.url, "--progress", "true")
     assert shown.returncode == 0, shown.stderr
-    assert "leaves.tar: 100%" in shown.stderr and "leaves.tar" not in shown.stdout
+    assert "leaves.tar: 100%" in shown.stderr and "%|" not in shown.stdout
+
+
+# --------------------------------------------------------------------------------------------------- hostile downloads
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    assert "Traceback" not in result.stderr, result.stderr
+    return [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_cli_traversal_image_id_refused_nothing_outside_root_written_or_deleted(server, tmp_path):
+    """An ImageID ``../../../../outside/x`` once wrote beside --root, and a failed decode deleted what was there."""
+    root = tmp_path / "a" / "b" / "root"  # deep enough that every escape the old code made stays in tmp_path
+    precious = tmp_path / "a" / "b" / "outside" / "x.jpg"  # where the cached "../../../../outside/x" would go
+    precious.parent.mkdir(parents=True)
+    precious.write_bytes(b"precious, not an image")
+    escapes = (("../../../../outside/x", "/m/fried", 1), ("../../../../outside/new", "/m/fried", 1))
+    serve_open_images(server, escapes)
+    serve(server, dl.OPEN_IMAGES_FILES.image_url.format(image_id="../../../../outside/x"), b"<html>no</html>")
+    serve(server, dl.OPEN_IMAGES_FILES.image_url.format(image_id="../../../../outside/new"), image_bytes())
+    before = files_under(tmp_path)
+    result = run_cli("noodles", "--root", str(root), "--mirror", server.url, "--per_class", "10")
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = error_lines(result)
+    assert "oidv6-train-annotations-human-imagelabels.csv" in line and "'../../../../outside/x'" in line
+    assert "delete it and rerun" in line
+    after = files_under(tmp_path)
+    assert {k: v for k, v in after.items() if not k.startswith("a/b/root/")} == before  # nothing written or deleted
+    assert not (root / "noodles").exists() and not (root / ".noodles.partial").exists()
+    assert not any("outside" in path for path, _ in server.log)  # refused before any image was fetched
+
+
+def test_image_path_outside_its_folder_is_refused_before_download_or_delete(server, tmp_path):
+    """The second line of defence, behind the ImageID pattern: every path is resolved and must stay in its folder."""
+    precious = tmp_path / "outside" / "x.jpg"
+    precious.parent.mkdir()
+    precious.write_bytes(b"precious")
+    serve(server, dl.OPEN_IMAGES_FILES.image_url.format(image_id="../../outside/x"), b"<html>no</html>")
+    with pytest.raises(TLBenchError, match="leads outside"):
+        dl.download_open_images(
+            {"fried_noodles": ["../../outside/x"]},
+            dl.OPEN_IMAGES_FILES.image_url,
+            tmp_path / "root" / "out",
+            tmp_path / "root" / "cache",
+            per_class=1,
+            mirror=server.url,
+            backoff=0,
+        )
+    assert precious.read_bytes() == b"precious"
+    assert server.log == []
+
+
+def leeds_with(extra: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """``fake_leeds()`` plus ``extra`` members: a genuine-looking archive that also carries a payload."""
+    buffer = io.BytesIO(fake_leeds())
+    with zipfile.ZipFile(buffer, "a", compression=compression) as bundle:
+        for name, data in extra.items():
+            bundle.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "payload, options, limit",
+    [
+        (b"\0" * 20_000_000, (), "4,000,000,000 bytes or 100 times"),  # a bomb: 20 MB of zeros deflate to 20 KB
+        (os.urandom(2_000_000), ("--max_extract_gb", "0.001"), "1,000,000 bytes or 100 times"),  # 2 MB, cap 1 MB
+    ],
+    ids=["ratio", "bytes"],
+)
+def test_cli_archive_over_the_extraction_cap_is_refused(server, tmp_path, payload, options, limit):
+    archive = leeds_with({"leedsbutterfly/padding.bin": payload})
+    serve(server, dl.SOURCES["butterflies"].archive.url, archive)
+    result = run_cli("butterflies", "--root", str(tmp_path), "--mirror", server.url, *options)
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = error_lines(result)
+    assert "leedsbutterfly_dataset_v1.0.zip: would unpack to" in line and "--max_extract_ratio" in line
+    assert f"limit of {limit}" in line
+    assert not (tmp_path / "butterflies").exists() and not (tmp_path / ".butterflies.partial").exists()
+    assert not (tmp_path / ".downloads" / "butterflies" / "extracted").exists()
+    assert not (tmp_path / ".downloads" / dl.TRUST_FILE).exists()  # a refused archive is never trusted
+
+
+def test_extraction_failing_part_way_leaves_no_folder(tmp_path):
+    """A member whose bytes are damaged fails its CRC mid-extraction: one line, and nothing half-extracted."""
+    data = bytearray(leeds_with({"leedsbutterfly/z_last.txt": b"text " * 1000}, zipfile.ZIP_STORED))
+    start = data.index(b"text text")
+    data[start : start + 4] = b"TEXT"
+    archive = tmp_path / "damaged.zip"
+    archive.write_bytes(bytes(data))
+    with pytest.raises(TLBenchError, match="damaged.zip: extraction failed .*delete the archive"):
+        dl.safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_first_download_is_trusted_and_a_changed_archive_refused(server, tmp_path):
+    """No published checksum for leaves: the first download's SHA-256 is printed and recorded, later ones must match."""
+    first = fake_leaves()
+    url = dl.SOURCES["leaves"].archive.url
+    serve(server, url, first)
+    result = run_cli("leaves", "--root", str(tmp_path), "--mirror", server.url)
+    assert result.returncode == 0, result.stderr
+    digest = hashlib.sha256(first).hexdigest()
+    assert f"trusted on first use: sha256 {digest}" in result.stdout
+    trust_file = tmp_path / ".downloads" / dl.TRUST_FILE
+    assert json.loads(trust_file.read_text()) == {url: digest}
+    kept = files_under(tmp_path / "leaves")
+
+    serve(server, url, make_tar({f"leaves/species_{s}/evil_{s}.jpg": image_bytes() for s in "abc"}))  # changed
+    result = run_cli("leaves", "--root", str(tmp_path), "--mirror", server.url, "--force", "true")
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = error_lines(result)
+    assert "leaves.tar: SHA-256 is" in line and f"recorded {digest} in {trust_file}" in line
+    assert "delete its line there and rerun" in line
+    assert files_under(tmp_path / "leaves") == kept  # --force replaces a dataset only with a complete new one
+    assert not (tmp_path / ".leaves.partial").exists()
+    assert not list((tmp_path / ".downloads" / "leaves").glob("leaves.tar*"))  # the changed bytes are deleted
+    assert json.loads(trust_file.read_text()) == {url: digest}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 from tlbench.commands import show_progress
-from tlbench.data.download import FAILURE_REPORT, download_dataset
+from tlbench.data.download import FAILURE_REPORT, MAX_EXTRACT_BYTES, MAX_EXTRACT_RATIO, TRUST_FILE, download_dataset
+from tlbench.errors import TLBenchError
 
 
 def download(
@@ -15,11 +16,15 @@ def download(
     per_class: int = 200,
     force: bool = False,
     progress: bool | None = None,
+    max_extract_gb: float = MAX_EXTRACT_BYTES / 10**9,
+    max_extract_ratio: float = MAX_EXTRACT_RATIO,
 ) -> None:
     """Download dataset NAME (leaves, birds, butterflies, noodles, dogs) into ROOT/NAME/<class>/*.jpg.
 
     Archives are cached in ROOT/.downloads and resumed if interrupted; the dataset folder only appears once
-    it is complete, so a half-finished run never looks like data to training commands.
+    it is complete, so a half-finished run never looks like data to training commands. An archive without a
+    published SHA-256 is trusted on first use: its SHA-256 is printed, recorded in ROOT/.downloads/trusted_sha256.json
+    and required of every later download into ROOT.
 
     Args:
         name: leaves, birds, butterflies, noodles or dogs.
@@ -28,12 +33,30 @@ def download(
         per_class: Open Images datasets only: at most this many images per class.
         force: Rebuild ROOT/NAME and download again even if it exists.
         progress: Progress bars on stderr (default: only when stderr is a terminal).
+        max_extract_gb: Refuse an archive that unpacks to more than this many GB (10^9 bytes).
+        max_extract_ratio: Refuse an archive that unpacks to more than this many times its own size (a zip bomb).
     """
-    result = download_dataset(name, root, mirror, per_class, force, show_progress(progress))
+    if not (max_extract_gb > 0 and max_extract_ratio > 0):
+        raise TLBenchError("--max_extract_gb and --max_extract_ratio must be positive")
+    result = download_dataset(
+        name,
+        root,
+        mirror,
+        per_class,
+        force,
+        show_progress(progress),
+        max_extract_bytes=int(max_extract_gb * 10**9),
+        max_extract_ratio=max_extract_ratio,
+    )
     if result.existed:
         print(f"{result.path} already exists (pass --force to download it again)", file=sys.stderr)
         return
     if result.failures:
         print(f"{result.failures} image(s) failed; see {FAILURE_REPORT} in the dataset folder", file=sys.stderr)
+    for url, digest in result.trusted.items():
+        print(
+            f"{url}: no published checksum; trusted on first use: sha256 {digest}"
+            f" (recorded in {result.path.parent / '.downloads' / TRUST_FILE}, required from now on)"
+        )
     summary = ", ".join(f"{label} {count}" for label, count in sorted(result.counts.items()))
     print(f"{result.path}: {sum(result.counts.values())} images ({summary})")

@@ -2,8 +2,10 @@
 
 Everything here uses the standard library (urllib, tarfile, zipfile, hashlib) plus Pillow and tqdm, so that
 fetching data never needs Lightning or a GPU. The hosts are research servers that drop connections and move files,
-so every download is resumable (HTTP Range into a ``.part`` file), checked against a known checksum where one is known,
-and every archive is validated member by member before anything is written: an archive is untrusted input.
+so every download is resumable (HTTP Range into a ``.part`` file) and checked against a SHA-256: the one pinned here,
+or else the one recorded by the first successful download into that root (trust on first use, ``TRUST_FILE``).
+Every archive is validated member by member, and its unpacked size capped, before anything is written, and every
+path built from a downloaded name must resolve inside its folder: downloads are untrusted input.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import csv
 import difflib
 import hashlib
 import http.client
+import json
 import re
 import shutil
 import sys
@@ -21,6 +24,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,13 +35,20 @@ from tqdm import tqdm
 
 from tlbench.data.images import ImageLoadError, is_image_file, load_rgb
 from tlbench.errors import TLBenchError
-from tlbench.io import write_csv
+from tlbench.io import write_csv, write_json
 
 CHUNK_SIZE = 1 << 16
 USER_AGENT = "tlbench-download/0.1 (+python-urllib)"
 # Statuses worth retrying: the server or a proxy is temporarily unhappy. Everything else (404, 403) is final.
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 JPEG_QUALITY = 95
+# Extraction limits: the largest study archive (CUB, about 1.1 GB of JPEGs) unpacks to about its own size: images do
+# not compress; a zip bomb unpacks to thousands of times its size. Both are options of the download command.
+MAX_EXTRACT_BYTES = 4 * 10**9
+MAX_EXTRACT_RATIO = 100.0
+# ``ROOT/.downloads/TRUST_FILE``: original URL -> SHA-256 of files without a pinned checksum, from the first download.
+TRUST_FILE = "trusted_sha256.json"
+OPEN_IMAGES_ID = re.compile(r"[0-9a-f]{16}")  # every Open Images ImageID: 16 lowercase hex digits
 
 
 # --------------------------------------------------------------------------------------------------- sources
@@ -45,7 +56,11 @@ JPEG_QUALITY = 95
 
 @dataclass(frozen=True)
 class Archive:
-    """One fixed file on a host; ``sha256``/``md5``/``size`` are ``None`` where nobody has verified them."""
+    """One fixed file on a host; ``sha256``/``md5``/``size`` are ``None`` where nobody has verified them.
+
+    Without a pinned ``sha256`` the first successful download's SHA-256 is recorded in ``TRUST_FILE`` and required
+    of every later download into the same root.
+    """
 
     url: str
     sha256: str | None = None
@@ -94,7 +109,7 @@ class Source:
 
 
 OPEN_IMAGES_FILES = OpenImagesFiles(
-    # Fixed files, but their checksums were never checked by tlbench: sha256=None, the observed hash goes to SOURCE.md.
+    # Fixed files without a published checksum: sha256=None, trusted on first use.
     class_descriptions=Archive("https://storage.googleapis.com/openimages/v6/oidv6-class-descriptions.csv"),
     image_labels=Archive("https://storage.googleapis.com/openimages/v6/oidv6-train-annotations-human-imagelabels.csv"),
     image_url="https://open-images-dataset.s3.amazonaws.com/train/{image_id}.jpg",
@@ -120,10 +135,9 @@ SOURCES: dict[str, Source] = {
         Source(
             name="leaves",
             title="Caltech Leaves 1999 (Markus Weber)",
-            homepage="http://www.vision.caltech.edu/Image_Datasets/leaves/",
-            # The archive is fixed but its checksum is unknown to tlbench: sha256=None,
-            # the observed hash goes to SOURCE.md.
-            archive=Archive("http://www.vision.caltech.edu/Image_Datasets/leaves/leaves.tar"),
+            homepage="https://www.vision.caltech.edu/Image_Datasets/leaves/",
+            # The archive is fixed but no checksum of it is published: sha256=None, trusted on first use.
+            archive=Archive("https://www.vision.caltech.edu/Image_Datasets/leaves/leaves.tar"),
             classes=("Leaf_01", "Leaf_02", "Leaf_03"),
             citation=(
                 "Markus Weber, Leaves dataset, California Institute of Technology, 1999"
@@ -141,7 +155,7 @@ SOURCES: dict[str, Source] = {
             title="Caltech-UCSD Birds-200-2011 (10-class subset)",
             homepage="https://www.vision.caltech.edu/datasets/cub_200_2011/",
             # MD5 as published with the CaltechDATA record and used by many loaders;
-            # SHA-256 and size unknown to tlbench.
+            # SHA-256 and size unknown to tlbench: the SHA-256 is trusted on first use.
             archive=Archive(
                 "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz?download=1",
                 md5="97eceeb196236b17998738112f37df78",
@@ -171,9 +185,9 @@ SOURCES: dict[str, Source] = {
         Source(
             name="butterflies",
             title="Leeds Butterfly Dataset v1.0",
-            homepage="http://www.josiahwang.com/dataset/leedsbutterfly/",
-            # Fixed archive, checksum unknown to tlbench: sha256=None, the observed hash goes to SOURCE.md.
-            archive=Archive("http://www.josiahwang.com/dataset/leedsbutterfly/leedsbutterfly_dataset_v1.0.zip"),
+            homepage="https://www.josiahwang.com/dataset/leedsbutterfly/",
+            # Fixed archive, no checksum published by its authors: sha256=None, trusted on first use.
+            archive=Archive("https://www.josiahwang.com/dataset/leedsbutterfly/leedsbutterfly_dataset_v1.0.zip"),
             classes=(
                 "danaus_plexippus",
                 "heliconius_charitonius",
@@ -411,30 +425,59 @@ def _escapes(path: PurePosixPath) -> bool:
     return False
 
 
-def safe_extract(archive: Path, dest: Path) -> None:
-    """Extract a tar (any compression) or zip into ``dest`` after checking every member; nothing is written on refusal.
+def _check_unpacked_size(archive: Path, total: int, max_bytes: int, max_ratio: float) -> None:
+    """Refuse an archive whose members add up to more than ``max_bytes`` or ``max_ratio`` times its own size."""
+    size = archive.stat().st_size
+    if total > max_bytes or total > max_ratio * size:
+        raise TLBenchError(
+            f"{archive}: would unpack to {total:,} bytes, {total / max(size, 1):.0f} times its own size, over the "
+            f"limit of {max_bytes:,} bytes or {max_ratio:g} times (--max_extract_gb, --max_extract_ratio); nothing "
+            "was extracted: delete the archive and download again, or raise the limit if it is genuine"
+        )
 
-    Refused: absolute paths, ``..`` components, links pointing outside ``dest``, device files and pipes.
-    """
-    archive, dest = Path(archive), Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+
+def _extract_checked(archive: Path, dest: Path, max_bytes: int, max_ratio: float) -> None:
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as bundle:
-            for name in bundle.namelist():
-                _check_member_path(name, archive)
+            members = bundle.infolist()
+            for member in members:
+                _check_member_path(member.filename, archive)
+            # zipfile stops each member at its declared size (and fails its CRC), so the declared sizes bound it.
+            _check_unpacked_size(archive, sum(m.file_size for m in members), max_bytes, max_ratio)
             bundle.extractall(dest)
         return
+    with tarfile.open(archive) as bundle:
+        members = bundle.getmembers()
+        for member in members:
+            _check_tar_member(member, archive)
+        _check_unpacked_size(archive, sum(m.size for m in members if m.isfile()), max_bytes, max_ratio)
+        # Python's own "data" filter repeats the checks, resolving links on disk, as a second line of defence.
+        bundle.extractall(dest, members=members, filter="data")
+
+
+def safe_extract(
+    archive: Path, dest: Path, max_bytes: int = MAX_EXTRACT_BYTES, max_ratio: float = MAX_EXTRACT_RATIO
+) -> None:
+    """Extract a tar (any compression) or zip into the new folder ``dest`` after checking every member.
+
+    Refused before anything is written: absolute paths, ``..`` components, links pointing outside ``dest``, device
+    files and pipes, and more than ``max_bytes`` or ``max_ratio`` times the archive's size unpacked (a bomb: 200 KB
+    can expand to gigabytes). On any failure, part way included (a corrupt member, a full disk), ``dest`` is
+    removed, so a half-extracted folder is never converted.
+    """
+    archive, dest = Path(archive), Path(dest)
+    dest.mkdir(parents=True)  # new, so that removing it on failure removes nothing else
     try:
-        with tarfile.open(archive) as bundle:
-            members = bundle.getmembers()
-            for member in members:
-                _check_tar_member(member, archive)
-            # Python's own "data" filter repeats the checks as a second line of defence.
-            bundle.extractall(dest, members=members, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as error:
+        _extract_checked(archive, dest, max_bytes, max_ratio)
+    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
+        shutil.rmtree(dest, ignore_errors=True)
         raise TLBenchError(
-            f"{archive}: not a readable tar or zip archive ({error}); delete it and download again"
+            f"{archive}: extraction failed ({error}); nothing was extracted: free disk space if it is full, else"
+            " delete the archive and download again"
         ) from None
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
 
 
 # --------------------------------------------------------------------------------------------------- convert
@@ -450,12 +493,27 @@ def save_jpeg(source: Path, dest: Path) -> None:
         image.save(dest, "JPEG", quality=JPEG_QUALITY)
 
 
+def _inside(base: Path, name: str) -> Path:
+    """``base / name``, refused unless it resolves inside ``base``.
+
+    ``name`` comes from a downloaded file, and a file is both written and, when it fails, deleted at that path:
+    a name such as ``../../x`` must never reach outside the download root.
+    """
+    path = base / name
+    if not path.resolve().is_relative_to(base.resolve()):
+        raise TLBenchError(
+            f"refusing to write {path}: the downloaded name {name!r} leads outside {base}; the download is not"
+            " genuine: delete it from ROOT/.downloads and rerun (or check --mirror)"
+        )
+    return path
+
+
 def _copy_all(pairs: Iterable[tuple[Path, str]], out: Path) -> dict[str, int]:
     """Save every ``(image, class)`` pair as ``out/<class>/<stem>.jpg``; returns images per class."""
     counts: dict[str, int] = {}
     for path, label in pairs:
         try:
-            save_jpeg(path, out / label / f"{path.stem}.jpg")
+            save_jpeg(path, _inside(out, f"{label}/{path.stem}.jpg"))
         except ImageLoadError as error:
             print(f"skipped {path.name}: {error}", file=sys.stderr)
             continue
@@ -539,16 +597,27 @@ def resolve_open_images_labels(descriptions: Path, classes: Iterable[OpenImagesC
 
 
 def select_open_images(labels: Path, label_to_folder: dict[str, str]) -> dict[str, list[str]]:
-    """Image ids per folder from positive human labels, sorted, without images positive for two chosen classes."""
+    """Image ids per folder from positive human labels, sorted, without images positive for two chosen classes.
+
+    Every id of a chosen class must be an Open Images ImageID (``OPEN_IMAGES_ID``): ids become file names, and a
+    file that lists anything else is not the real label list.
+    """
     folders_of: dict[str, set[str]] = {}
     with labels.open(encoding="utf-8") as file:
         # Plain splitting instead of csv: the real file has tens of millions of comma-free rows.
         columns = file.readline().strip().split(",")
         image_col, label_col, confidence_col = (columns.index(c) for c in ("ImageID", "LabelName", "Confidence"))
-        for line in file:
+        for number, line in enumerate(file, start=2):
             row = line.rstrip("\r\n").split(",")
             folder = label_to_folder.get(row[label_col])
-            if folder is not None and row[confidence_col] in ("1", "1.0"):
+            if folder is None:
+                continue
+            if not OPEN_IMAGES_ID.fullmatch(row[image_col]):
+                raise TLBenchError(
+                    f"{labels} line {number}: ImageID {row[image_col]!r} is not 16 hex digits, so this is not the"
+                    " Open Images label list: delete it and rerun (or check --mirror)"
+                )
+            if row[confidence_col] in ("1", "1.0"):
                 folders_of.setdefault(row[image_col], set()).add(folder)
     chosen: dict[str, list[str]] = {folder: [] for folder in dict.fromkeys(label_to_folder.values())}
     for image_id in sorted(folders_of):
@@ -591,10 +660,10 @@ def download_open_images(
 
     def one(image_id: str, folder: str) -> ImageFailure | None:
         url = apply_mirror(url_pattern.format(image_id=image_id), mirror)
-        cached = cache / f"{image_id}.jpg"
+        cached, dest = _inside(cache, f"{image_id}.jpg"), _inside(out, f"{folder}/{image_id}.jpg")
         try:
             fetch(url, cached, retries=retries, timeout=30.0, backoff=backoff, progress=False)
-            save_jpeg(cached, out / folder / f"{image_id}.jpg")
+            save_jpeg(cached, dest)
             return None
         except (TLBenchError, ImageLoadError) as error:
             cached.unlink(missing_ok=True)
@@ -648,43 +717,98 @@ class DownloadResult:
     counts: dict[str, int] = field(default_factory=dict)
     failures: int = 0
     existed: bool = False  # made by an earlier download and kept; nothing was downloaded
+    trusted: dict[str, str] = field(default_factory=dict)  # URL -> SHA-256 recorded on first use by this download
+
+
+def read_trusted(path: Path) -> dict[str, str]:
+    """``TRUST_FILE``'s URL -> SHA-256 records, empty before the first download into this root."""
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        raise TLBenchError(
+            f"{path} is unreadable ({error}); restore it or delete it to trust the next download"
+        ) from None
+    if not isinstance(records, dict) or not all(isinstance(v, str) for v in records.values()):
+        raise TLBenchError(f"{path} is not a JSON object of URL -> SHA-256; restore it or delete it")
+    return records
+
+
+@dataclass
+class ArchiveFetcher:
+    """Fetches the fixed files of one download and checks each SHA-256: pinned, else trusted on first use.
+
+    A file with neither is accepted and remembered; ``trust_new`` records it once the dataset was built, so a
+    download that proved broken (a corrupt or hostile archive) is never the one trusted.
+    """
+
+    trust_file: Path
+    mirror: str | None
+    progress: bool
+    trusted: dict[str, str] = field(init=False)
+    fetched: list[tuple[Archive, str, str]] = field(default_factory=list)  # (archive, URL fetched, SHA-256)
+
+    def __post_init__(self) -> None:
+        self.trusted = read_trusted(self.trust_file)
+
+    def get(self, archive: Archive, folder: Path) -> Path:
+        url = apply_mirror(archive.url, self.mirror)
+        dest = folder / archive.filename
+        digest = fetch(
+            url, dest, sha256=archive.sha256, md5=archive.md5, size=archive.size, progress=self.progress
+        )  # a pinned checksum is checked there; a recorded one here
+        expected = self.trusted.get(archive.url)
+        if expected is not None and digest != expected:
+            dest.unlink()
+            raise TLBenchError(
+                f"{url}: SHA-256 is {digest}, but the first download recorded {expected} in {self.trust_file};"
+                " deleted the download, nothing was extracted (check --mirror; if the host changed the file on"
+                " purpose, delete its line there and rerun)"
+            )
+        self.fetched.append((archive, url, digest))
+        return dest
+
+    def trust_new(self) -> dict[str, str]:
+        """Record the SHA-256 of every fetched file that had none; returns the new URL -> SHA-256 records."""
+        new = {a.url: digest for a, _, digest in self.fetched if a.sha256 is None and a.url not in self.trusted}
+        if new:
+            write_json(self.trust_file, {**self.trusted, **new})
+        return new
 
 
 def _from_archive(
-    source: Source, cache: Path, staging: Path, mirror: str | None, progress: bool
-) -> tuple[dict[str, str], dict[str, int]]:
-    archive = source.archive
-    url = apply_mirror(archive.url, mirror)
-    digest = fetch(
-        url, cache / archive.filename, sha256=archive.sha256, md5=archive.md5, size=archive.size, progress=progress
-    )
+    source: Source, cache: Path, staging: Path, fetcher: ArchiveFetcher, max_bytes: int, max_ratio: float
+) -> dict[str, int]:
+    archive = fetcher.get(source.archive, cache)
     extracted = cache / "extracted"
     shutil.rmtree(extracted, ignore_errors=True)
-    safe_extract(cache / archive.filename, extracted)
+    safe_extract(archive, extracted, max_bytes, max_ratio)
     counts = CONVERTERS[source.name](extracted, staging, source)
     shutil.rmtree(extracted)  # kept on failure so the user can inspect it; the archive itself stays cached
-    return {url: digest}, counts
+    return counts
 
 
 def _from_open_images(
-    source: Source, cache: Path, staging: Path, mirror: str | None, per_class: int, progress: bool
-) -> tuple[dict[str, str], dict[str, int], int]:
+    source: Source, cache: Path, staging: Path, fetcher: ArchiveFetcher, per_class: int
+) -> tuple[dict[str, int], int]:
     files = OPEN_IMAGES_FILES
     shared = cache.parent / "open_images"  # metadata shared by noodles and dogs, kept by --force (hundreds of MB)
-    downloads = {}
-    for archive in (files.class_descriptions, files.image_labels):
-        url = apply_mirror(archive.url, mirror)
-        downloads[url] = fetch(
-            url, shared / archive.filename, sha256=archive.sha256, md5=archive.md5, size=archive.size, progress=progress
-        )
-    label_to_folder = resolve_open_images_labels(shared / files.class_descriptions.filename, source.open_images)
-    candidates = select_open_images(shared / files.image_labels.filename, label_to_folder)
+    descriptions = fetcher.get(files.class_descriptions, shared)
+    labels = fetcher.get(files.image_labels, shared)
+    candidates = select_open_images(labels, resolve_open_images_labels(descriptions, source.open_images))
     result = download_open_images(
-        candidates, files.image_url, staging, cache / "images", per_class, mirror=mirror, progress=progress
+        candidates,
+        files.image_url,
+        staging,
+        cache / "images",
+        per_class,
+        mirror=fetcher.mirror,
+        progress=fetcher.progress,
     )
     staging.mkdir(parents=True, exist_ok=True)
     write_failure_report(staging / FAILURE_REPORT, result.failures)
-    return downloads, result.counts, len(result.failures)
+    return result.counts, len(result.failures)
 
 
 def download_dataset(
@@ -694,12 +818,15 @@ def download_dataset(
     per_class: int = 200,
     force: bool = False,
     progress: bool = False,
+    max_extract_bytes: int = MAX_EXTRACT_BYTES,
+    max_extract_ratio: float = MAX_EXTRACT_RATIO,
 ) -> DownloadResult:
     """Download dataset ``name`` into ``root/name/<class>/*.jpg``, with its ``SOURCE.md``.
 
     Archives are cached in ``root/.downloads`` and resumed if interrupted; the dataset folder only appears once
-    it is complete (it is built in ``root/.name.partial``), so a half-finished run never looks like data to
-    training commands. An existing folder made by an earlier download is kept unless ``force``.
+    it is complete (it is built in ``root/.name.partial``, removed on failure), so a half-finished run never looks
+    like data to training commands. An existing folder made by an earlier download is kept unless ``force``, and
+    even then replaced only by a complete new one.
 
     Args:
         name: leaves, birds, butterflies, noodles or dogs.
@@ -708,6 +835,8 @@ def download_dataset(
         per_class: Open Images datasets only: at most this many images per class.
         force: rebuild ``root/name`` and download again even if it exists.
         progress: show download progress bars on stderr.
+        max_extract_bytes: refuse an archive that unpacks to more bytes than this.
+        max_extract_ratio: refuse an archive that unpacks to more than this many times its own size.
     """
     source = get_source(name)
     if per_class < 1:
@@ -724,20 +853,24 @@ def download_dataset(
             f"{out} exists but was not made by 'data download'; move it away or pass --force to replace it"
         )
     if force:
-        shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(cache, ignore_errors=True)
+    fetcher = ArchiveFetcher(root_path / ".downloads" / TRUST_FILE, mirror, progress)
     staging = root_path / f".{name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
-
     failures = 0
-    if source.archive is not None:
-        downloads, counts = _from_archive(source, cache, staging, mirror, progress)
-    else:
-        downloads, counts, failures = _from_open_images(source, cache, staging, mirror, per_class, progress)
-    if not sum(counts.values()):
-        raise TLBenchError(
-            f"no images of {', '.join(source.classes or counts)} found for '{name}'; check --mirror or the source"
-        )
-    write_source_md(staging, source, downloads, counts)
-    staging.replace(out)
-    return DownloadResult(out, counts, failures)
+    try:
+        if source.archive is not None:
+            counts = _from_archive(source, cache, staging, fetcher, max_extract_bytes, max_extract_ratio)
+        else:
+            counts, failures = _from_open_images(source, cache, staging, fetcher, per_class)
+        if not sum(counts.values()):
+            raise TLBenchError(
+                f"no images of {', '.join(source.classes or counts)} found for '{name}'; check --mirror or the source"
+            )
+        write_source_md(staging, source, {url: digest for _, url, digest in fetcher.fetched}, counts)
+        shutil.rmtree(out, ignore_errors=True)  # only with --force: the complete new folder replaces it
+        staging.replace(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return DownloadResult(out, counts, failures, trusted=fetcher.trust_new())
