@@ -7,6 +7,7 @@ Commands are registered by import path so that ``python -m tlbench fit`` never i
 from __future__ import annotations
 
 import importlib
+import io
 import sys
 from collections.abc import Callable, Sequence
 
@@ -67,8 +68,16 @@ def _resolve(argv: Sequence[str]) -> tuple[Callable, list[str]] | None:
     return getattr(importlib.import_module(module_name), function_name), rest
 
 
+def _print_any_file_name() -> None:
+    """Escape what stdout cannot encode, as Python does on stderr: a file name that is not UTF-8 (its bytes held as
+    surrogate escapes) prints as ``img_\\udcff.png`` in a listing instead of ending the command with a traceback."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _print_any_file_name()
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0

@@ -145,11 +145,18 @@ def _map_text(table: pd.DataFrame, cell: Callable[[object], object]) -> pd.DataF
 
 
 def write_csv(path: str | Path, table: pd.DataFrame, **to_csv) -> Path:
-    """``table`` as CSV, text cells neutralised; ``to_csv`` options default to no index column."""
+    """``table`` as UTF-8 CSV, text cells neutralised; ``to_csv`` options default to no index column.
+
+    A file name that is not UTF-8 (Python holds its undecodable bytes as surrogate escapes, ``img_\\udcff.png``) is
+    written as its own bytes (``surrogateescape``), so ``read_csv`` gives back the path that opens the file.
+    """
     safe = _map_text(table, neutralise_csv_cell)
-    return atomic_write(path, lambda tmp: safe.to_csv(tmp, **{"index": False, **to_csv}))
+    options = {"index": False, "encoding": "utf-8", "errors": "surrogateescape", **to_csv}
+    return atomic_write(path, lambda tmp: safe.to_csv(tmp, **options))
 
 
 def read_csv(path: str | Path, **options) -> pd.DataFrame:
-    """A CSV that ``write_csv`` wrote, its neutralised cells restored; ``options`` go to ``pandas.read_csv``."""
-    return _map_text(pd.read_csv(path, **options), restore_csv_cell)
+    """A CSV that ``write_csv`` wrote, its neutralised cells restored and its non-UTF-8 bytes back as the surrogate
+    escapes they were written from; ``options`` go to ``pandas.read_csv``."""
+    table = pd.read_csv(path, **{"encoding": "utf-8", "encoding_errors": "surrogateescape", **options})
+    return _map_text(table, restore_csv_cell)

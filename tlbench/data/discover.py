@@ -95,7 +95,18 @@ def name_key(name: str) -> str:
 
 
 def check_class_names(names: Iterable[str], where: str) -> None:
-    """Refuse class names equal but for case or Unicode form: ``Cat`` and ``cat`` are one folder on macOS."""
+    """Refuse class names equal but for case or Unicode form (``Cat`` and ``cat`` are one folder on macOS), and
+    names that are not text: a folder name whose bytes are not UTF-8 cannot be shown in plots, reports or the
+    served API, unlike a file name, which only travels through tlbench's CSVs (written losslessly)."""
+    names = list(names)
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise TLBenchError(
+                f"{where}: class name {os.fsencode(name)!r} is not UTF-8 text, which plots and reports cannot show:"
+                " rename that folder (or label) in UTF-8"
+            ) from None
     groups: dict[str, set[str]] = defaultdict(set)
     for name in names:
         groups[name_key(name)].add(name)

@@ -210,7 +210,14 @@ def read_labels(path: str | Path, root: Path) -> pd.DataFrame:
     if not path.is_file():
         raise TLBenchError(f"--data.labels_csv {path} is not a file; {fix}")
     try:
-        table = read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True)
+        table = read_csv(
+            path,
+            dtype=str,
+            keep_default_na=False,
+            encoding="utf-8-sig",
+            encoding_errors="strict",
+            skipinitialspace=True,
+        )
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
         raise TLBenchError(f"{path} is not a readable CSV ({str(error).splitlines()[0]}); {fix}") from None
     table.columns = [str(column).strip().lower() for column in table.columns]
