@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from tlbench.data.discover import SKIP_BAD_FLAG, entry_problem, real_path
 from tlbench.data.images import ImageLoadError, image_size
 from tlbench.data.split import (
     DEFAULT_VAL_FRACTION,
@@ -47,10 +48,16 @@ def split(
     print(f"{path}: {len(result.table)} images, {'/'.join(sizes)} = {'/'.join(str(n) for n in sizes.values())}")
 
 
-def image_sizes(root: Path, paths: list[str]) -> pd.DataFrame:
-    """Width and height of every image from its header; one error line for the files that are not images."""
+def image_sizes(root: Path, paths: list[str], allow_external_links: bool = False) -> pd.DataFrame:
+    """Width and height of every image from its header; one error line for the files that are not images, by the
+    rule ``data audit`` and ``fit`` apply (``entry_problem``) before any header is read: a FIFO is never opened."""
+    real_root = real_path(root)
     sizes, bad = [], []
     for relative in paths:
+        problem = entry_problem(root / relative, real_root, allow_external_links)
+        if problem:
+            bad.append(f"{relative} ({problem})")
+            continue
         try:
             sizes.append(image_size(root / relative))
         except ImageLoadError as error:
@@ -59,7 +66,7 @@ def image_sizes(root: Path, paths: list[str]) -> pd.DataFrame:
         listing = "; ".join(bad[:3]) + (f"; ... ({len(bad) - 3} more)" if len(bad) > 3 else "")
         raise TLBenchError(
             f"{len(bad)} unusable image file(s) under {root}: {listing}; remove or replace them"
-            f" ('python -m tlbench data audit {root}' lists them all)"
+            f" ('python -m tlbench data audit {root}' lists them all; fit skips them with {SKIP_BAD_FLAG})"
         )
     return pd.DataFrame(sizes, columns=["width", "height"])
 
@@ -88,7 +95,7 @@ def info(
     columns = [*SPLITS, *([SELECT] if SELECT in split_summary(table) else [])]
     counts = table.groupby(["label", "split"]).size().unstack(fill_value=0).reindex(columns=columns, fill_value=0)
     counts["total"] = counts.sum(axis=1)
-    frame = image_sizes(Path(root), list(table.path))
+    frame = image_sizes(Path(root), list(table.path), allow_external_links)
     print(f"{Path(root).resolve()}: {len(counts)} classes, {len(table)} images")
     print(counts.to_string())
     print(frame.describe().loc[["min", "50%", "max"]].astype(int).rename(index={"50%": "median"}).to_string())

@@ -4,12 +4,13 @@
 class folders; hidden and OS files ignored; or the files a labels file lists) and reports
 
 * bad files ``(path, reason)``: the reasons of ``load_rgb`` (empty, not an image, unsupported format, possible
-  decompression bomb, too small, cannot decode), plus symlinks that leave the data root, broken symlinks and
-  symlink loops. Symlinks inside the root are followed, because linking images into class folders is a common
-  way to build a dataset; links out of it are refused unless ``allow_external_links`` (``--data.
-  allow_external_links true``, for a subset linked from a larger copy), because a dataset must not reach into
-  the rest of the disk unasked; a folder that links to one of its own parents is reported once and not walked
-  again, so loops end.
+  decompression bomb, too small, cannot decode), plus symlinks that leave the data root, broken symlinks,
+  symlink loops and entries that are not regular files (FIFOs, sockets, devices): ``discover.entry_problem``, the
+  one rule ``fit`` and ``data info`` apply too. Symlinks inside the root are followed, because linking images
+  into class folders is a common way to build a dataset; links out of it are refused unless
+  ``allow_external_links`` (``--data.allow_external_links true``, for a subset linked from a larger copy),
+  because a dataset must not reach into the rest of the disk unasked; a folder that links to one of its own
+  parents is reported once and not walked again, so loops end.
 * duplicate groups: byte-identical files (sha256) and near-duplicates (64-bit DCT perceptual hash within
   ``near_threshold`` bits: a resized or recompressed copy), each group's ``kind`` saying whether it stays in one
   class, spans classes (conflicting labels) or spans train/val/test (leakage that inflates scores).
@@ -26,7 +27,6 @@ changes ctime, so it is scanned again rather than seen as the old image.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -40,8 +40,18 @@ from PIL import Image
 from tqdm import tqdm
 
 from tlbench.cache import Cache
-from tlbench.data.discover import Layout, check_root, detect_layout, is_ignored
-from tlbench.data.images import MIN_SIDE, ImageLoadError, image_size, is_image_file, load_rgb
+from tlbench.data.discover import (
+    SKIP_BAD_FLAG,
+    Layout,
+    check_root,
+    class_folder_entries,
+    detect_layout,
+    entry_problem,
+    is_data_entry,
+    is_ignored,
+)
+from tlbench.data.discover import real_path as _real
+from tlbench.data.images import MIN_SIDE, ImageLoadError, image_size, load_rgb
 from tlbench.data.split import (
     DEFAULT_SELECT_FRACTION,
     DEFAULT_VAL_FRACTION,
@@ -112,10 +122,10 @@ class DuplicateGroup:
 
 @dataclass
 class Listing:
-    """What a walk of the data root found: image files, entries refused outright, and files that are not data."""
+    """What a walk of the data root found: its data entries (whether readable is the scan's to say) and the
+    entries that are not data."""
 
     files: list[AuditedFile] = field(default_factory=list)
-    bad: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -179,44 +189,9 @@ def _relative(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def _real(path: Path) -> Path:
-    """Where ``path`` really is; unlike ``Path.resolve`` on Python 3.11 it does not raise on a symlink loop."""
-    return Path(os.path.realpath(path))
-
-
-def _walk(
-    root: Path,
-    real_root: Path,
-    folder: Path,
-    label: str,
-    split: str,
-    ancestors: frozenset[Path],
-    found: Listing,
-    allow_external_links: bool = False,
-) -> None:
-    """Collect the images below ``folder``, following symlinks that stay inside the root (anywhere when
-    ``allow_external_links``) and never a loop."""
-    real = _real(folder)
-    if not allow_external_links and not real.is_relative_to(real_root):
-        found.bad.append((_relative(root, folder), f"symlink to a folder outside the data root ({real})"))
-        return
-    if real in ancestors:
-        found.bad.append((_relative(root, folder), "symlink loop (links to a folder that contains it)"))
-        return
-    for entry in sorted(folder.iterdir()):
-        if is_ignored(entry.name):
-            continue
-        if entry.is_dir():
-            _walk(root, real_root, entry, label, split, ancestors | {real}, found, allow_external_links)
-        elif is_image_file(entry):
-            found.files.append(AuditedFile(_relative(root, entry), label, split))
-        else:
-            found.ignored.append((_relative(root, entry), "not an image file extension"))
-
-
 def list_dataset(root: Path, layout: Layout | None = None, allow_external_links: bool = False) -> Listing:
-    """Every image below the class folders of ``root`` (or of its train/val/test folders), labelled and split."""
-    real_root = _real(root)
+    """Every data entry below the class folders of ``root`` (or of its train/val/test folders), labelled and split,
+    as discovery lists them for ``fit`` (``class_folder_entries``)."""
     found = Listing()
     split_folders = (layout or detect_layout(root)).folders
     if split_folders:
@@ -225,13 +200,13 @@ def list_dataset(root: Path, layout: Layout | None = None, allow_external_links:
                 found.ignored.append((_relative(root, entry), "outside the train/val/test folders"))
     for split, top in split_folders.items() or [("", root)]:
         for entry in sorted(top.iterdir()):
-            if is_ignored(entry.name):
-                continue
-            if entry.is_dir():
-                ancestors = frozenset({real_root, _real(top)})
-                _walk(root, real_root, entry, entry.name, split, ancestors, found, allow_external_links)
-            else:
+            if not is_ignored(entry.name) and not entry.is_dir():
                 found.ignored.append((_relative(root, entry), "not in a class folder"))
+        for label, path in class_folder_entries(top, root, allow_external_links):
+            if is_data_entry(path):
+                found.files.append(AuditedFile(_relative(root, path), label, split))
+            else:
+                found.ignored.append((_relative(root, path), "not an image file extension"))
     return found
 
 
@@ -253,20 +228,6 @@ def _cache_settings(min_side: int) -> dict:
 def _identity(stat: os.stat_result) -> list[int]:
     """What must be unchanged for a cached scan to hold: size and mtime alone can be restored over new content."""
     return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
-
-
-def _unreachable(full: Path, real_root: Path, allow_external_links: bool = False) -> str | None:
-    """Why ``full`` must not be read although it is listed: it leaves the root (unless allowed), dangles or loops."""
-    real = _real(full)
-    if not allow_external_links and not real.is_relative_to(real_root):
-        return f"symlink to a file outside the data root ({real})"
-    try:
-        full.stat()
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            return "symlink loop"
-        return "broken symlink (target missing)" if full.is_symlink() else "file not found"
-    return None
 
 
 def _scan_file(full: Path, min_side: int) -> Scan:
@@ -294,7 +255,7 @@ def scan_files(
     scans: dict[str, Scan] = {}
     for path in tqdm(paths, desc=f"scanning {root.name}", unit="file", disable=not progress):
         full = root / path
-        reason = _unreachable(full, real_root, allow_external_links)
+        reason = entry_problem(full, real_root, allow_external_links)
         if reason:
             scans[path] = Scan(reason=reason)
             continue
@@ -394,7 +355,7 @@ def audit(
         split_of = dict(zip(table.path, table.split))
         files = [replace(file, split=split_of.get(file.path, file.split)) for file in files]
     scans = scan_files(root, [file.path for file in files], min_side, progress, allow_external_links)
-    bad = found.bad + [(file.path, scans[file.path].reason) for file in files if scans[file.path].reason]
+    bad = [(file.path, scans[file.path].reason) for file in files if scans[file.path].reason]
     return AuditResult(root, files, bad, find_duplicates(files, scans, near_threshold), found.ignored)
 
 
@@ -494,7 +455,7 @@ def preflight(
     if bad and not skip_bad:
         raise TLBenchError(
             f"{len(bad)} unusable image file(s): {_first([f'{path} ({reason})' for path, reason in bad])};"
-            f" see {report} or pass --data.skip_bad_images true to train without them"
+            f" see {report} or pass {SKIP_BAD_FLAG} to train without them"
         )
     leaks = [group for group in groups if "across-splits" in group.kind]
     if leaks and not dedupe:

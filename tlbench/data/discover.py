@@ -16,7 +16,9 @@ punctuation and non-ASCII letters in class names are kept as they are.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable
@@ -36,6 +38,13 @@ IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", "__macosx", ".ipynb_check
 CLASS_FOLDERS = "class folders"
 LABELS_FILE = "labels file"
 EXTERNAL_LINKS_FLAG = "--data.allow_external_links true"
+SKIP_BAD_FLAG = "--data.skip_bad_images true"
+SPECIAL_FILES = {
+    stat.S_IFIFO: "FIFO",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+}
 
 
 @dataclass(frozen=True)
@@ -64,15 +73,59 @@ def _class_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not is_ignored(p.name))
 
 
-def files_under(folder: Path) -> list[Path]:
-    """Every file below ``folder``, recursively and sorted, except hidden and OS-generated ones."""
+def real_path(path: Path) -> Path:
+    """Where ``path`` really is; unlike ``Path.resolve`` on Python 3.11 it does not raise on a symlink loop."""
+    return Path(os.path.realpath(path))
+
+
+def entry_problem(path: Path, real_root: Path, allow_external_links: bool = False) -> str | None:
+    """Why the entry ``path`` of a data root (whose real path is ``real_root``) cannot be read as an image; None
+    for a regular file, or a folder to walk into.
+
+    The one rule for what is a bad file, shared by discovery (which folders to walk), ``data info``, ``data audit``
+    and fit's pre-flight, so all of them list and refuse the same entries: a symlink leaving the root (unless
+    ``allow_external_links``), a dangling link, a link loop, a folder link to a folder that contains it (walking it
+    would never end), and anything but a regular file (reading a FIFO blocks forever; sockets and devices are no
+    images).
+    """
+    real = real_path(path)
+    if not allow_external_links and not real.is_relative_to(real_root):
+        return f"symlink to a {'folder' if real.is_dir() else 'file'} outside the data root ({real})"
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symlink loop"
+        return "broken symlink (target missing)" if path.is_symlink() else "file not found"
+    if stat.S_ISDIR(mode):
+        contains = any(real == real_path(parent) for parent in path.absolute().parents)
+        return "symlink loop (links to a folder that contains it)" if contains else None
+    if not stat.S_ISREG(mode):
+        return f"not a regular file (a {SPECIAL_FILES.get(stat.S_IFMT(mode), 'special file')})"
+    return None
+
+
+def files_under(folder: Path, root: Path | None = None, allow_external_links: bool = False) -> list[Path]:
+    """Every entry below ``folder``, recursively and sorted, but the folders walked into and hidden and OS-generated
+    entries.
+
+    Folder links are walked where ``entry_problem`` allows (inside ``root``, default ``folder``; anywhere with
+    ``allow_external_links``). Every other entry is listed whatever it is, a dangling or looping link, a FIFO, a
+    folder link that cannot be walked, so that callers report it (``entry_problem`` says why), never drop it
+    silently. ``folder`` itself is listed when it cannot be walked.
+    """
+    real_root = real_path(root or folder)
     found = []
-    for path in sorted(folder.rglob("*")):
-        relative_parts = path.relative_to(folder).parts
-        if any(is_ignored(part) for part in relative_parts):
-            continue
-        if path.is_file():
+
+    def visit(path: Path) -> None:
+        if path.is_dir() and entry_problem(path, real_root, allow_external_links) is None:
+            for entry in sorted(path.iterdir()):
+                if not is_ignored(entry.name):
+                    visit(entry)
+        else:
             found.append(path)
+
+    visit(folder)
     return found
 
 
@@ -80,13 +133,28 @@ def images_under(folder: Path) -> list[Path]:
     return [path for path in files_under(folder) if is_image_file(path)]
 
 
-def scan_class_folders(root: Path, base: Path | None = None) -> list[Sample]:
-    """Every image below ``root/<class>/`` (recursively), labelled with its class folder name."""
+def is_data_entry(path: Path) -> bool:
+    """Whether a listed entry of a class folder is data: an image by its extension (readable or not), or a folder
+    link that could not be walked (``files_under``), which may hold images and so is a bad file, not ignored."""
+    return is_image_file(path) or path.is_dir()
+
+
+def class_folder_entries(top: Path, root: Path, allow_external_links: bool = False) -> list[tuple[str, Path]]:
+    """``(class, entry)`` for every entry ``files_under`` lists below the class folders of ``top`` (the data root
+    ``root`` or one of its split folders): what ``fit``, ``data info`` and ``data audit`` all start from."""
+    return [
+        (folder.name, path)
+        for folder in _class_folders(top)
+        for path in files_under(folder, root, allow_external_links)
+    ]
+
+
+def scan_class_folders(root: Path, base: Path | None = None, allow_external_links: bool = False) -> list[Sample]:
+    """Every data entry below ``root/<class>/`` (recursively), labelled with its class folder name; paths relative
+    to ``base`` (default ``root``), the data root, inside which folder links are followed."""
     base = base or root
-    samples = []
-    for folder in _class_folders(root):
-        samples += [Sample(path.relative_to(base).as_posix(), folder.name) for path in images_under(folder)]
-    return samples
+    entries = class_folder_entries(root, base, allow_external_links)
+    return [Sample(path.relative_to(base).as_posix(), label) for label, path in entries if is_data_entry(path)]
 
 
 def name_key(name: str) -> str:

@@ -127,11 +127,11 @@ def check_presplit(table: pd.DataFrame, where: str) -> None:
         )
 
 
-def presplit_table(root: Path, folders: dict[str, Path]) -> pd.DataFrame:
+def presplit_table(root: Path, folders: dict[str, Path], allow_external_links: bool = False) -> pd.DataFrame:
     """The images of split folders of class folders (``train/<class>/...``), each row in its folder's split."""
     rows = []
     for split, folder in folders.items():
-        rows += [(s.path, s.label, split) for s in scan_class_folders(folder, base=root)]
+        rows += [(s.path, s.label, split) for s in scan_class_folders(folder, root, allow_external_links)]
     return pd.DataFrame(rows, columns=["path", "label", "split"])
 
 
@@ -310,17 +310,19 @@ def labelled_rows(
         given, kind = read_labels(labels_csv, root), f"labels file {Path(labels_csv).name}"
     else:
         layout = detect_layout(root)
-        given, kind = _folder_rows(root, layout), layout.kind
+        given, kind = _folder_rows(root, layout, allow_external_links), layout.kind
     if not allow_external_links:
         refuse_external_links(root, external_links(root, given.path))
     return given, kind
 
 
-def _folder_rows(root: Path, layout: Layout) -> pd.DataFrame:
+def _folder_rows(root: Path, layout: Layout, allow_external_links: bool = False) -> pd.DataFrame:
+    """The data entries of a folder layout (``scan_class_folders``): images, and the entries that cannot be read,
+    which stay in the table so that the pre-flight reports them (``bad_files.csv``) instead of losing them."""
     if layout.kind == CLASS_FOLDERS:
-        samples = scan_class_folders(root)
+        samples = scan_class_folders(root, allow_external_links=allow_external_links)
         return pd.DataFrame({"path": [s.path for s in samples], "label": [s.label for s in samples], "split": ""})
-    return presplit_table(root, layout.folders)
+    return presplit_table(root, layout.folders, allow_external_links)
 
 
 def make_split(
