@@ -48,31 +48,57 @@ def _lightning_default(logger: TensorBoardLogger, trainer: pl.Trainer) -> bool:
     return logger.name == LOGS.name and Path(logger.root_dir).parent == Path(trainer.default_root_dir)
 
 
-def claim_version(folder: Path) -> int:
-    """Create ``folder/version_N`` for the next free ``N`` and return ``N``.
+def _unwritable(folder: Path, error: OSError) -> TLBenchError:
+    """One line naming the folder a run cannot create and the fix: a read-only working or output folder, or a file
+    where a folder should be, is the user's to change, not a traceback."""
+    where = (error.strerror or str(error)) + (f": {error.filename}" if error.filename else "")
+    return TLBenchError(
+        f"cannot create a run folder in {folder} ({where}); run from a folder you can write to, or pass"
+        " --trainer.default_root_dir DIR (output=DIR in the Python API)"
+    )
+
+
+def claim_version(folder: Path, checkpoints: Path | None = None) -> int:
+    """Create ``folder/version_N`` for the next free ``N`` (and ``checkpoints/version_N``, its checkpoint folder,
+    when given) and return ``N``.
 
     ``mkdir`` is atomic: of fits started at once in one folder, each gets a folder of its own (one that loses the
-    race takes the next number), where a number picked by listing the folder would be shared by all of them.
+    race takes the next number), where a number picked by listing the folder would be shared by all of them. Both
+    folders are made before anything is written, so a place the run cannot write stops it in one line
+    (``_unwritable``) before training rather than at its first checkpoint, and leaves no version folder behind.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    version = max(
-        (int(match.group(1)) for path in folder.iterdir() if (match := VERSION.fullmatch(path.name))), default=-1
-    )
-    while True:
-        version += 1
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        version = max(
+            (int(match.group(1)) for path in folder.iterdir() if (match := VERSION.fullmatch(path.name))), default=-1
+        )
+        while True:
+            version += 1
+            try:
+                (folder / f"version_{version}").mkdir()
+            except FileExistsError:
+                continue
+            break
+    except OSError as error:
+        raise _unwritable(folder, error) from None
+    if checkpoints is not None:
         try:
-            (folder / f"version_{version}").mkdir()
-        except FileExistsError:
-            continue
-        return version
+            (checkpoints / f"version_{version}").mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            (folder / f"version_{version}").rmdir()
+            raise _unwritable(checkpoints, error) from None
+    return version
 
 
-def install_run_logger(trainer: pl.Trainer, experiment: str, version: int | None = None) -> TensorBoardLogger:
+def install_run_logger(
+    trainer: pl.Trainer, experiment: str, version: int | None = None, checkpoints: bool = True
+) -> TensorBoardLogger:
     """Give ``trainer`` the run's TensorBoard logger at ``<root>/lightning_logs/<experiment>/version_N``.
 
     A TensorBoard logger the user configured is kept as the run's; Lightning's unnamed default one is replaced;
     any other loggers stay beside it. ``version`` resumes an earlier run's folder; a new run claims its folder
-    here, before anything is written (``claim_version``). Only rank zero claims: under DDP the other ranks never
+    here, before anything is written (``claim_version``), with its checkpoint folder unless ``checkpoints`` is
+    False (validate, test and predict save none). Only rank zero claims: under DDP the other ranks never
     write the run directory, and take its checkpoint folder from rank zero (``ModelCheckpoint`` broadcasts it).
     """
     from pytorch_lightning.loggers import TensorBoardLogger
@@ -83,7 +109,8 @@ def install_run_logger(trainer: pl.Trainer, experiment: str, version: int | None
         return existing
     save_dir = Path(trainer.default_root_dir) / LOGS
     if version is None and trainer.global_rank == 0:
-        version = claim_version(save_dir / experiment)
+        mirror = Path(trainer.default_root_dir) / CHECKPOINTS / experiment if checkpoints else None
+        version = claim_version(save_dir / experiment, mirror)
     logger = TensorBoardLogger(save_dir=str(save_dir), name=experiment, version=version)
     trainer.loggers = [logger, *(other for other in loggers if other is not existing)]
     return logger

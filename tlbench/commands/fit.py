@@ -132,8 +132,9 @@ class TLBenchCLI(LightningCLI):
 
     def _install_run_logger(self) -> None:
         """Every subcommand logs to ``lightning_logs/<experiment>/version_N`` (the resumed version with
-        ``--ckpt_path last``), beside any loggers given with ``--trainer.logger``."""
-        install_run_logger(self.trainer, self.experiment_name(), self.resume_version)
+        ``--ckpt_path last``), beside any loggers given with ``--trainer.logger``; a new fit claims its checkpoint
+        folder with it, so a place it cannot write stops it before training."""
+        install_run_logger(self.trainer, self.experiment_name(), self.resume_version, self.subcommand == "fit")
 
     before_validate = before_test = before_predict = _install_run_logger
 
