@@ -49,8 +49,8 @@ from tlbench.data.discover import (
     entry_problem,
     is_data_entry,
     is_ignored,
+    real_path,
 )
-from tlbench.data.discover import real_path as _real
 from tlbench.data.images import MIN_SIDE, ImageLoadError, image_size, load_rgb
 from tlbench.data.split import (
     DEFAULT_SELECT_FRACTION,
@@ -212,7 +212,7 @@ def list_dataset(root: Path, layout: Layout | None = None, allow_external_links:
 
 def _cache_key(root: Path) -> str:
     """One cache entry per data root, by its real path: every route to the same folder shares it."""
-    return hashlib.sha256(str(_real(root)).encode()).hexdigest()[:16]
+    return hashlib.sha256(str(real_path(root)).encode()).hexdigest()[:16]
 
 
 def cache_path(root: Path) -> Path:
@@ -248,7 +248,7 @@ def scan_files(
     ``progress`` shows a bar on stderr: the first scan of a large dataset decodes every file and takes minutes.
     ``allow_external_links`` reads files linked from outside the root instead of reporting them.
     """
-    real_root = _real(root)
+    real_root = real_path(root)
     cache, key = Cache("audit"), _cache_key(root)
     stored = cache.get(key, json.loads)
     cached = stored["files"] if stored and stored.get("settings") == _cache_settings(min_side) else {}
