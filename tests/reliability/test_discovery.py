@@ -130,3 +130,22 @@ def test_data_info_and_data_audit_find_the_same_entries(tmp_path, capsys):
     assert "2 classes, 20 images" in capsys.readouterr().out
     assert main(["data", "audit", str(root), "--output", str(tmp_path / "audit")]) == 0
     assert "class_0: 12 usable" in capsys.readouterr().out
+
+
+def test_a_folder_that_cannot_be_listed_is_a_bad_entry_and_an_unreadable_root_one_line(tmp_path, monkeypatch):
+    """Mode 000 does not stop root (CI), so the refusal to list is made directly: what a user without read access
+    to ``class_1/sub`` or to the root itself would meet."""
+    root = make_dataset(tmp_path / "d", classes=2, per_class=8)
+    make_image(root / "class_1" / "sub" / "x.png", COLOURS[1], seed=77)
+    listable = os.scandir
+
+    def scandir(path="."):
+        if Path(path).name in ("sub", "locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return listable(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert dict(audit(root).bad) == {"class_1/sub": "folder cannot be read (Permission denied)"}
+    locked = make_dataset(tmp_path / "locked", classes=2, per_class=3)
+    with pytest.raises(TLBenchError, match=r"data root .*locked: folder cannot be read \(Permission denied\); give"):
+        split_dataset(locked)

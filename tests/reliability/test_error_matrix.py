@@ -18,12 +18,14 @@ themselves milliseconds.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,8 +37,36 @@ import pytest
 from tests.conftest import TINY_FIT_ARGS, make_dataset, make_image, tlbench_env
 
 LIGHTNING = ("fit", "test", "predict")
-# Running as root, chmod 000 stops nothing: the unreadable-file cases need an ordinary user.
-READS_EVERYTHING = os.geteuid() == 0 if hasattr(os, "geteuid") else False
+# Root reads a chmod 000 file through CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH; CI runs as root, so the commands
+# start without those two capabilities (dropped from the bounding set before exec), like an ordinary user.
+PR_CAPBSET_DROP = 24
+DAC_CAPABILITIES = (1, 2)
+
+
+def drop_file_permission_override() -> None:
+    """In the child before exec (``preexec_fn``): even root then obeys file modes. Raises where not permitted."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in DAC_CAPABILITIES:
+        if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def _modes_bind_commands() -> bool:
+    """Whether a command started with ``drop_file_permission_override`` is refused a chmod 000 file."""
+    with tempfile.NamedTemporaryFile() as secret:
+        os.chmod(secret.name, 0)
+        try:
+            reader = subprocess.run(
+                [sys.executable, "-c", f"open({secret.name!r}).close()"],
+                preexec_fn=drop_file_permission_override,
+                capture_output=True,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return reader.returncode != 0
+
+
+MODES_BIND = not hasattr(os, "geteuid") or os.geteuid() != 0 or _modes_bind_commands()
 PARALLEL = 4
 _BACKBONE = TINY_FIT_ARGS.index("--model.backbone")
 CELL_OVERRIDES = TINY_FIT_ARGS[:_BACKBONE] + TINY_FIT_ARGS[_BACKBONE + 2 :]
@@ -213,7 +243,7 @@ class Case:
     build: Build
     status: int = 2
     allowed: tuple[str, ...] = ()
-    unreadable: bool = False  # needs a user for whom chmod 000 means unreadable
+    unreadable: bool = False  # needs a process for which chmod 000 means unreadable (see MODES_BIND)
 
 
 DATA_COMMANDS: dict[str, tuple[str, ...]] = {
@@ -351,6 +381,7 @@ def _run(case: Case, folder: Path, trained: Path) -> Outcome:
         text=True,
         timeout=180,
         env=tlbench_env({"OMP_NUM_THREADS": "1"}),
+        preexec_fn=drop_file_permission_override if hasattr(os, "geteuid") and os.geteuid() == 0 else None,
     )
     for path in folder.rglob("*"):  # let the fixture's cleanup remove what the case made unreadable
         path.chmod(path.stat().st_mode | stat.S_IRWXU)
@@ -361,7 +392,7 @@ def _run(case: Case, folder: Path, trained: Path) -> Outcome:
 def outcomes(tiny_run, tmp_path_factory) -> dict[str, Outcome]:
     """Every runnable case, run a few processes at a time."""
     base = tmp_path_factory.mktemp("matrix")
-    runnable = [case for case in CASES if not (case.unreadable and READS_EVERYTHING)]
+    runnable = [case for case in CASES if MODES_BIND or not case.unreadable]
     with ThreadPoolExecutor(PARALLEL) as pool:
         futures = {case.id: pool.submit(_run, case, base / case.id.replace(":", "_"), tiny_run) for case in runnable}
     return {name: future.result() for name, future in futures.items()}
@@ -383,7 +414,7 @@ def error_line(outcome: Outcome) -> str:
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_bad_input_gives_one_line_and_leaves_nothing(case: Case, outcomes: dict[str, Outcome]) -> None:
     if case.id not in outcomes:
-        pytest.skip("running as root: chmod 000 does not stop root from reading, so nothing is unreadable")
+        pytest.skip("this machine lets root read a chmod 000 file and refuses to drop that capability")
     outcome = outcomes[case.id]
     result = outcome.result
     assert result.returncode == case.status, (result.returncode, result.stdout[-2000:], result.stderr[-3000:])

@@ -98,10 +98,20 @@ def entry_problem(path: Path, real_root: Path, allow_external_links: bool = Fals
             return "symlink loop"
         return "broken symlink (target missing)" if path.is_symlink() else "file not found"
     if stat.S_ISDIR(mode):
-        contains = any(real == real_path(parent) for parent in path.absolute().parents)
-        return "symlink loop (links to a folder that contains it)" if contains else None
+        if any(real == real_path(parent) for parent in path.absolute().parents):
+            return "symlink loop (links to a folder that contains it)"
+        return _unlistable(path)
     if not stat.S_ISREG(mode):
         return f"not a regular file (a {SPECIAL_FILES.get(stat.S_IFMT(mode), 'special file')})"
+    return None
+
+
+def _unlistable(folder: Path) -> str | None:
+    """Why ``folder``'s entries cannot be listed (no read or search permission), else None."""
+    try:
+        os.scandir(folder).close()
+    except OSError as error:
+        return f"folder cannot be read ({error.strerror or error})"
     return None
 
 
@@ -281,4 +291,7 @@ def check_root(root: str | Path) -> Path:
     if not root.is_dir():
         hint = " (download a dataset with 'python -m tlbench data download NAME' or pass --data.root DIR)"
         raise TLBenchError(f"data root {root} is not a folder{hint}")
+    problem = _unlistable(root)
+    if problem:
+        raise TLBenchError(f"data root {root}: {problem}; give this user read and search access to it (chmod u+rx)")
     return root
