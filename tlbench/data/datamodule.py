@@ -2,6 +2,11 @@
 
 The datamodule takes its preprocessing from the LightningModule it is trained with (the backbone decides
 input size and normalisation), so a config never repeats what the weights already know.
+
+The training loader's randomness (the order of each epoch, each image's augmentation) is a function of the run's
+seed and the epoch only (``EpochOrder``), and its position inside an epoch is part of the checkpoint
+(``ResumableLoader``): a resumed fit trains on the same batches as an uninterrupted one, whatever the number of
+loader workers.
 """
 
 from __future__ import annotations
@@ -11,11 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tlbench.data.audit import preflight, scan_files
 from tlbench.data.decode_cache import DecodedImageCache
@@ -35,10 +41,95 @@ from tlbench.data.transforms import AugmentPolicy, Preprocessing, loader_transfo
 from tlbench.errors import TLBenchError
 from tlbench.rundir import run_dir
 
+# Streams derived from the run's seed (``derived_seed``): the training loader's, and the process-wide ones that
+# ``callbacks/rng_state.py: RandomState`` seeds every epoch.
+TRAIN_LOADER_STREAM = 1
+PROCESS_STREAMS = 2
+
+
+def run_seed() -> int:
+    """The seed of this run: the one ``seed_everything`` set (Lightning keeps it in ``PL_GLOBAL_SEED``), else the
+    seed PyTorch's generator started from."""
+    return int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
+
+
+def derived_seed(*keys: int) -> int:
+    """A 32-bit seed for the stream named by ``keys`` (the run's seed, a stream, an epoch...): NumPy's
+    ``SeedSequence`` mixes them, so neighbouring keys give unrelated streams."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
+class EpochOrder(Sampler):
+    """The training loader's keys for one epoch, drawn from the run's seed and the epoch alone: a shuffle (each
+    item once) or, with ``weights``, draws with replacement. Lightning calls ``set_epoch`` before every epoch.
+
+    With ``item_seeds`` each key is ``(index, seed)``, the seed of that item's augmentation
+    (``ImageTableDataset``): an image is augmented the same whichever worker loads it, and whatever that worker
+    loaded before. ``start`` keys of the epoch are skipped: those a run interrupted inside the epoch had trained on
+    (``ResumableLoader``).
+    """
+
+    def __init__(
+        self, size: int, seed: int, epoch: int, weights: torch.Tensor | None = None, item_seeds: bool = True
+    ) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = epoch
+        self.weights = weights
+        self.item_seeds = item_seeds
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.start = 0  # a position belongs to the epoch it was saved in
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, TRAIN_LOADER_STREAM, self.epoch))
+        if self.weights is None:
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
+        start, self.start = self.start, 0
+        keys = order[start:].tolist()
+        if not self.item_seeds:
+            return iter(keys)
+        seeds = torch.randint(2**63 - 1, (self.size,), generator=generator)
+        return zip(keys, seeds[start:].tolist())
+
+
+class ResumableLoader(DataLoader):
+    """The training loader, with its position inside the epoch as state: Lightning stores a loader's
+    ``state_dict`` in every checkpoint and, resuming inside an epoch (from the ``last.ckpt`` Ctrl-C writes), hands
+    it back before iterating, so the run goes on with the batch after the last one it trained instead of starting
+    the epoch's order over. It has its own generator, so iterating it draws nothing from PyTorch's global stream
+    (the workers' base seed; augmentation is seeded per image by ``EpochOrder``)."""
+
+    served = 0  # batches of the current epoch handed to the training loop
+
+    def __iter__(self):
+        order = self.sampler
+        self.served = order.start // self.batch_size if isinstance(order, EpochOrder) else 0
+        for batch in super().__iter__():
+            self.served += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"batches": self.served}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if isinstance(self.sampler, EpochOrder):  # under DDP Lightning wraps the sampler: resumes at the epoch start
+            self.sampler.start = state_dict["batches"] * self.batch_size
+
 
 class ImageTableDataset(Dataset):
     """Rows of a split table as ``(uint8_image, class_index, row_index)``; the row index maps predictions back to
-    files, and the model normalises the images (``Preprocessing.normalize``)."""
+    files, and the model normalises the images (``Preprocessing.normalize``). A key ``(row, seed)`` (from
+    ``EpochOrder``) transforms the image with PyTorch's stream seeded by ``seed``, which every augmentation here
+    draws from (``data/transforms.py``), and leaves the stream as it was."""
 
     def __init__(
         self, root: Path, table: pd.DataFrame, classes: list[str], transform, decoded: DecodedImageCache | None = None
@@ -54,10 +145,15 @@ class ImageTableDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        i, seed = key if isinstance(key, tuple) else (key, None)
         path = self.root / self.paths[i]
         image = self.decoded.load(path, self.hashes[i]) if self.hashes is not None else load_rgb(path)
-        return self.transform(image), self.targets[i], i
+        if seed is None:
+            return self.transform(image), self.targets[i], i
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), self.targets[i], i
 
 
 class UnlabelledImages(Dataset):
@@ -125,7 +221,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 centre crops, so the policy acts in fine-tuning only.
             sampler: order of training images each epoch: "random" (shuffled, each image once) or "balanced" (drawn
                 with replacement, every class equally likely; as many draws as images), for imbalanced classes.
-                Follows the run's seed; the head phase's cached features are drawn the same way.
+                Follows the run's seed and the epoch only (``EpochOrder``); the head phase's cached features are
+                drawn the same way.
             skip_bad_images: train without unusable files (listed in metrics.json "skipped") instead of stopping.
             dedupe: drop later copies of images duplicated across train/val/test instead of stopping.
             decode_cache: keep images decoded and shrunk to the training resolution on disk, so later epochs and
@@ -181,6 +278,15 @@ class ImageFolderDataModule(pl.LightningDataModule):
         # ``(input, target, row)`` computed ahead (cached backbone features) to serve instead of the images, or None.
         # Set by ``callbacks/feature_cache.py: FeatureCaching`` for the length of a fit.
         self.precomputed_inputs: Callable[[str], Dataset | None] | None = None
+        # The seed of the training loader's order and augmentation: the run's, taken when a fit starts and kept in
+        # checkpoints (``state_dict``), so a resumed fit draws what the interrupted one would have drawn.
+        self.train_seed: int | None = None
+
+    def state_dict(self) -> dict:
+        return {"train_seed": self.train_seed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.train_seed = state_dict.get("train_seed", self.train_seed)
 
     @property
     def dataset_name(self) -> str:
@@ -284,6 +390,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             module = self.trainer.lightning_module if self.trainer is not None else None
             self.preprocessing = getattr(module, "preprocessing", None) or Preprocessing()
         if stage == "fit":
+            self.train_seed = run_seed()  # a resumed fit then loads the checkpoint's
             self._warn_if_imbalanced()
             self._warn_if_small()
 
@@ -296,52 +403,52 @@ class ImageFolderDataModule(pl.LightningDataModule):
         decoded = DecodedImageCache(pre.resize_size, pre.interpolation) if self.decode_cache else None
         return ImageTableDataset(check_root(self.root), rows, self.classes, transform, decoded)
 
-    def _loader(
-        self, dataset: Dataset, shuffle: bool = False, sampler: torch.utils.data.Sampler | None = None
-    ) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
+    def _loader(self, dataset: Dataset, order: EpochOrder | None = None) -> DataLoader:
+        """``dataset`` in row order, or in the training ``order`` through a ``ResumableLoader``."""
+        options = {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": torch.cuda.is_available(),
+        }
+        if order is None:
+            return DataLoader(dataset, **options)
+        return ResumableLoader(dataset, sampler=order, generator=torch.Generator(), **options)
 
     def _precomputed(self, split: str) -> Dataset | None:
         return self.precomputed_inputs(split) if self.precomputed_inputs is not None else None
 
-    def _balanced_sampler(self, size: int) -> WeightedRandomSampler:
-        """``size`` draws with replacement, each training image weighted by one over its class's size, so every class
-        is equally likely. The draws use the global random stream, which the run's seed sets."""
-        table = self.prepare_split()
-        labels = table[table.split == "train"].label
-        if len(labels) != size:
-            raise RuntimeError(f"the training loader serves {size} items for {len(labels)} training images")
-        weights = 1.0 / labels.map(labels.value_counts()).to_numpy(dtype="float64")
-        return WeightedRandomSampler(torch.from_numpy(weights), num_samples=size, replacement=True)
-
-    def _train_loader_options(self, dataset: Dataset) -> dict:
+    def _train_order(self, size: int, item_seeds: bool) -> EpochOrder:
+        """The order of the ``size`` training items in the epoch Lightning is about to run: shuffled, or with
+        ``sampler`` "balanced" drawn with replacement, each training image weighted by one over its class's size so
+        every class is equally likely."""
+        weights = None
         if self.sampler == "balanced":
-            return {"sampler": self._balanced_sampler(len(dataset))}
-        return {"shuffle": True}
+            table = self.prepare_split()
+            labels = table[table.split == "train"].label
+            if len(labels) != size:
+                raise RuntimeError(f"the training loader serves {size} items for {len(labels)} training images")
+            weights = torch.from_numpy(1.0 / labels.map(labels.value_counts()).to_numpy(dtype="float64"))
+        seed = run_seed() if self.train_seed is None else self.train_seed
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        return EpochOrder(size, seed, epoch, weights, item_seeds)
 
     def train_dataloader(self) -> DataLoader:
         precomputed = self._precomputed("train")
-        if precomputed is not None:
-            return DataLoader(precomputed, batch_size=self.batch_size, **self._train_loader_options(precomputed))
+        if precomputed is not None:  # cached features: no augmentation to seed, nothing for workers to do
+            order = self._train_order(len(precomputed), item_seeds=False)
+            return ResumableLoader(precomputed, batch_size=self.batch_size, sampler=order, generator=torch.Generator())
         dataset = self.dataset("train", train_transforms=True)
-        return self._loader(dataset, **self._train_loader_options(dataset))
+        return self._loader(dataset, self._train_order(len(dataset), item_seeds=True))
 
     def val_dataloader(self) -> DataLoader:
         precomputed = self._precomputed("val")
         if precomputed is not None:
             return DataLoader(precomputed, batch_size=self.batch_size, shuffle=False)
-        return self._loader(self.dataset(self.validation_split), shuffle=False)
+        return self._loader(self.dataset(self.validation_split))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset(self.test_on), shuffle=False)
+        return self._loader(self.dataset(self.test_on))
 
     def predict_rows(self) -> pd.DataFrame:
         """The files ``predict_dataloader`` serves, in its row order: the test split's rows, or the usable images
@@ -371,4 +478,4 @@ class ImageFolderDataModule(pl.LightningDataModule):
             return self.test_dataloader()
         transform = loader_transform(self.preprocessing or Preprocessing(), augment=False)
         images = UnlabelledImages([Path(path) for path in self.predict_rows().path], transform)
-        return self._loader(images, shuffle=False)
+        return self._loader(images)
