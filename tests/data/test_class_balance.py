@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import TensorDataset, WeightedRandomSampler
+from torch.utils.data import TensorDataset
 
 from tests.conftest import COLOURS, TINY_FIT_ARGS, make_image, run_tlbench
-from tlbench.data.datamodule import ImageFolderDataModule
+from tlbench.data.datamodule import EpochOrder, ImageFolderDataModule
 from tlbench.models.module import TransferLearningModule
 
 
@@ -48,19 +48,19 @@ def test_balanced_sampler_draws_classes_evenly_as_many_times_as_there_are_images
     data = ImageFolderDataModule(str(imbalanced), num_workers=0, sampler="balanced", batch_size=64)
     data.setup("fit")
     loader = data.train_dataloader()
-    assert isinstance(loader.sampler, WeightedRandomSampler)
+    order = loader.sampler
+    assert isinstance(order, EpochOrder) and order.weights is not None
     n_train = sum(data.train_class_counts())
-    assert len(loader.sampler) == n_train
-    torch.manual_seed(0)
+    assert len(order) == n_train
     counts = Counter()
-    for _ in range(10):
-        counts += Counter(int(i) for i in loader.sampler)
+    for epoch in range(10):
+        order.set_epoch(epoch)
+        counts += Counter(i for i, _ in order)
     rare_share = sum(n for i, n in counts.items() if data.dataset("train").targets[i] == 1) / (10 * n_train)
     assert 0.4 < rare_share < 0.6  # ~0.15 with plain shuffling
-    torch.manual_seed(0)
-    first = list(loader.sampler)
-    torch.manual_seed(0)
-    assert list(loader.sampler) == first  # follows the run's seed
+    first = list(order)
+    torch.manual_seed(1)
+    assert list(order) == first  # follows the run's seed and the epoch, not the global stream
 
 
 def test_balanced_sampler_also_draws_the_cached_features_of_the_head_phase(imbalanced):
@@ -70,11 +70,11 @@ def test_balanced_sampler_also_draws_the_cached_features_of_the_head_phase(imbal
     targets = torch.tensor([0] * (n_train - n_rare) + [1] * n_rare)
     data.precomputed_inputs = lambda split: TensorDataset(torch.zeros(n_train, 4), targets, torch.arange(n_train))
     loader = data.train_dataloader()
-    assert isinstance(loader.sampler, WeightedRandomSampler) and len(loader.sampler) == n_train
+    assert loader.sampler.weights is not None and len(loader.sampler) == n_train
     default = ImageFolderDataModule(str(imbalanced), num_workers=0)
     default.setup("fit")
     default.precomputed_inputs = data.precomputed_inputs
-    assert not isinstance(default.train_dataloader().sampler, WeightedRandomSampler)
+    assert default.train_dataloader().sampler.weights is None
 
 
 def test_balanced_class_weights_follow_sklearn_and_stay_out_of_checkpoints():
