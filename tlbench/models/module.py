@@ -533,15 +533,16 @@ class TransferLearningModule(pl.LightningModule):
         return result
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        """The two-phase schedule, the run recorder, feature caching (with ``cache_features``), the checkpoints,
-        the writer of ``predictions_predict.csv`` (acts in ``predict`` only) and the test of each phase's best
-        checkpoint after fit. Lightning adds them on every run, so a plain ``Trainer().fit(module, datamodule)``
-        runs the whole recipe."""
+        """The random streams, the two-phase schedule, the run recorder, feature caching (with ``cache_features``),
+        the checkpoints, the writer of ``predictions_predict.csv`` (acts in ``predict`` only) and the test of each
+        phase's best checkpoint after fit. Lightning adds them on every run, so a plain
+        ``Trainer().fit(module, datamodule)`` runs the whole recipe."""
         from tlbench.callbacks.evaluation import TestBestPhases
         from tlbench.callbacks.feature_cache import FeatureCaching
         from tlbench.callbacks.finetuning import PhaseCheckpoint, PhaseLearningRate, PhaseSchedule
         from tlbench.callbacks.prediction_writer import PredictionCSVWriter
         from tlbench.callbacks.recorder import RunRecorder
+        from tlbench.callbacks.rng_state import RandomState
 
         hp = self.hparams
         planned = (("head", hp.head_epochs), ("finetune", hp.finetune_epochs))
@@ -550,6 +551,7 @@ class TransferLearningModule(pl.LightningModule):
         checkpoints = [*(PhaseCheckpoint(phase) for phase in phases), PhaseCheckpoint(None)]
         # TestBestPhases last: its test after fit runs once every other callback has finished the fit.
         return [
+            RandomState(),
             PhaseSchedule(),
             PhaseLearningRate(),
             RunRecorder(),
