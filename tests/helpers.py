@@ -142,3 +142,62 @@ class StartTogether(pl.Callback):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{count} fits did not all start within {seconds} s")
             time.sleep(0.01)
+
+
+class KillAtStep(pl.Callback):
+    """SIGKILL this process as training step ``step`` is about to run: a crash at a chosen step, wherever it falls
+    in an epoch (the resumed run repeats the steps since its ``last.ckpt``)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillDuringCheckpointWrite(pl.Callback):
+    """SIGKILL this process halfway through writing its ``nth`` ``last.ckpt`` (counting from 1): half the
+    checkpoint's bytes are on disk under the crash-safe writer's temporary name and the rename never happens.
+
+    The writer ``PhaseCheckpoint`` installs (``CrashSafeCheckpointIO``) is kept; only the file writer inside it is
+    wrapped, from ``on_fit_start`` (after every callback's ``setup``), so the kill lands inside the real write path.
+    """
+
+    def __init__(self, nth: int) -> None:
+        self.nth = nth
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        writer = trainer.strategy.checkpoint_io
+        writer.inner = _HalfWriteThenKill(writer.inner, self.nth)
+
+
+class _HalfWriteThenKill(pl.plugins.CheckpointIO):
+    def __init__(self, inner: pl.plugins.CheckpointIO, nth: int) -> None:
+        self.inner = inner
+        self.nth = nth
+        self.last_writes = 0
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if Path(path).name.startswith("last.ckpt"):
+            self.last_writes += 1
+            if self.last_writes == self.nth:
+                import io
+
+                import torch
+
+                buffer = io.BytesIO()
+                torch.save(checkpoint, buffer)
+                data = buffer.getvalue()
+                with open(path, "wb") as stream:
+                    stream.write(data[: len(data) // 2])
+                    stream.flush()
+                    os.fsync(stream.fileno())
+                os.kill(os.getpid(), signal.SIGKILL)
+        self.inner.save_checkpoint(checkpoint, path, storage_options)
+
+    def load_checkpoint(self, path, *args, **kwargs) -> dict:
+        return self.inner.load_checkpoint(path, *args, **kwargs)
+
+    def remove_checkpoint(self, path) -> None:
+        self.inner.remove_checkpoint(path)
