@@ -131,7 +131,10 @@ def test_ctrl_c_inside_an_epoch_resumes_at_the_next_batch_to_the_uninterrupted_r
         time.sleep(0.1)
     assert marker.exists(), f"training never reached step {step}: {log.read_text()[-2000:]}"
     process.send_signal(signal.SIGINT)  # while the run waits after the step
-    assert process.wait(timeout=120) == 1, log.read_text()[-2000:]
+    assert process.wait(timeout=120) == 130, log.read_text()[-2000:]
+    lines = log.read_text().strip().splitlines()
+    assert "Traceback" not in log.read_text() and lines[-1] == "interrupted", lines[-5:]
+    assert lines[-2].startswith("progress saved to ") and f"step {step}); resume with --ckpt_path last" in lines[-2]
     last = torch.load(tmp_path.joinpath(*CHECKPOINTS, "last.ckpt"), map_location="cpu", weights_only=False)
     assert last["global_step"] == step
 
