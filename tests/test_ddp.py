@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from tests.conftest import run_tlbench
+from tlbench.cache import Cache
+from tlbench.models.feature_cache import FeatureSet
 
 ARGS = [
     "--config",
@@ -27,7 +29,7 @@ ARGS = [
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(shared_data, tmp_path):
+def test_two_process_ddp_matches_one_process(shared_data, tmp_path, monkeypatch):
     data = ["--data.root", str(shared_data / "leaves3")]
     (tmp_path / "ddp").mkdir()
     ddp = run_tlbench(
@@ -67,10 +69,13 @@ def test_two_process_ddp_matches_one_process(shared_data, tmp_path):
     assert not (tmp_path / "ddp").joinpath(*run[:-1], "version_1").exists(), "only rank zero writes the run directory"
 
     # Each process encoded half of the images; the gathered cache equals the single-process one.
-    ddp_cache = sorted((tmp_path / "cache_ddp" / "features").glob("*.pt"))
-    single_cache = sorted((tmp_path / "cache_single" / "features").glob("*.pt"))
-    assert [p.name for p in ddp_cache] == [p.name for p in single_cache] and len(ddp_cache) == 2
-    for a, b in zip(ddp_cache, single_cache):
-        left, right = (torch.load(p, weights_only=True) for p in (a, b))
-        assert torch.equal(left["rows"], right["rows"]) and torch.equal(left["targets"], right["targets"])
-        assert torch.allclose(left["features"], right["features"], atol=1e-4)
+    caches = {}
+    for name in ("cache_ddp", "cache_single"):
+        monkeypatch.setenv("TLBENCH_CACHE_DIR", str(tmp_path / name))
+        cache = Cache("features")
+        caches[name] = {path.stem: cache.get(path.stem, FeatureSet.from_bytes) for path in cache.folder.glob("*.entry")}
+    assert caches["cache_ddp"].keys() == caches["cache_single"].keys() and len(caches["cache_ddp"]) == 2
+    for key, left in caches["cache_ddp"].items():
+        right = caches["cache_single"][key]
+        assert torch.equal(left.rows, right.rows) and torch.equal(left.targets, right.targets)
+        assert torch.allclose(left.features, right.features, atol=1e-4)

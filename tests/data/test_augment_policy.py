@@ -64,8 +64,8 @@ def test_policy_without_augment_is_refused_in_one_line(tiny_dataset, tmp_path):
 def test_cached_augmented_views_are_keyed_on_the_policy(tiny_dataset, tmp_path):
     views = ("--model.cached_views", "2", "--data.augment", "true")
     head_only(tiny_dataset, tmp_path / "plain", "true", *views)
-    entries = set((tmp_path / "cache" / "features").glob("*.pt"))
+    entries = set((tmp_path / "cache" / "features").glob("*.entry"))
     assert len(entries) == 2  # train (2 views) and val
     head_only(tiny_dataset, tmp_path / "policy", "true", *views, "--data.augment_policy", "trivialaugment")
-    added = set((tmp_path / "cache" / "features").glob("*.pt")) - entries
+    added = set((tmp_path / "cache" / "features").glob("*.entry")) - entries
     assert len(added) == 1  # new training views; validation's centre crops are shared
