@@ -149,3 +149,17 @@ def test_a_folder_that_cannot_be_listed_is_a_bad_entry_and_an_unreadable_root_on
     locked = make_dataset(tmp_path / "locked", classes=2, per_class=3)
     with pytest.raises(TLBenchError, match=r"data root .*locked: folder cannot be read \(Permission denied\); give"):
         split_dataset(locked)
+
+
+def test_a_data_root_named_in_bytes_that_are_not_utf8_is_refused_in_one_line(tmp_path):
+    """Its name would go into the run folder's name, TensorBoard's hparams and every report: refused up front (it
+    crashed fit inside TensorBoard), where names inside the root train."""
+    root = make_dataset(Path(os.fsdecode(os.fsencode(tmp_path) + b"/data_\xff")), classes=2, per_class=4)
+    for command in (["data", "info", str(root)], ["fit", "--data.root", str(root), *TINY_FIT_ARGS]):
+        result = run_tlbench(*command, cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.endswith(
+            "data_\\udcff has a name that is not UTF-8, which run folders, TensorBoard and reports"
+            " cannot hold; rename it"
+        ), last

@@ -212,7 +212,7 @@ def list_dataset(root: Path, layout: Layout | None = None, allow_external_links:
 
 def _cache_key(root: Path) -> str:
     """One cache entry per data root, by its real path: every route to the same folder shares it."""
-    return hashlib.sha256(str(real_path(root)).encode()).hexdigest()[:16]
+    return hashlib.sha256(os.fsencode(real_path(root))).hexdigest()[:16]
 
 
 def cache_path(root: Path) -> Path:

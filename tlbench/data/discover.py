@@ -291,6 +291,13 @@ def check_root(root: str | Path) -> Path:
     if not root.is_dir():
         hint = " (download a dataset with 'python -m tlbench data download NAME' or pass --data.root DIR)"
         raise TLBenchError(f"data root {root} is not a folder{hint}")
+    try:
+        os.fsencode(root.absolute()).decode("utf-8")
+    except UnicodeDecodeError:
+        raise TLBenchError(
+            f"data root {root} has a name that is not UTF-8, which run folders, TensorBoard and reports cannot hold;"
+            " rename it"
+        ) from None
     problem = _unlistable(root)
     if problem:
         raise TLBenchError(f"data root {root}: {problem}; give this user read and search access to it (chmod u+rx)")
