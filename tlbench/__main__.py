@@ -17,7 +17,8 @@ LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # Commands that take fit's LightningCLI options (``--config``, ``--model.*``) and parse them themselves.
 LIGHTNING_CLI_COMMANDS = {"lr_find": "tlbench.commands.lr_find:lr_find"}
 
-# command -> "module:function"; a nested dict is a command group (``tlbench data audit``).
+# command -> "module:function"; a nested dict is a command group (``tlbench data audit``), whose "" entry, if
+# any, runs when no subcommand is named (``tlbench grid --datasets ...`` beside ``tlbench grid status``).
 COMMANDS: dict[str, str | dict[str, str]] = {
     "check": "tlbench.commands.check:check",
     "cache": {
@@ -33,7 +34,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     },
     "export": "tlbench.commands.export:export",
     "serve": "tlbench.commands.serve:serve",
-    "grid": "tlbench.commands.grid:grid",
+    "grid": {"": "tlbench.commands.grid:grid", "status": "tlbench.commands.grid:status"},
     "report": "tlbench.commands.report:report",
 }
 # Arguments after a bare ``--`` are handed, untouched, to a command's ``fit_args`` parameter (``tlbench grid
@@ -46,7 +47,7 @@ def _usage() -> str:
     lines += ["", "Other commands:"]
     for name, target in COMMANDS.items():
         if isinstance(target, dict):
-            lines += [f"  {name} {sub}" for sub in target]
+            lines += [f"  {name} {sub}".rstrip() for sub in target]
         else:
             lines.append(f"  {name}")
     return "\n".join(lines)
@@ -56,6 +57,8 @@ def _resolve(argv: Sequence[str]) -> tuple[Callable, list[str]] | None:
     target = COMMANDS.get(argv[0])
     rest = list(argv[1:])
     if isinstance(target, dict):
+        if (not rest or rest[0] not in target) and "" in target:
+            rest = ["", *rest]
         if not rest or rest[0] not in target:
             raise TLBenchError(
                 f"'{argv[0]}' needs one of: {', '.join(target)}"

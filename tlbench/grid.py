@@ -9,19 +9,28 @@ that matters: whether a cell is finished is read from its ``metrics.json``, so r
 an interruption skips finished cells. A half-finished cell (killed mid-training) is resumed from its
 ``last.ckpt`` with ``--ckpt_path last`` when one exists, else restarted: resuming keeps the epochs already
 paid for, and fit's resume restores the phase, the recorded times and the history (see ``RunRecorder``).
+
+Several grid processes (``--jobs`` threads in one, ``--cell K`` array jobs, grids started on several machines
+sharing a file system) can work on one output folder: a cell is run by the process that created its claim file
+(``Claims``), and the status files are rendered from the folder (metrics, claims), never from one process's view.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from contextlib import suppress
+from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -31,13 +40,20 @@ import pandas as pd
 from tlbench.configs import recipe_args, recipe_file
 from tlbench.data.discover import images_under
 from tlbench.errors import TLBenchError
-from tlbench.io import write_csv, write_json
+from tlbench.io import read_json, write_csv, write_json
 from tlbench.outputs import LOGS
 from tlbench.rundir import experiment_name, finished_metrics, has_checkpoint
 
 STATUS_FILE = "grid_status.csv"
 PLAN_FILE = "grid.json"
 LOG_DIR = "logs"
+CLAIM_DIR = "claims"
+# A grid process refreshes its claims this often; a claim silent for LEASE_SECONDS has lost its owner (one on
+# another host, whose pid cannot be checked from here). The lease allows for clock skew between hosts.
+HEARTBEAT_SECONDS = 10.0
+LEASE_SECONDS = 60.0
+# How often a running cell is checked for its end and for the grid's interruption.
+POLL_SECONDS = 0.5
 # Grid names longer than this are shortened with a hash: a folder name must stay well below 255 bytes.
 MAX_NAME = 80
 # Options the grid sets per cell; an override of one would break the cell's run directory or its split.
@@ -82,12 +98,16 @@ class Cell:
     seed: int
     recipe: list[str]
     named_recipe: bool = False
-    status: str = "pending"  # pending | done | skipped (finished before this invocation) | failed
+    status: str = "pending"  # pending | running | done | failed | interrupted (its owner died; it resumes)
     seconds: float | None = None
     returncode: int | None = None
     error: str = ""
     metrics: str = ""
     command: str = ""
+    host: str = ""  # the grid process that claimed it
+    pid: int | None = None
+    started: float | None = None  # seconds since the epoch
+    ended: float | None = None
 
     @property
     def experiment(self) -> str:
@@ -96,6 +116,19 @@ class Cell:
     @property
     def label(self) -> str:
         return f"{self.dataset} x {self.backbone} x seed {self.seed}"
+
+    def row(self) -> dict:
+        """The cell as a row of ``grid_status.csv`` and ``grid.json``."""
+        return {**asdict(self), "recipe": shlex.join(self.recipe), "experiment": self.experiment}
+
+    @classmethod
+    def from_row(cls, row: dict) -> Cell:
+        """The cell a ``grid.json`` row describes (``grid status`` needs no dataset folder to exist)."""
+        return cls(**{**{item.name: row[item.name] for item in fields(cls)}, "recipe": shlex.split(row["recipe"])})
+
+
+# What a claim records about its cell, beside its owner's token (see ``Claims``).
+CLAIM_FIELDS = ("status", "host", "pid", "started", "ended", "seconds", "returncode", "error", "command")
 
 
 def parse_list(value: str | list | int) -> list[str]:
@@ -189,27 +222,46 @@ def cell_command(cell: Cell, spec: GridSpec, output: Path) -> list[str]:
     return command
 
 
-def last_line(log: Path) -> str:
-    """The last non-empty line of a cell's log: fit prints user errors and tracebacks end there, and a progress
-    bar's newest state is its last ``\\r``-separated segment."""
+def last_line(log: Path, start: int = 0) -> str:
+    """The last non-empty line of a cell's log after byte ``start`` (where this attempt's output begins): fit prints
+    user errors and tracebacks end there, and a progress bar's newest state is its last ``\\r``-separated segment."""
     with log.open("rb") as stream:
-        stream.seek(max(0, log.stat().st_size - TAIL_BYTES))
+        stream.seek(max(start, log.stat().st_size - TAIL_BYTES))
         text = stream.read().decode(errors="replace")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else ""
 
 
-def run_cell(command: list[str], log: Path, show: Callable[[str], None], every: float) -> int:
-    """Run ``command`` with its output in ``log`` and return its exit status; meanwhile, every ``every`` seconds,
-    ``show`` the log's newest non-empty line when it changed, so a fit of hours is visibly alive."""
-    shown = ""
-    with log.open("w") as stream, subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT) as process:
+def run_cell(
+    command: list[str],
+    log: Path,
+    show: Callable[[str], None],
+    every: float,
+    env: dict[str, str] | None = None,
+    cancel: threading.Event | None = None,
+) -> int:
+    """Run ``command`` (``env`` added to this environment) with its output appended to ``log`` and return its exit
+    status; meanwhile, every ``every`` seconds, ``show`` the log's newest non-empty line when it changed, so a fit of
+    hours is visibly alive. ``cancel`` set (the grid interrupted while cells run in worker threads) kills it."""
+    shown, due = "", time.monotonic() + every
+    with (
+        log.open("a") as stream,
+        subprocess.Popen(
+            command, stdout=stream, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        ) as process,
+    ):
+        start = stream.tell()
         try:
             while True:
                 try:
-                    return process.wait(timeout=every)
+                    return process.wait(timeout=min(every, POLL_SECONDS))
                 except subprocess.TimeoutExpired:
-                    line = last_line(log)
+                    pass
+                if cancel is not None and cancel.is_set():
+                    raise KeyboardInterrupt
+                if time.monotonic() >= due:
+                    due += every
+                    line = last_line(log, start)
                     if line and line != shown:
                         show(line)
                         shown = line
@@ -249,9 +301,325 @@ def status_dir(output: Path, name: str) -> Path:
 
 def write_status(output: Path, spec: GridSpec, cells: list[Cell]) -> None:
     """``grid_status.csv`` (one row per cell) and ``grid.json`` (the spec and the same rows), atomically."""
-    rows = [{**asdict(cell), "recipe": " ".join(cell.recipe), "experiment": cell.experiment} for cell in cells]
+    rows = [cell.row() for cell in cells]
     write_csv(output / STATUS_FILE, pd.DataFrame(rows))
     write_json(output / PLAN_FILE, {"spec": asdict(spec), "cells": rows})
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one of another user counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Claims:
+    """Exclusive claims on a grid's cells, one JSON file per cell in ``folder`` (``<status>/claims/``).
+
+    Of all the grid processes working on one output folder, on one machine or several sharing a file system, only
+    the one that created a cell's claim runs it. The create is ``os.link`` of a fully written file: exclusive like
+    ``O_EXCL`` (also on NFS, where ``open(2)`` recommends it) and never visible half-written. The claim holds the
+    owner's host and pid and, once the cell ended, its outcome; while the owner lives it refreshes the claims' mtime
+    every ``heartbeat`` seconds. A claim is stale when its owner is gone (same host, pid dead) or silent for more
+    than ``lease`` seconds (another host); a stale claim is taken over, a claim of a done cell never is.
+    """
+
+    def __init__(self, folder: Path, lease: float = LEASE_SECONDS, heartbeat: float = HEARTBEAT_SECONDS) -> None:
+        self.folder = folder
+        self.lease = lease
+        self.heartbeat = heartbeat
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.held: dict[str, str] = {}  # experiment -> token of this process's claim
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def __enter__(self) -> Claims:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop the heartbeat: the claims of a grid that exits go stale, so its interrupted and failed cells are
+        run again by the next grid process."""
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+
+    def path(self, experiment: str) -> Path:
+        return self.folder / f"{experiment}.json"
+
+    def read(self, experiment: str) -> dict | None:
+        """The claim on ``experiment``; None when there is none, ``{}`` when it cannot be read."""
+        try:
+            claim = read_json(self.path(experiment))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+        return claim if isinstance(claim, dict) else {}
+
+    def stale(self, experiment: str, claim: dict) -> bool:
+        """Whether ``claim`` (read from ``experiment``'s claim file) has lost its owner."""
+        if claim.get("status") == "done":
+            return False
+        try:
+            silent = time.time() - self.path(experiment).stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return silent > self.lease or (claim.get("host") == self.host and not pid_alive(int(claim.get("pid") or 0)))
+
+    def acquire(self, experiment: str, record: dict) -> tuple[bool, dict | None]:
+        """Claim ``experiment`` with ``record``: ``(True, the stale claim taken over or None)``, or ``(False, the
+        claim of its live owner)``. A taker first links the stale claim to ``<experiment>.<its token>.stale``, which
+        only one taker of that claim can create, then removes it: two takers never both win."""
+        token = uuid.uuid4().hex
+        path = self.path(experiment)
+        staged = self.folder / f".{path.name}.{token}"
+        write_json(staged, {**record, "host": self.host, "pid": self.pid, "token": token})
+        taken = None
+        try:
+            while True:
+                try:
+                    os.link(staged, path)
+                    break
+                except FileExistsError:
+                    pass
+                current = self.read(experiment)
+                if current is None:
+                    continue  # the stale claim was just moved away by another taker
+                if not self.stale(experiment, current):
+                    return False, current
+                try:
+                    os.link(path, self.folder / f"{experiment}.{current.get('token', 'damaged')}.stale")
+                except FileExistsError:
+                    return False, current  # another taker won this claim
+                except FileNotFoundError:
+                    continue
+                path.unlink()
+                taken = current
+        finally:
+            staged.unlink()
+        with self._lock:
+            self.held[experiment] = token
+            if self._beat is None:
+                self._beat = threading.Thread(target=self._keep_alive, name="grid-heartbeat", daemon=True)
+                self._beat.start()
+        return True, taken
+
+    def update(self, experiment: str, record: dict) -> None:
+        """Merge ``record`` into this process's claim on ``experiment``; one taken over meanwhile (this process was
+        stopped past the lease) belongs to its new owner and is left alone."""
+        current = self.read(experiment)
+        if current and current.get("token") == self.held[experiment]:
+            write_json(self.path(experiment), {**current, **record})
+
+    def _keep_alive(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            with self._lock:
+                held = list(self.held)
+            for experiment in held:
+                with suppress(OSError):
+                    os.utime(self.path(experiment))
+
+
+def refresh(cells: list[Cell], output: Path, claims: Claims) -> None:
+    """Each cell's state as the output folder says, whichever process ran it: ``done`` when its ``metrics.json``
+    is finished, else its claim's (``running``, ``failed``; ``interrupted`` when the owner is gone), else
+    ``pending``. Every grid process reads the same folder, so their status files agree."""
+    for cell in cells:
+        claim = claims.read(cell.experiment) or {}
+        for key in CLAIM_FIELDS:
+            setattr(cell, key, claim.get(key, getattr(Cell, key)))
+        metrics = finished_metrics(output, cell.experiment)
+        if metrics:
+            cell.status, cell.metrics = "done", str(metrics.resolve())
+        elif cell.status == "running" and claims.stale(cell.experiment, claim):
+            cell.status = "interrupted"
+        elif cell.status not in ("running", "failed"):
+            cell.status = "pending"
+
+
+def describe(cell: Cell) -> str:
+    """A cell's state in words: who runs it, how long it took, why it failed."""
+    where = f"{cell.host} pid {cell.pid}"
+    if cell.status == "running":
+        return f"running on {where} since {time.strftime('%H:%M:%S', time.localtime(cell.started))}"
+    if cell.status == "interrupted":
+        return f"interrupted ({where} gone; resumes from its last.ckpt)"
+    if cell.status == "failed":
+        return f"failed on {where} (exit {cell.returncode}): {cell.error}"
+    if cell.status == "done" and cell.seconds is not None:
+        return f"done in {_clock(cell.seconds)} on {where}"
+    return cell.status
+
+
+def thread_budget() -> int:
+    """The CPU threads a grid may spend: ``OMP_NUM_THREADS`` when set, else the cores this process may run on."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def visible_gpus() -> list[str]:
+    """The CUDA devices to hand out: ``CUDA_VISIBLE_DEVICES``'s list when set, else every device torch counts."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [device.strip() for device in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if device.strip()]
+    import torch  # only a pool of several cells needs it
+
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
+class Pool:
+    """How ``jobs`` cells at once share the machine without oversubscribing it: each cell gets
+    ``threads = budget // jobs`` CPU threads (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``; torch sizes its intra-op
+    pool from the former), at most ``threads - 1`` decode workers, and with GPUs one of them, round-robin by slot.
+    One job leaves the cell's environment and workers as a lone ``fit`` would have them."""
+
+    def __init__(self, jobs: int, budget: int | None = None, gpus: list[str] | None = None) -> None:
+        if jobs < 1:
+            raise TLBenchError(f"--jobs must be at least 1, got {jobs}")
+        self.jobs = jobs
+        self.threads = max(1, (budget or thread_budget()) // jobs)
+        self.gpus = (visible_gpus() if jobs > 1 else []) if gpus is None else gpus
+
+    def env(self, slot: int) -> dict[str, str]:
+        """The environment cell ``slot`` (0 to ``jobs - 1``) adds to the grid's."""
+        if self.jobs == 1:
+            return {}
+        env = {"OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
+        return env
+
+    def fit_args(self, overrides: list[str]) -> list[str]:
+        """``--data.num_workers`` capped to the cell's threads, unless the grid's overrides set it themselves."""
+        if self.jobs == 1 or any(arg.split("=", 1)[0] == "--data.num_workers" for arg in overrides):
+            return []
+        return ["--data.num_workers", str(max(0, min(8, self.threads - 1)))]
+
+
+class GridRun:
+    """One grid process working through ``to_run`` with ``pool.jobs`` worker threads: each claims a cell, runs it,
+    records its outcome in the claim and rewrites the status files from the folder."""
+
+    def __init__(
+        self,
+        spec: GridSpec,
+        output: Path,
+        status: Path,
+        cells: list[Cell],
+        claims: Claims,
+        pool: Pool,
+        echo: Callable[[str], None],
+        progress: bool,
+    ) -> None:
+        self.spec, self.output, self.status, self.cells = spec, output, status, cells
+        self.claims, self.pool, self.echo = claims, pool, echo
+        self.progress = progress and pool.jobs == 1  # one live line cannot show several cells
+        self.lock = threading.Lock()
+        self.cancel = threading.Event()
+        self.durations: list[float] = []
+        self.total = 0
+        self.start = time.monotonic()
+
+    def write_status(self) -> None:
+        with self.lock:
+            refresh(self.cells, self.output, self.claims)
+            write_status(self.status, self.spec, self.cells)
+
+    def run(self, to_run: list[Cell]) -> None:
+        queue = iter(list(to_run))
+        self.total = len(to_run)
+
+        def work(slot: int) -> None:
+            while not self.cancel.is_set():
+                with self.lock:
+                    cell = next(queue, None)
+                if cell is None:
+                    return
+                self.run_one(cell, slot)
+
+        if self.pool.jobs == 1:
+            work(0)
+            return
+        workers = [threading.Thread(target=work, args=(slot,), daemon=True) for slot in range(self.pool.jobs)]
+        for worker in workers:
+            worker.start()
+        try:
+            for worker in workers:
+                while worker.is_alive():
+                    worker.join(POLL_SECONDS)
+        except BaseException:
+            self.cancel.set()  # each worker kills its cell's process
+            for worker in workers:
+                worker.join()
+            raise
+
+    def run_one(self, cell: Cell, slot: int) -> None:
+        record = {"status": "running", "started": time.time(), **{key: None for key in ("ended", "seconds")}}
+        won, other = self.claims.acquire(cell.experiment, record)
+        if not won:
+            self.echo(f"{cell.label}: {(other or {}).get('status', 'claimed')} elsewhere ({_owner(other)})")
+            return
+        if finished_metrics(self.output, cell.experiment):  # finished by a process that died before recording it
+            self.claims.update(cell.experiment, {"status": "done"})
+            return
+        command = [*cell_command(cell, self.spec, self.output), *self.pool.fit_args(self.spec.overrides)]
+        env = self.pool.env(slot)
+        log = self.status / LOG_DIR / f"{cell.experiment}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        threads = env.get("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "unset"))
+        resume = ", resuming from last.ckpt" if "--ckpt_path" in command else ""
+        taken = f", taken over from {_owner(other)}" if other else ""
+        with log.open("a") as stream:
+            stream.write(f"grid: {cell.experiment} on {self.claims.host} pid {self.claims.pid}{resume}{taken}")
+            stream.write(f" | OMP_NUM_THREADS={threads} | {shlex.join(command)}\n")
+            offset = stream.tell()
+        self.claims.update(cell.experiment, {"command": shlex.join(command)})
+        self.echo(f"{cell.label}: running on {self.claims.host} pid {self.claims.pid}{resume}{taken}")
+        self.write_status()
+        cell_start = time.monotonic()
+        show, every = (_live_line, LIVE_SECONDS) if self.progress else (self.echo, ECHO_SECONDS)
+        returncode = run_cell(command, log, lambda line: show(f"  {cell.experiment}: {line}"), every, env, self.cancel)
+        if self.progress:
+            _live_line("")
+        seconds = round(time.monotonic() - cell_start, 2)
+        outcome = {"status": "done", "ended": time.time(), "seconds": seconds, "returncode": returncode, "error": ""}
+        if returncode != 0 or not finished_metrics(self.output, cell.experiment):
+            error = last_line(log, offset) or f"exit status {returncode} without output"
+            outcome.update(status="failed", error=error)
+        self.claims.update(cell.experiment, outcome)
+        self.write_status()
+        with self.lock:
+            self.durations.append(seconds)
+            position = len(self.durations)
+            left = sum(self.durations) / position * (self.total - position) / self.pool.jobs
+            finished = sum(other.status == "done" for other in self.cells)
+        said = f"done in {_clock(seconds)}"
+        if outcome["status"] == "failed":
+            said = f"FAILED (exit {returncode}): {outcome['error']} [log: {log}]"
+        self.echo(
+            f"[{position}/{self.total}] {cell.label}: {said} | {finished}/{len(self.cells)} cells finished | "
+            f"elapsed {_clock(time.monotonic() - self.start)} | left ~{_clock(left)}"
+        )
+
+
+def _owner(claim: dict | None) -> str:
+    claim = claim or {}
+    return f"{claim.get('host', '?')} pid {claim.get('pid', '?')}"
+
+
+def grid_cells(spec: GridSpec, output: Path, name: str | None, lease: float = LEASE_SECONDS) -> list[Cell]:
+    """Every cell of the grid with its state read from ``output`` (``--list``)."""
+    cells = plan_cells(spec)
+    refresh(cells, output, Claims(status_dir(output, name or grid_name(spec)) / CLAIM_DIR, lease))
+    return cells
 
 
 def run_grid(
@@ -260,61 +628,64 @@ def run_grid(
     name: str | None = None,
     echo: Callable[[str], None] = partial(print, flush=True),
     progress: bool = False,
+    jobs: int = 1,
+    cell: int | None = None,
+    lease: float = LEASE_SECONDS,
+    heartbeat: float = HEARTBEAT_SECONDS,
 ) -> list[Cell]:
-    """Run every unfinished cell in order, one ``fit`` subprocess each; a failing cell does not stop the grid.
+    """Run every unfinished cell (only cell number ``cell`` when given), ``jobs`` at once, one ``fit`` subprocess
+    each; a failing cell does not stop the grid. Returns the cells run for (all, or cell ``cell``), as the folder
+    says at the end.
 
     Runs land in ``<output>/lightning_logs/<experiment>/version_N`` (checkpoints under ``<output>/checkpoints``,
     as fit puts them), the status files (``grid_status.csv``, ``grid.json``) in ``status_dir(output, name)``,
     ``name`` defaulting to ``grid_name(spec)``; they are rewritten after every cell, so they are current even if
-    the grid is killed. Each cell's stdout and stderr go to ``logs/<experiment>.log`` there; a failure is recorded
-    with the log's last line. Progress is one line per cell: position, outcome, elapsed time and the time left estimated
-    from the mean duration of the cells run so far. While a cell runs, its log's newest line is shown: with
-    ``progress`` redrawn in place on stderr every ``LIVE_SECONDS``, else echoed at most every ``ECHO_SECONDS``.
+    the grid is killed. Any number of grid processes may share ``output``: each cell is claimed (``Claims``), so it
+    runs once, and a cell whose owner died is taken over and resumed. Each cell's stdout and stderr go to
+    ``logs/<experiment>.log`` there, after a line naming the process that ran it; a failure is recorded with the
+    log's last line. Progress is one line per change of a cell's state: queued, running (on which host and pid),
+    done (how long, cells finished, elapsed, time left estimated from the mean cell duration) or failed (why).
+    While a cell runs, its log's newest line is shown: with ``progress`` (and one job) redrawn in place on stderr
+    every ``LIVE_SECONDS``, else echoed at most every ``ECHO_SECONDS``.
     """
     output = Path(output)
     status = status_dir(output, name or grid_name(spec))
     cells = plan_cells(spec)
-    for cell in cells:
-        metrics = finished_metrics(output, cell.experiment)
-        if metrics:
-            cell.status, cell.metrics = "skipped", str(metrics.resolve())
-    to_run = [cell for cell in cells if cell.status == "pending"]
-    echo(
-        f"grid: {len(cells)} cells, {len(cells) - len(to_run)} already finished, {len(to_run)} to run"
-        f" -> {output / LOGS}, status in {status}"
-    )
-    write_status(status, spec, cells)
-    start, durations = time.monotonic(), []
-    for position, cell in enumerate(to_run, 1):
-        command = cell_command(cell, spec, output)
-        cell.command = shlex.join(command)
-        log = status / LOG_DIR / f"{cell.experiment}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        cell_start = time.monotonic()
-        show, every = (_live_line, LIVE_SECONDS) if progress else (echo, ECHO_SECONDS)
-        cell.returncode = run_cell(command, log, lambda line: show(f"  {cell.experiment}: {line}"), every)
-        if progress:
-            _live_line("")
-        cell.seconds = round(time.monotonic() - cell_start, 2)
-        durations.append(cell.seconds)
-        metrics = finished_metrics(output, cell.experiment)
-        if cell.returncode == 0 and metrics:
-            cell.status, cell.metrics = "done", str(metrics.resolve())
-            outcome = f"done in {_clock(cell.seconds)}"
-        else:
-            cell.status = "failed"
-            cell.error = last_line(log) or f"exit status {cell.returncode} without output"
-            outcome = f"FAILED (exit {cell.returncode}): {cell.error} [log: {log}]"
-        write_status(status, spec, cells)
-        left = sum(durations) / len(durations) * (len(to_run) - position)
-        finished = sum(other.status in ("done", "skipped") for other in cells)
+    if cell is not None and not 1 <= cell <= len(cells):
+        raise TLBenchError(f"--cell {cell}: the grid has cells 1 to {len(cells)} (see --list)")
+    pool = Pool(jobs)
+    with Claims(status / CLAIM_DIR, lease, heartbeat) as claims:
+        run = GridRun(spec, output, status, cells, claims, pool, echo, progress)
+        run.write_status()
+        chosen = [one for one in cells if cell in (None, one.index)]
+        to_run = [one for one in chosen if one.status != "done"]
         echo(
-            f"[{position}/{len(to_run)}] {cell.label}: {outcome} | {finished}/{len(cells)} cells finished | "
-            f"elapsed {_clock(time.monotonic() - start)} | left ~{_clock(left)}"
+            f"grid: {len(cells)} cells, {len(cells) - len(to_run)} already finished, {len(to_run)} to run"
+            f" ({jobs} at once) -> {output / LOGS}, status in {status}"
         )
-    failed = [cell for cell in cells if cell.status == "failed"]
+        for one in to_run:
+            echo(f"{one.label}: queued")
+        run.run(to_run)
+        run.write_status()
+    failed = [one for one in chosen if one.status == "failed"]
+    elsewhere = [one for one in chosen if one.status == "running"]
     echo(
-        f"grid: {len(cells) - len(failed)}/{len(cells)} cells finished, {len(failed)} failed;"
-        f" status in {status / STATUS_FILE}"
+        f"grid: {len(chosen) - len(failed) - len(elsewhere)}/{len(chosen)} cells finished, {len(failed)} failed"
+        f"{f', {len(elsewhere)} running elsewhere' if elsewhere else ''}; status in {status / STATUS_FILE}"
     )
-    return cells
+    return chosen
+
+
+def read_grid(folder: str | Path) -> list[tuple[Path, list[Cell]]]:
+    """``(status folder, cells as the output folder says now)`` of the grid whose status folder is ``folder``,
+    or of every grid under ``<folder>/lightning_logs/grids/``: what ``grid status`` shows, while grids run."""
+    folder = Path(folder)
+    plans = sorted(folder.glob(PLAN_FILE)) or sorted(folder.glob(f"{LOGS}/grids/*/{PLAN_FILE}"))
+    if not plans:
+        raise TLBenchError(f"no grid under {folder}: expected {folder}/{LOGS}/grids/<grid>/{PLAN_FILE}")
+    grids = []
+    for plan in plans:
+        cells = [Cell.from_row(row) for row in read_json(plan)["cells"]]
+        refresh(cells, plan.parents[3], Claims(plan.parent / CLAIM_DIR))
+        grids.append((plan.parent, cells))
+    return grids

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from tlbench.commands import show_progress
 from tlbench.configs import load_grid_file
-from tlbench.grid import build_spec, run_grid
+from tlbench.grid import build_spec, describe, grid_cells, read_grid, run_grid
 
 
 def grid(
@@ -19,6 +20,9 @@ def grid(
     grid: str | None = None,
     fit_args: list[str] | None = None,
     progress: bool | None = None,
+    jobs: int = 1,
+    list: bool = False,
+    cell: int | None = None,
 ) -> int:
     """Run a grid of fits; rerun the same command to resume (finished cells are skipped).
 
@@ -41,7 +45,11 @@ def grid(
             command-line values win over it.
         fit_args: fit overrides for every cell; what follows ``--`` lands here, after the grid file's overrides.
         progress: redraw the running cell's newest log line in place on stderr (default: when stderr is a
-            terminal); otherwise it is printed as a line at most every 10 seconds.
+            terminal, with one job); otherwise it is printed as a line at most every 10 seconds.
+        jobs: cells run at once by this process, each with cores/JOBS CPU threads and, with GPUs, one GPU.
+            Any number of grid processes, here or on machines sharing OUTPUT, may run one grid: each cell runs once.
+        list: print every cell (number, run name, state) and exit.
+        cell: run only cell number CELL (as --list numbers them), e.g. one SLURM array task per cell.
     """
     file_values = load_grid_file(grid) if grid else {}
     if fit_args:
@@ -50,5 +58,24 @@ def grid(
         file_values,
         {"datasets": datasets, "backbones": backbones, "recipes": recipes, "seeds": seeds, "data_dir": data_dir},
     )
-    cells = run_grid(spec, output, Path(grid).stem if grid else None, progress=show_progress(progress))
-    return 1 if any(cell.status == "failed" for cell in cells) else 0
+    name = Path(grid).stem if grid else None
+    if list:
+        for one in grid_cells(spec, Path(output), name):
+            print(f"{one.index:>4}  {one.experiment}  {describe(one)}")
+        return 0
+    cells = run_grid(spec, output, name, progress=show_progress(progress), jobs=jobs, cell=cell)
+    return 1 if any(one.status == "failed" for one in cells) else 0
+
+
+def status(folder: str = ".") -> int:
+    """Summarise a grid, running or finished, from its output folder alone (claims, status rows, metrics.json).
+
+    Args:
+        folder: a grid's OUTPUT folder (every grid under OUTPUT/lightning_logs/grids/) or one grid's status folder.
+    """
+    for status_folder, cells in read_grid(folder):
+        counts = Counter(one.status for one in cells)
+        print(f"{status_folder}: {len(cells)} cells, " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+        for one in cells:
+            print(f"{one.index:>4}  {one.experiment}  {describe(one)}")
+    return 0
