@@ -686,6 +686,6 @@ def read_grid(folder: str | Path) -> list[tuple[Path, list[Cell]]]:
     grids = []
     for plan in plans:
         cells = [Cell.from_row(row) for row in read_json(plan)["cells"]]
-        refresh(cells, plan.parents[3], Claims(plan.parent / CLAIM_DIR))
+        refresh(cells, plan.resolve().parents[3], Claims(plan.parent / CLAIM_DIR))
         grids.append((plan.parent, cells))
     return grids
