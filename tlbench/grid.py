@@ -534,32 +534,41 @@ class GridRun:
             write_status(self.status, self.spec, self.cells)
 
     def run(self, to_run: list[Cell]) -> None:
+        """Work through ``to_run``; the first error of any worker (a status file that cannot be written) stops the
+        others, whose cells' processes are killed, and is raised here, so it reaches the user as one line."""
         queue = iter(list(to_run))
         self.total = len(to_run)
+        failures: list[BaseException] = []
 
         def work(slot: int) -> None:
-            while not self.cancel.is_set():
-                with self.lock:
-                    cell = next(queue, None)
-                if cell is None:
-                    return
-                self.run_one(cell, slot)
+            try:
+                while not self.cancel.is_set():
+                    with self.lock:
+                        cell = next(queue, None)
+                    if cell is None:
+                        return
+                    self.run_one(cell, slot)
+            except BaseException as error:
+                failures.append(error)
+                self.cancel.set()  # each other worker kills its cell's process
 
         if self.pool.jobs == 1:
             work(0)
-            return
-        workers = [threading.Thread(target=work, args=(slot,), daemon=True) for slot in range(self.pool.jobs)]
-        for worker in workers:
-            worker.start()
-        try:
+        else:
+            workers = [threading.Thread(target=work, args=(slot,), daemon=True) for slot in range(self.pool.jobs)]
             for worker in workers:
-                while worker.is_alive():
-                    worker.join(POLL_SECONDS)
-        except BaseException:
-            self.cancel.set()  # each worker kills its cell's process
-            for worker in workers:
-                worker.join()
-            raise
+                worker.start()
+            try:
+                for worker in workers:
+                    while worker.is_alive():
+                        worker.join(POLL_SECONDS)
+            except BaseException:
+                self.cancel.set()
+                for worker in workers:
+                    worker.join()
+                raise
+        if failures:
+            raise failures[0]
 
     def run_one(self, cell: Cell, slot: int) -> None:
         record = {"status": "running", "started": time.time(), **{key: None for key in ("ended", "seconds")}}

@@ -22,7 +22,8 @@ import pytest
 
 from tests.commands.conftest import CELL_OVERRIDES
 from tests.conftest import make_dataset, run_tlbench, tlbench_env
-from tlbench.grid import Claims, Pool
+from tlbench.errors import TLBenchError
+from tlbench.grid import Cell, Claims, GridRun, Pool
 from tlbench.rundir import finished_metrics
 
 GRID_ARGS = [
@@ -224,3 +225,21 @@ def test_a_claim_owner_keeps_its_claims_alive(tmp_path):
         while owner.path("cell").stat().st_mtime < old + 60 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert owner.path("cell").stat().st_mtime > old + 60, "the heartbeat did not refresh the claim"
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_an_error_in_a_pool_worker_stops_the_grid_and_reaches_the_user(jobs, monkeypatch, tmp_path):
+    """A worker that cannot write the status files must not die alone with a traceback while the grid goes on."""
+    started = []
+
+    def run_one(self, cell, slot):
+        started.append(cell)
+        raise TLBenchError(f"could not write {tmp_path}/grid_status.csv: No space left on device")
+
+    monkeypatch.setattr(GridRun, "run_one", run_one)
+    with Claims(tmp_path / "claims") as claims:
+        grid = GridRun(None, tmp_path, tmp_path, [], claims, Pool(jobs, budget=2, gpus=[]), print, progress=False)
+        cells = [Cell(index=i, dataset="d", data_root="d", backbone="cnn1", seed=i, recipe=[]) for i in range(6)]
+        with pytest.raises(TLBenchError, match="No space left on device"):
+            grid.run(cells)
+    assert len(started) <= jobs, "the other workers must stop taking cells"
