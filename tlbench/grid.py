@@ -13,6 +13,7 @@ paid for, and fit's resume restores the phase, the recorded times and the histor
 Several grid processes (``--jobs`` threads in one, ``--cell K`` array jobs, grids started on several machines
 sharing a file system) can work on one output folder: a cell is run by the process that created its claim file
 (``Claims``), and the status files are rendered from the folder (metrics, claims), never from one process's view.
+``submit_grid`` builds on that: it submits one ``--cell K`` grid process per unfinished cell as a submitit job array.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ LIVE_SECONDS = 1.0
 ECHO_SECONDS = 10.0
 # Only a log's tail is read for its last line: a long fit's log (progress bars included) grows to megabytes.
 TAIL_BYTES = 8192
+# submitit's job files (pickled tasks, each task's stdout and stderr), under the grid's status folder.
+SUBMITIT_DIR = "submitit"
 
 
 @dataclass
@@ -660,8 +663,7 @@ def run_grid(
     output = Path(output)
     status = status_dir(output, name or grid_name(spec))
     cells = plan_cells(spec)
-    if cell is not None and not 1 <= cell <= len(cells):
-        raise TLBenchError(f"--cell {cell}: the grid has cells 1 to {len(cells)} (see --list)")
+    check_cell(cell, cells)
     pool = Pool(jobs)
     with Claims(status / CLAIM_DIR, lease, heartbeat) as claims:
         run = GridRun(spec, output, status, cells, claims, pool, echo, progress)
@@ -676,12 +678,117 @@ def run_grid(
             echo(f"{one.label}: queued")
         run.run(to_run)
         run.write_status()
+    summarise(chosen, status, echo)
+    return chosen
+
+
+def check_cell(cell: int | None, cells: list[Cell]) -> None:
+    """A ``--cell`` number out of range is a typing mistake: say which numbers exist rather than run nothing."""
+    if cell is not None and not 1 <= cell <= len(cells):
+        raise TLBenchError(f"--cell {cell}: the grid has cells 1 to {len(cells)} (see --list)")
+
+
+def summarise(chosen: list[Cell], status: Path, echo: Callable[[str], None]) -> None:
+    """The grid's last line, whichever launcher ran it: how many of ``chosen`` finished, failed, run elsewhere."""
     failed = [one for one in chosen if one.status == "failed"]
     elsewhere = [one for one in chosen if one.status == "running"]
     echo(
         f"grid: {len(chosen) - len(failed) - len(elsewhere)}/{len(chosen)} cells finished, {len(failed)} failed"
         f"{f', {len(elsewhere)} running elsewhere' if elsewhere else ''}; status in {status / STATUS_FILE}"
     )
+
+
+@dataclass
+class Resources:
+    """What each array task of ``submit_grid`` asks the scheduler for: one cell's CPUs, GPUs and time."""
+
+    cpus: int = 4
+    gpus: int = 0
+    timeout_min: int = 120
+    partition: str | None = None
+
+
+@dataclass
+class ArrayTask:
+    """One array task: ``command`` (a ``grid ... --cell K``) run in ``cwd``, where the grid was started, so relative
+    paths mean what they meant there, with ``threads`` OMP/MKL threads (SLURM grants CPUs but sets no thread count).
+    It returns the exit status instead of raising: a failed cell is recorded in its claim, as by any grid process."""
+
+    command: list[str]
+    cwd: str
+    threads: int
+
+    def __call__(self) -> int:
+        threads = str(self.threads)
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        return subprocess.run(self.command, cwd=self.cwd, env=env).returncode
+
+
+def submit_grid(
+    spec: GridSpec,
+    grid_args: list[str],
+    fit_args: list[str],
+    resources: Resources,
+    output: str | Path = ".",
+    name: str | None = None,
+    cluster: str | None = None,
+    echo: Callable[[str], None] = partial(print, flush=True),
+    cell: int | None = None,
+) -> list[Cell]:
+    """Submit every unfinished cell (only cell number ``cell`` when given) as one submitit job array, wait for it,
+    and return the cells as the folder then says, like ``run_grid``.
+
+    Each task is ``python -m tlbench grid GRID_ARGS --cell K -- FIT_ARGS``, the options this grid was given: the
+    claims, resume and status files stay those of any grid process, so array tasks, ``grid --jobs`` processes and
+    ``grid status`` can share one grid. ``cluster`` is submitit's: None picks SLURM where ``sbatch`` exists, else runs
+    the tasks as local processes; ``"local"`` always does. submitit's files go to ``<status>/submitit/``.
+    """
+    try:
+        import submitit
+    except ImportError:
+        raise TLBenchError("the submitit launcher needs submitit: pip install 'tlbench[slurm]'") from None
+    output = Path(output)
+    status = status_dir(output, name or grid_name(spec))
+    cells = plan_cells(spec)
+    check_cell(cell, cells)
+    with Claims(status / CLAIM_DIR) as claims:
+        refresh(cells, output, claims)
+        write_status(status, spec, cells)
+    chosen = [one for one in cells if cell in (None, one.index)]
+    to_run = [one for one in chosen if one.status != "done"]
+    executor = submitit.AutoExecutor(folder=status / SUBMITIT_DIR, cluster=cluster)
+    executor.update_parameters(
+        name=f"grid-{status.name}",
+        cpus_per_task=resources.cpus,
+        gpus_per_node=resources.gpus,
+        timeout_min=resources.timeout_min,
+        **({"slurm_partition": resources.partition} if resources.partition else {}),
+    )
+    command = [sys.executable, "-m", "tlbench", "grid", *grid_args]
+    jobs = []
+    if to_run:
+        with executor.batch():
+            for one in to_run:
+                task = ArrayTask([*command, "--cell", str(one.index), "--", *fit_args], os.getcwd(), resources.cpus)
+                jobs.append(executor.submit(task))
+    echo(
+        f"grid: {len(cells)} cells, {len(cells) - len(to_run)} already finished, {len(to_run)} submitted to"
+        f" {executor.cluster} ({', '.join(job.job_id for job in jobs) or 'no jobs'}), logs in {status / SUBMITIT_DIR}"
+    )
+    lost = {}
+    for one, job in zip(to_run, jobs):
+        try:
+            echo(f"{one.label}: submitit job {job.job_id} ended, exit {job.result()}")
+        except submitit.core.utils.UncompletedJobError:
+            lost[one.index] = f"submitit job {job.job_id} {job.state}: see {job.paths.stderr}"
+            echo(f"{one.label}: {lost[one.index]}")
+    with Claims(status / CLAIM_DIR) as claims:
+        refresh(cells, output, claims)
+    for one in chosen:
+        if one.index in lost and one.status not in ("done", "failed"):
+            one.status, one.error = "failed", lost[one.index]  # killed (timeout, cancelled) before its grid recorded it
+    write_status(status, spec, cells)
+    summarise(chosen, status, echo)
     return chosen
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Literal
 
 from tlbench.commands import show_progress
 from tlbench.configs import load_grid_file
-from tlbench.grid import build_spec, describe, grid_cells, read_grid, run_grid
+from tlbench.grid import Resources, build_spec, describe, grid_cells, read_grid, run_grid, submit_grid
 
 
 def grid(
@@ -23,6 +24,11 @@ def grid(
     jobs: int = 1,
     list: bool = False,
     cell: int | None = None,
+    launcher: Literal["local", "submitit", "submitit_local"] = "local",
+    slurm_partition: str | None = None,
+    cpus_per_cell: int = 4,
+    gpus_per_cell: int = 0,
+    timeout_min: int = 120,
 ) -> int:
     """Run a grid of fits; rerun the same command to resume (finished cells are skipped).
 
@@ -50,20 +56,32 @@ def grid(
             Any number of grid processes, here or on machines sharing OUTPUT, may run one grid: each cell runs once.
         list: print every cell (number, run name, state) and exit.
         cell: run only cell number CELL (as --list numbers them), e.g. one SLURM array task per cell.
+        launcher: local (this process runs the cells), submitit (one job array of ``grid ... --cell K`` tasks on
+            SLURM, or local processes where there is no SLURM; needs ``pip install 'tlbench[slurm]'``) or
+            submitit_local (submitit's local executor even where SLURM exists). The grid waits for the array.
+        slurm_partition: the SLURM partition of the array tasks (submitit launchers).
+        cpus_per_cell: CPUs per array task, also its OMP_NUM_THREADS (submitit launchers).
+        gpus_per_cell: GPUs per array task (submitit launchers).
+        timeout_min: each array task's time limit in minutes (submitit launchers).
     """
     file_values = load_grid_file(grid) if grid else {}
     if fit_args:
         file_values["overrides"] = [*(file_values.get("overrides") or []), *fit_args]
-    spec = build_spec(
-        file_values,
-        {"datasets": datasets, "backbones": backbones, "recipes": recipes, "seeds": seeds, "data_dir": data_dir},
-    )
+    values = {"datasets": datasets, "backbones": backbones, "recipes": recipes, "seeds": seeds, "data_dir": data_dir}
+    spec = build_spec(file_values, values)
     name = Path(grid).stem if grid else None
     if list:
         for one in grid_cells(spec, Path(output), name):
             print(f"{one.index:>4}  {one.experiment}  {describe(one)}")
         return 0
-    cells = run_grid(spec, output, name, progress=show_progress(progress), jobs=jobs, cell=cell)
+    if launcher == "local":
+        cells = run_grid(spec, output, name, progress=show_progress(progress), jobs=jobs, cell=cell)
+    else:
+        given = {**values, "output": output, "grid": grid}
+        grid_args = [arg for key, value in given.items() if value is not None for arg in (f"--{key}", str(value))]
+        resources = Resources(cpus_per_cell, gpus_per_cell, timeout_min, slurm_partition)
+        cluster = "local" if launcher == "submitit_local" else None
+        cells = submit_grid(spec, grid_args, fit_args or [], resources, output, name, cluster, cell=cell)
     return 1 if any(one.status == "failed" for one in cells) else 0
 
 
