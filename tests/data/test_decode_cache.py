@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from tests.conftest import make_image
-from tlbench.data.decode_cache import DecodedImageCache, prune
+from tlbench.cache import Cache
+from tlbench.data.decode_cache import DecodedImageCache
 from tlbench.data.images import load_rgb
 from tlbench.data.transforms import Preprocessing, eval_transform
 
@@ -58,5 +59,5 @@ def test_prune_deletes_least_recently_used_first_down_to_the_limit(tmp_path, mon
         os.utime(paths[name], (1000 + age, 1000 + age))
     limit = paths["mid"].stat().st_size + paths["new"].stat().st_size
     monkeypatch.setenv("TLBENCH_CACHE_DECODED_LIMIT", str(limit))
-    assert prune() == 1
+    assert Cache("decoded").prune() == 1
     assert sorted(name for name, path in paths.items() if path.exists()) == ["mid", "new"]

@@ -23,9 +23,9 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from tlbench.cache import Cache
 from tlbench.data.audit import preflight, scan_files
 from tlbench.data.decode_cache import DecodedImageCache
-from tlbench.data.decode_cache import prune as prune_decoded
 from tlbench.data.discover import check_root, files_under
 from tlbench.data.images import is_image_file, load_rgb
 from tlbench.data.split import (
@@ -385,7 +385,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.prepare_split()
         if self.decode_cache:
-            prune_decoded()
+            Cache("decoded").prune()
         if self.preprocessing is None:
             module = self.trainer.lightning_module if self.trainer is not None else None
             self.preprocessing = getattr(module, "preprocessing", None) or Preprocessing()

@@ -56,8 +56,3 @@ class DecodedImageCache:
             image = shrink_short_side(load_rgb(path), self.short_side, self.interpolation)
             self.cache.put(key, _to_bytes(image))
         return image
-
-
-def prune() -> int:
-    """Evict least recently used decoded images down to the limit; returns how many were deleted."""
-    return Cache("decoded").prune()
