@@ -523,13 +523,20 @@ class GridRun:
         progress: bool,
     ) -> None:
         self.spec, self.output, self.status, self.cells = spec, output, status, cells
-        self.claims, self.pool, self.echo = claims, pool, echo
+        self.claims, self.pool, self._echo = claims, pool, echo
+        self.echo_lock = threading.Lock()
         self.progress = progress and pool.jobs == 1  # one live line cannot show several cells
         self.lock = threading.Lock()
         self.cancel = threading.Event()
         self.durations: list[float] = []
         self.total = 0
         self.start = time.monotonic()
+
+    def echo(self, line: str) -> None:
+        """One whole line at a time: ``print`` writes the text and its newline separately, so two worker threads
+        echoing at once could otherwise glue their lines together."""
+        with self.echo_lock:
+            self._echo(line)
 
     def write_status(self) -> None:
         with self.lock:

@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,3 +244,22 @@ def test_an_error_in_a_pool_worker_stops_the_grid_and_reaches_the_user(jobs, mon
         with pytest.raises(TLBenchError, match="No space left on device"):
             grid.run(cells)
     assert len(started) <= jobs, "the other workers must stop taking cells"
+
+
+def test_worker_threads_echo_whole_lines(tmp_path):
+    """``print`` writes a line's text and its newline separately: two cells starting at once once printed
+    "beta ...: running on vm pid 29681alpha ...: running on vm pid 29681" (CI, stop 28)."""
+    written: list[str] = []
+
+    def slow_print(line: str) -> None:  # print's two writes, with the window between them widened
+        written.append(line)
+        time.sleep(0.01)
+        written.append("\n")
+
+    run = GridRun(None, tmp_path, tmp_path, [], None, Pool(2, budget=2), slow_print, progress=False)
+    threads = [threading.Thread(target=run.echo, args=(f"cell {index}: running",)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted("".join(written).splitlines()) == [f"cell {index}: running" for index in range(8)]
