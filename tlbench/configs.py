@@ -1,19 +1,23 @@
 """Config lookup: where a config name, a grid file or a dataset x backbone recipe is found.
 
 Every command that takes a config resolves it here, so ``dogs_vgg19``, ``dogs_vgg19.yaml`` and a path mean the
-same thing everywhere: a path that exists wins, then ``./configs/``, then the ``configs/`` shipped with tlbench.
+same thing everywhere: a path that exists wins, then ``./configs/``, then the configs shipped inside the package
+(``tlbench/shipped_configs``, which the checkout's top-level ``configs`` links to), so a wheel install finds them too.
 """
 
 from __future__ import annotations
 
 import re
+from importlib import resources
 from pathlib import Path
 
 import yaml
 
 from tlbench.errors import TLBenchError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# A real folder, not only a Traversable: LightningCLI and jsonargparse are handed file paths (tlbench is never run
+# from a zip archive).
+CONFIGS = Path(str(resources.files("tlbench") / "shipped_configs"))
 GRID_KEYS = ("data_dir", "datasets", "backbones", "recipes", "seeds", "overrides")
 
 
