@@ -11,6 +11,7 @@ import io
 import sys
 from collections.abc import Callable, Sequence
 
+from tlbench.console import quiet_console
 from tlbench.errors import TLBenchError
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -81,6 +82,7 @@ def _print_any_file_name() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _print_any_file_name()
+    quiet_console()
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0

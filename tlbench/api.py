@@ -35,7 +35,9 @@ from tlbench.rundir import experiment_name, install_run_logger, read_metrics, ru
 
 # Trainer settings of every tlbench run, the CLI's included: log each step of small datasets, and no sanity
 # validation (the head phase's first validation runs on cached features that do not exist yet).
-TRAINER_DEFAULTS = {"log_every_n_steps": 1, "num_sanity_val_steps": 0}
+# Lightning's model table is off: 20 lines per fit saying what the run's layout line and summary table already say
+# (--trainer.enable_model_summary true brings it back).
+TRAINER_DEFAULTS = {"log_every_n_steps": 1, "num_sanity_val_steps": 0, "enable_model_summary": False}
 
 
 @dataclass(frozen=True)

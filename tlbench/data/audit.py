@@ -171,6 +171,21 @@ class PreflightResult:
     skipped: list[tuple[str, str]]
     problems: list[str]
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    duplicates_dropped: int = 0
+
+    def summary(self, report_dir: str | Path | None) -> str:
+        """The one console line about the data: what trains, what was set aside, and where the details are
+        (one warning per duplicate pair drowned a fit's output)."""
+        counts = self.table.label.value_counts()
+        unusable = len(self.skipped) - self.duplicates_dropped
+        line = (
+            f"{len(self.table)} images in {len(counts)} classes ({counts.min()} to {counts.max()} per class);"
+            f" {unusable} unusable file(s) skipped, {self.duplicates_dropped} duplicate(s) across splits dropped,"
+            f" {len(self.problems)} duplicate group(s) within a split kept"
+        )
+        if report_dir is not None and (self.skipped or self.problems):
+            line += f" (see {Path(report_dir) / 'bad_files.csv'} and duplicates.csv)"
+        return line
 
 
 def perceptual_hash(image: Image.Image) -> int:
@@ -474,4 +489,4 @@ def preflight(
             f"classes {sorted(lost)} have no usable training image left after skipping {len(skipped)} file(s)"
         )
     problems = [f"duplicate images, {group.describe()}" for group in groups if group not in leaks]
-    return PreflightResult(kept, skipped, problems, {path: scans[path].size for path in kept.path})
+    return PreflightResult(kept, skipped, problems, {path: scans[path].size for path in kept.path}, len(dropped))

@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tlbench.cache import Cache
+from tlbench.console import warn
 from tlbench.data.audit import preflight, scan_files
 from tlbench.data.decode_cache import DecodedImageCache
 from tlbench.data.discover import check_root, files_under
@@ -348,8 +348,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
             progress=progress,
             allow_external_links=self.allow_external_links,
         )
-        for problem in checked.problems:
-            rank_zero_warn(f"{root}: {problem}")
+        if trainer is None or trainer.is_global_zero:
+            print(f"{root}: {checked.summary(report_dir)}")
         self.skipped = checked.skipped
         self.image_sizes = checked.sizes
         self.table = checked.table
@@ -368,14 +368,14 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def _warn_if_imbalanced(self) -> None:
         note = imbalance_note(self.prepare_split())
         if note:
-            rank_zero_warn(note)
+            warn(note)
 
     def _warn_if_small(self) -> None:
         """One warning for all images far below the network's input: they are upscaled, so blurred."""
         input_size = self.preprocessing.input_size
         small = [min(size) for size in self.image_sizes.values() if size and min(size) < input_size * SMALL_IMAGE_RATIO]
         if small:
-            rank_zero_warn(
+            warn(
                 f"{len(small)} of {len(self.image_sizes)} images have a shorter side under"
                 f" {input_size * SMALL_IMAGE_RATIO:g} px (smallest {min(small)} px): they are upscaled to the"
                 f" {input_size} px input, which blurs them; a smaller --model.input_size (or a backbone made for small"
@@ -466,7 +466,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             skipped = [(path, "not an image file") for path in files if path not in scans]
             skipped += [(path, scan.reason) for path, scan in scans.items() if scan.reason]
             for path, reason in skipped:
-                rank_zero_warn(f"{folder / path}: skipped, {reason}")
+                warn(f"{folder / path}: skipped, {reason}")
             usable = [str((folder / path).resolve()) for path, scan in scans.items() if not scan.reason]
             if not usable:
                 raise TLBenchError(f"--data.predict_dir {folder} holds no usable image (.jpg, .png, .bmp, .webp, .tif)")

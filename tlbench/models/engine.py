@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from tlbench.cache import Cache
+from tlbench.console import warn
 from tlbench.errors import TLBenchError
 from tlbench.models.backbones import evaluating
 from tlbench.models.feature_cache import weights_digest
@@ -246,4 +246,4 @@ class Engine:
         self.name = "torch"
         self.fallback_reason = reason
         self._session = None
-        rank_zero_warn(f"ONNX Runtime not used for the {self.label}: {reason}; running it in torch")
+        warn(f"ONNX Runtime not used for the {self.label}: {reason}; running it in torch")
