@@ -226,3 +226,32 @@ def test_module_defaults_are_the_default_recipe():
     defaults = {name: p.default for name, p in inspect.signature(TransferLearningModule).parameters.items()}
     assert {name: defaults[name] for name in recipe} == recipe
     assert inspect.signature(api.fit).parameters["backbone"].default == recipe["backbone"]
+
+
+def every_command() -> list[list[str]]:
+    from tlbench.__main__ import COMMANDS, LIGHTNING_CLI_COMMANDS, LIGHTNING_SUBCOMMANDS
+
+    words = [[name] for name in (*LIGHTNING_SUBCOMMANDS, *LIGHTNING_CLI_COMMANDS)]
+    for name, target in COMMANDS.items():
+        words += [[name, *([sub] if sub else [])] for sub in target] if isinstance(target, dict) else [[name]]
+    return words
+
+
+@pytest.mark.parametrize("words", every_command(), ids=" ".join)
+def test_every_usage_line_names_tlbench_and_the_command(words, capsys):
+    """Usage lines said ``__main__.py`` (argparse names the program after ``sys.argv[0]``)."""
+    from tlbench.__main__ import main
+
+    with pytest.raises(SystemExit) as exit:
+        main([*words, "--help"])
+    usage = capsys.readouterr().out.splitlines()[0]
+    assert exit.value.code == 0
+    expected = "usage: tlbench [options] " if words[0] in ("fit", "validate", "test", "predict") else "usage: tlbench "
+    assert usage.startswith(expected + " ".join(words) + " "), usage
+
+
+def test_version(capsys):
+    from tlbench import __version__
+    from tlbench.__main__ import main
+
+    assert main(["--version"]) == 0 and capsys.readouterr().out == f"tlbench {__version__}\n"

@@ -43,7 +43,11 @@ COMMANDS: dict[str, str | dict[str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: python -m tlbench COMMAND [ARGS]", "", "Lightning commands (LightningCLI, --help for options):"]
+    lines = [
+        "usage: tlbench COMMAND [ARGS]   (or python -m tlbench)",
+        "",
+        "Lightning commands (LightningCLI, --help for options):",
+    ]
     lines += [f"  {name}" for name in (*LIGHTNING_SUBCOMMANDS, *LIGHTNING_CLI_COMMANDS)]
     lines += ["", "Other commands:"]
     for name, target in COMMANDS.items():
@@ -54,9 +58,10 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _resolve(argv: Sequence[str]) -> tuple[Callable, list[str]] | None:
+def _resolve(argv: Sequence[str]) -> tuple[Callable, list[str], str] | None:
+    """The command's function, its arguments, and the words that name it (``grid status``) for its usage line."""
     target = COMMANDS.get(argv[0])
-    rest = list(argv[1:])
+    rest, words = list(argv[1:]), [argv[0]]
     if isinstance(target, dict):
         if (not rest or rest[0] not in target) and "" in target:
             rest = ["", *rest]
@@ -65,11 +70,12 @@ def _resolve(argv: Sequence[str]) -> tuple[Callable, list[str]] | None:
                 f"'{argv[0]}' needs one of: {', '.join(target)}"
                 f" (e.g. python -m tlbench {argv[0]} {next(iter(target))} --help)"
             )
+        words += [rest[0]] if rest[0] else []
         target, rest = target[rest[0]], rest[1:]
     if target is None:
         return None
     module_name, function_name = target.split(":")
-    return getattr(importlib.import_module(module_name), function_name), rest
+    return getattr(importlib.import_module(module_name), function_name), rest, " ".join(["tlbench", *words])
 
 
 def _print_any_file_name() -> None:
@@ -86,6 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
+    if argv[0] == "--version":
+        from tlbench import __version__
+
+        print(f"tlbench {__version__}")
+        return 0
     try:
         if argv[0] in LIGHTNING_SUBCOMMANDS:
             from tlbench.commands.fit import run_lightning_cli
@@ -98,10 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         resolved = _resolve(argv)
         if resolved is None:
             raise TLBenchError(f"unknown command '{argv[0]}'; run 'python -m tlbench --help' for the list")
-        function, rest = resolved
+        function, rest, prog = resolved
         from tlbench.commands import run_command
 
-        return run_command(function, rest)
+        return run_command(function, rest, prog)
     except TLBenchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -110,8 +110,9 @@ def _pass_through(function: Callable, rest: list[str]) -> list[str]:
     return [*rest[:split], f"--{PASSTHROUGH_PARAMETER}", json.dumps(rest[split + 1 :])]
 
 
-def run_command(function: Callable, args: list[str]) -> int:
-    """Parse ``args`` for ``function``, call it, and return its exit status (0 unless it returns an int).
+def run_command(function: Callable, args: list[str], prog: str = "tlbench") -> int:
+    """Parse ``args`` for ``function``, call it, and return its exit status (0 unless it returns an int); ``prog``
+    names the command in its usage line (``tlbench grid status``, not ``__main__.py``).
 
     A wrong flag or value is one error line like any other bad input, not argparse's usage block.
     """
@@ -122,7 +123,7 @@ def run_command(function: Callable, args: list[str]) -> int:
     args = _fit_config_flag(function, _undot(function, _pass_through(function, args)))
     args = _optional_first_positional(function, _gather_list_positional(function, args))
     try:
-        result = auto_cli(function, args=args, as_positional=True, exit_on_error=False)
+        result = auto_cli(function, args=args, as_positional=True, exit_on_error=False, prog=prog)
     except ArgumentError as error:
         raise TLBenchError(f"{one_line(str(error))}; --help lists the options") from None
     return result if isinstance(result, int) else 0

@@ -57,7 +57,7 @@ def describe_data_change(previous: pd.DataFrame, current: pd.DataFrame) -> str:
 
 
 class TLBenchCLI(LightningCLI):
-    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+    def __init__(self, args: list[str] | None = None, run: bool = True, prog: str = "tlbench") -> None:
         self.resume_version: int | None = None
         try:
             super().__init__(
@@ -66,7 +66,8 @@ class TLBenchCLI(LightningCLI):
                 trainer_defaults=TRAINER_DEFAULTS,
                 seed_everything_default=0,
                 save_config_kwargs={"overwrite": True},
-                parser_kwargs={"exit_on_error": False},  # a bad flag or config key: one error line (run_lightning_cli)
+                # a bad flag or config key: one error line (run_lightning_cli); usage lines say tlbench, not __main__.py
+                parser_kwargs={"exit_on_error": False, "prog": prog},
                 auto_configure_optimizers=False,  # a top-level optimizer would train every parameter, breaking freezing
                 args=args,
                 run=run,

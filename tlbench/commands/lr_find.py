@@ -19,7 +19,7 @@ from tlbench.tuning import find_learning_rates
 def lr_find(args: list[str]) -> int:
     """Print the suggested ``head_lr`` and ``finetune_lr`` beside the configured ones and plot each range test
     to ``lightning_logs/lr_find/<experiment>/``."""
-    cli = TLBenchCLI(args=resolve_config_args(args), run=False)
+    cli = TLBenchCLI(args=resolve_config_args(args), run=False, prog="tlbench lr_find")
     plot_dir = Path(cli.trainer.default_root_dir) / default_output("lr_find", cli.experiment_name())
     # The searches are fits: their run folders, checkpoints and Lightning's own scratch checkpoint go to a folder
     # thrown away afterwards, so lr_find never leaves a half run among the real ones.
