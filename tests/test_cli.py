@@ -255,3 +255,16 @@ def test_version(capsys):
     from tlbench.__main__ import main
 
     assert main(["--version"]) == 0 and capsys.readouterr().out == f"tlbench {__version__}\n"
+
+
+@pytest.mark.parametrize("command", [["data", "info"], ["data", "audit", "--output", "audit"]], ids=" ".join)
+def test_a_dataset_folder_is_data_root_in_every_command(command, tiny_dataset, tmp_path, capsys, monkeypatch):
+    """``fit --data.root DIR`` and ``data info DIR`` named one thing two ways; ``--data.root`` now works everywhere."""
+    from tlbench.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    outputs = []
+    for where in ([str(tiny_dataset)], ["--data.root", str(tiny_dataset)], [f"--data.root={tiny_dataset}"]):
+        assert main([*command, *where]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] == outputs[2] and "class_0" in outputs[0]

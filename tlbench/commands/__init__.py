@@ -56,6 +56,28 @@ def _fit_config_flag(function: Callable, args: list[str]) -> list[str]:
     ]
 
 
+def _named_positionals(function: Callable, args: list[str]) -> list[str]:
+    """A required (so positional) parameter given as a flag, ``data info --data.root DIR`` (``--root DIR`` after
+    ``_undot``), as the positional word it is: every command then takes the data folder as ``--data.root`` like
+    ``fit``, besides the shorter ``data info DIR``."""
+    required = [name for name, p in inspect.signature(function).parameters.items() if p.default is p.empty]
+    named, rest, i = {}, [], 0
+    while i < len(args):
+        flag, equals, value = args[i].partition("=")
+        if flag[2:] in required and flag.startswith("--") and (equals or i + 1 < len(args)):
+            named[flag[2:]] = value if equals else args[i + 1]
+            i += 1 if equals else 2
+            continue
+        rest.append(args[i])
+        i += 1
+    if not named or {"-h", "--help"} & set(args):
+        return args
+    words = iter([rest[index] for index in _positional_indices(rest)])
+    ordered = [named[name] if name in named else next(words, None) for name in required]
+    flags = [arg for index, arg in enumerate(rest) if index not in _positional_indices(rest)]
+    return [*flags, *[word for word in ordered if word is not None], *words]
+
+
 def _positional_indices(args: list[str]) -> list[int]:
     """Indices of the positional words of ``args``; every ``--flag`` takes a value (``--flag V``, ``--flag=V``)."""
     positional, i = [], 0
@@ -120,7 +142,7 @@ def run_command(function: Callable, args: list[str], prog: str = "tlbench") -> i
 
     from jsonargparse import auto_cli
 
-    args = _fit_config_flag(function, _undot(function, _pass_through(function, args)))
+    args = _fit_config_flag(function, _named_positionals(function, _undot(function, _pass_through(function, args))))
     args = _optional_first_positional(function, _gather_list_positional(function, args))
     try:
         result = auto_cli(function, args=args, as_positional=True, exit_on_error=False, prog=prog)
