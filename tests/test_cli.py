@@ -1,6 +1,7 @@
 """``python -m tlbench fit/test`` end to end on tiny generated images, as a user types them."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -268,3 +269,27 @@ def test_a_dataset_folder_is_data_root_in_every_command(command, tiny_dataset, t
         assert main([*command, *where]) == 0
         outputs.append(capsys.readouterr().out)
     assert outputs[0] == outputs[1] == outputs[2] and "class_0" in outputs[0]
+
+
+def test_fit_dash_h_is_short_and_names_real_options_with_their_defaults(capsys):
+    from tlbench.__main__ import main
+
+    assert main(["fit", "-h"]) == 0
+    short = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    full = capsys.readouterr().out
+    options = re.findall(r"^  (--[\w.]+)", short, re.MULTILINE)
+    assert 12 <= len(options) <= 20 and len(short.splitlines()) <= 25 and len(full.splitlines()) > 300
+    assert [option for option in options if option not in full] == []
+    assert "--model.backbone NAME     timm name or embedded offline weights (default efficientnet_lite2)" in short
+    assert "(default 10)" in short  # head_epochs, read from the module's signature
+
+
+def test_ckpt_path_help_says_what_tlbench_does_with_last(capsys):
+    from tlbench.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "or 'last': the newest run of this experiment, from its last.ckpt" in help_text

@@ -152,3 +152,16 @@ def test_configure_ddp_wraps_the_lightning_module_again(one_process_group):
     strategy.configure_ddp()
     assert isinstance(strategy.model, DistributedDataParallel) and strategy.model is not first
     assert strategy.model.module is model and strategy.lightning_module is model
+
+
+def test_the_private_subcommand_parser_hook_tlbench_overrides_keeps_its_signature():
+    """TLBenchCLI overrides the private ``LightningCLI._prepare_subcommand_parser(klass, subcommand, **kwargs)`` to
+    reword ``--ckpt_path``; tests/test_cli.py::test_ckpt_path_help_says_what_tlbench_does_with_last checks the
+    result through the real CLI."""
+    import inspect
+
+    from pytorch_lightning.cli import LightningCLI
+
+    parameters = inspect.signature(LightningCLI._prepare_subcommand_parser).parameters
+    assert list(parameters) == ["self", "klass", "subcommand", "kwargs"]
+    assert parameters["kwargs"].kind is inspect.Parameter.VAR_KEYWORD

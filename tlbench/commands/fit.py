@@ -39,6 +39,32 @@ from tlbench.rundir import (
 
 # --ckpt_path values Lightning resolves itself rather than reading as a file.
 LIGHTNING_CHECKPOINT_NAMES = ("best", "last", "hpc", "registry")
+# What --ckpt_path means in tlbench, replacing Lightning's text about its own checkpoint names.
+CKPT_PATH_HELP = {
+    "fit": "resume from this checkpoint, or 'last': the newest run of this experiment, from its last.ckpt"
+    " (refused if the data changed since; --force resumes anyway)",
+    "test": "the checkpoint to test (default, with --config RUN/config.yaml: that run's final model)",
+}
+# ``fit -h``: the options most runs set; ``fit --help`` lists all of them.
+SHORT_FIT_HELP = """usage: tlbench fit [--config NAME|PATH] [--data.root DIR] [OPTIONS]   (fit --help: every option)
+
+  --config NAME|PATH        a shipped config (birds_efficientnet_lite2.yaml) or your own YAML
+  --data.root DIR           the image folder (class folders, train/val/test folders, or a labels CSV)
+  --data.dedupe BOOL        drop duplicate images that span train/val/test instead of refusing (default false)
+  --data.batch_size N       images per batch (default {data.batch_size})
+  --model.backbone NAME     timm name or embedded offline weights (default {model.backbone})
+  --model.head_epochs N     epochs of the new head on the frozen backbone (default {model.head_epochs})
+  --model.finetune_epochs N fine-tuning epochs; 0 = head only (default: the budget rule)
+  --model.unfreeze_blocks N top block groups fine-tuned; -1 = all (default {model.unfreeze_blocks})
+  --model.input_size PX     input side (default: the backbone's)
+  --model.engine NAME       auto | torch | onnxruntime for passes with no gradient (default {model.engine})
+  --seed_everything N       seed of initialisation, batch order, augmentation (default 0)
+  --trainer.accelerator A   cpu | gpu | auto (default auto)
+  --trainer.devices N       devices to use (default auto)
+  --trainer.precision P     32 | 16-mixed | bf16-mixed (default 32)
+  --ckpt_path last          resume the newest run of this experiment from its last.ckpt
+  --print_config            print the resolved config and exit
+"""
 
 
 def describe_data_change(previous: pd.DataFrame, current: pd.DataFrame) -> str:
@@ -78,6 +104,14 @@ class TLBenchCLI(LightningCLI):
             if getattr(self, "trainer", None) is not None and self.trainer.interrupted:
                 raise KeyboardInterrupt from None
             raise
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any):
+        """Lightning's parser for ``subcommand`` with ``--ckpt_path`` explained as tlbench reads it (Lightning has no
+        public hook for a method argument's help; tests/test_lightning_contract.py guards this one)."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in CKPT_PATH_HELP:
+            parser._option_string_actions["--ckpt_path"].help = CKPT_PATH_HELP[subcommand]
+        return parser
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
@@ -162,8 +196,23 @@ class TLBenchCLI(LightningCLI):
             )
 
 
-def run_lightning_cli(argv: list[str]) -> TLBenchCLI:
-    """Run LightningCLI on ``argv`` as if typed (it reads ``sys.argv`` itself; passing ``args`` too only warns)."""
+def short_fit_help() -> str:
+    """``SHORT_FIT_HELP`` with the defaults read from the module and data module, so it cannot drift from them."""
+    import inspect
+    from types import SimpleNamespace
+
+    def defaults(cls: type) -> SimpleNamespace:
+        return SimpleNamespace(**{name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()})
+
+    return SHORT_FIT_HELP.format(model=defaults(TransferLearningModule), data=defaults(ImageFolderDataModule))
+
+
+def run_lightning_cli(argv: list[str]) -> TLBenchCLI | None:
+    """Run LightningCLI on ``argv`` as if typed (it reads ``sys.argv`` itself; passing ``args`` too only warns);
+    ``fit -h`` prints the short help instead (None)."""
+    if argv[:1] == ["fit"] and "-h" in argv:
+        print(short_fit_help(), end="")
+        return None
     ckpt_path = next((value for flag, value in zip(argv, argv[1:]) if flag == "--ckpt_path"), None)
     ckpt_path = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--ckpt_path=")), ckpt_path)
     if ckpt_path and ckpt_path not in LIGHTNING_CHECKPOINT_NAMES:
