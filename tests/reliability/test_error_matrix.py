@@ -11,14 +11,18 @@ Lightning's own commands (fit, test, predict) may log Lightning's info lines (``
 for them the error is the last line and the only ``error:`` line (a bad data root or predict folder is refused
 before the Trainer exists, so only the seed line precedes it). Every other command prints the error line alone.
 
-Each case gets its own folder (inputs under ``in/``, the command's working directory ``cwd/``). The cases run as
-separate processes, a few at a time, in one module fixture: a process costs seconds of imports, the errors
-themselves milliseconds.
+Each case gets its own folder (inputs under ``in/``, the command's working directory ``cwd/``). The cases run in
+one module fixture. Lightning's commands (whose seed line and device report go through logging handlers bound to
+the real stderr) and the unreadable-file cases (which need a process without root's file-mode override) run as
+``python -m tlbench`` processes, a few at a time; every other case calls ``tlbench.__main__.main`` in this process,
+its stdout, stderr and warnings captured, an escaping exception recorded as the traceback a user would see: a
+process costs seconds of imports, the errors themselves milliseconds.
 """
 
 from __future__ import annotations
 
 import ctypes
+import io
 import json
 import os
 import shutil
@@ -26,8 +30,11 @@ import stat
 import subprocess
 import sys
 import tempfile
+import traceback
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
@@ -35,6 +42,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY_FIT_ARGS, make_dataset, make_image, tlbench_env
+from tlbench.__main__ import main
 
 LIGHTNING = ("fit", "test", "predict")
 # Root reads a chmod 000 file through CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH; CI runs as root, so the commands
@@ -368,21 +376,48 @@ class Outcome:
     result: subprocess.CompletedProcess
 
 
+def in_a_process(case: Case) -> bool:
+    return case.args[0] in LIGHTNING or case.unreadable
+
+
+def _run_in_process(args: list[str], folder: Path) -> subprocess.CompletedProcess:
+    """``main(args)`` in ``folder`` as the command line would run it; warnings printed after its output."""
+    stdout, stderr, previous = io.StringIO(), io.StringIO(), Path.cwd()
+    os.chdir(folder)
+    try:
+        with redirect_stdout(stdout), redirect_stderr(stderr), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            try:
+                status = main(args)
+            except SystemExit as exit:
+                status = exit.code if isinstance(exit.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+                status = 1
+    finally:
+        os.chdir(previous)
+    shown = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught)
+    return subprocess.CompletedProcess(args, status, stdout.getvalue(), stderr.getvalue() + shown)
+
+
 def _run(case: Case, folder: Path, trained: Path) -> Outcome:
     inputs = folder / "in"
     inputs.mkdir(parents=True)
     placeholders = case.build(inputs, trained)
     args = [arg.format(**{k: str(v) for k, v in placeholders.items()}) for arg in case.args]
     before = files_below(folder)
-    result = subprocess.run(
-        [sys.executable, "-m", "tlbench", *args],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=tlbench_env({"OMP_NUM_THREADS": "1"}),
-        preexec_fn=drop_file_permission_override if hasattr(os, "geteuid") and os.geteuid() == 0 else None,
-    )
+    if not in_a_process(case):
+        result = _run_in_process(args, folder)
+    else:
+        result = subprocess.run(
+            [sys.executable, "-m", "tlbench", *args],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=tlbench_env({"OMP_NUM_THREADS": "1"}),
+            preexec_fn=drop_file_permission_override if hasattr(os, "geteuid") and os.geteuid() == 0 else None,
+        )
     for path in folder.rglob("*"):  # let the fixture's cleanup remove what the case made unreadable
         path.chmod(path.stat().st_mode | stat.S_IRWXU)
     return Outcome(case, placeholders, before, files_below(folder), result)
@@ -390,12 +425,16 @@ def _run(case: Case, folder: Path, trained: Path) -> Outcome:
 
 @pytest.fixture(scope="module")
 def outcomes(tiny_run, tmp_path_factory) -> dict[str, Outcome]:
-    """Every runnable case, run a few processes at a time."""
+    """Every runnable case: the processes a few at a time while this thread runs the in-process ones in turn."""
     base = tmp_path_factory.mktemp("matrix")
     runnable = [case for case in CASES if MODES_BIND or not case.unreadable]
+    folder = {case.id: base / case.id.replace(":", "_") for case in runnable}
     with ThreadPoolExecutor(PARALLEL) as pool:
-        futures = {case.id: pool.submit(_run, case, base / case.id.replace(":", "_"), tiny_run) for case in runnable}
-    return {name: future.result() for name, future in futures.items()}
+        futures = {
+            case.id: pool.submit(_run, case, folder[case.id], tiny_run) for case in runnable if in_a_process(case)
+        }
+        done = {case.id: _run(case, folder[case.id], tiny_run) for case in runnable if not in_a_process(case)}
+    return {**done, **{name: future.result() for name, future in futures.items()}}
 
 
 def error_line(outcome: Outcome) -> str:
