@@ -33,6 +33,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "download": "tlbench.commands.download:download",
         "audit": "tlbench.commands.audit:audit",
     },
+    "explain": "tlbench.commands.explain:explain",
     "export": "tlbench.commands.export:export",
     "serve": "tlbench.commands.serve:serve",
     "grid": {"": "tlbench.commands.grid:grid", "status": "tlbench.commands.grid:status"},

@@ -5,6 +5,8 @@
     print(run.metrics["phases"]["finetune"]["test_acc"], run.dir)
     model = tlbench.load(run.dir)            # run dir, checkpoint or export bundle
     print(model.predict(["a.jpg", "b.jpg"]))  # labels + probabilities
+    for item in model.explain(["a.jpg"]):      # Grad-CAM heatmaps (needs tlbench[explain])
+        print(item.label, item.peak)
 
 ``fit`` builds the same module, datamodule and trainer as ``python -m tlbench fit`` and writes the same run
 directory; every keyword is a ``TransferLearningModule`` or ``ImageFolderDataModule`` argument (the CLI's
@@ -26,6 +28,7 @@ from PIL import Image
 from tlbench.data.datamodule import ImageFolderDataModule
 from tlbench.data.images import ImageLoadError, load_rgb
 from tlbench.errors import TLBenchError
+from tlbench.explain import Explainer, Explanation, load_images
 from tlbench.models.backbones import DEFAULT_BACKBONE
 from tlbench.models.engine import EngineName
 from tlbench.models.inference import Predictor
@@ -127,6 +130,7 @@ class Model:
     def __init__(self, trained: TrainedModel, batch_size: int = 32, engine: EngineName = "auto") -> None:
         self.trained = trained
         self.predictor = Predictor(trained, batch_size, engine)
+        self._explainer: Explainer | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -151,6 +155,18 @@ class Model:
             best = max(range(len(row)), key=row.__getitem__)
             results.append(Prediction(name, self.classes[best], row[best], dict(zip(self.classes, row))))
         return results
+
+    def explain(self, images: list[str | Path | Image.Image], batch_size: int = 16) -> list[Explanation]:
+        """Grad-CAM of each image's predicted class: label, probability, ``heatmap`` over the original image
+        (0..1), ``peak`` and ``overlay()``. Runs in torch whatever ``engine`` predicts (it needs gradients); the
+        images are held in memory, so pass a few at a time (``tlbench explain`` streams a folder to PNGs)."""
+        if self._explainer is None:
+            self._explainer = Explainer.of(self.trained.model)
+        paths = [image for image in images if not isinstance(image, Image.Image)]
+        loaded = iter(load_images([Path(path).expanduser() for path in paths]))
+        pictures = [image.convert("RGB") if isinstance(image, Image.Image) else next(loaded) for image in images]
+        names = ["<image>" if isinstance(image, Image.Image) else str(image) for image in images]
+        return self._explainer.explain(pictures, names, batch_size)
 
 
 def load(path: str | Path, phase: str | None = None, engine: EngineName = "auto") -> Model:

@@ -1,8 +1,8 @@
 """``RunRecorder``: the run directory contract (split.csv, history.csv, predictions_<phase>.csv, metrics.json).
 
 Each tested phase also gets its evaluation report (``evaluation.runs.evaluate_phase``: classification report,
-confusion matrix, reliability diagram, top losses), and with ``--model.tta true`` a second, separately named
-set for the test-time-augmented predictions.
+confusion matrix, reliability diagram, top losses with Grad-CAM overlays when Captum is installed), and with
+``--model.tta true`` a second, separately named set for the test-time-augmented predictions.
 
 Phase times and the epoch history are part of the callback state, so a resumed run reports the time and
 curves of the whole run, not of the part after the restart.
@@ -21,6 +21,7 @@ from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from tlbench.evaluation.runs import evaluate_phase
+from tlbench.explain import Explainer, captum_available
 from tlbench.io import write_csv
 from tlbench.rundir import checkpoint_dir, run_dir, update_metrics, write_metrics
 
@@ -181,7 +182,8 @@ class RunRecorder(pl.Callback):
         )
         out = run_dir(trainer)
         write_csv(out / f"predictions_{name}.csv", predictions)
-        result = evaluate_phase(predictions, classes, out, name, datamodule.root, datamodule.test_on)
+        overlays = Explainer.of(trainer.lightning_module).overlays if captum_available() else None
+        result = evaluate_phase(predictions, classes, out, name, datamodule.root, datamodule.test_on, overlays)
         return {**result, "predictions": f"predictions_{name}.csv"}
 
     @staticmethod

@@ -52,6 +52,7 @@ def evaluate_predictions(
     split: str = "test",
     n_resamples: int = 2000,
     seed: int = 0,
+    overlays: plots.Overlays | None = None,
 ) -> dict:
     """Metrics with 95% intervals for the ``split`` rows of ``table``, and the report files in ``out_dir``.
 
@@ -62,7 +63,8 @@ def evaluate_predictions(
     computed from the ``prob_<class>`` columns (top-1 confidence); the other metrics from ``pred_label``.
     Files: ``classification_report_<phase>.csv``, ``confusion_<phase>.csv`` (rows true, columns predicted),
     ``confusion_<phase>.png``, ``reliability_<phase>.png``, and ``top_losses_<phase>.png`` if ``data_root``
-    is given. The result holds only plain floats, ints, strings and lists, ready for ``json.dump``.
+    is given (with ``overlays``, its images show Grad-CAM heatmaps). The result holds only plain floats, ints,
+    strings and lists, ready for ``json.dump``.
     """
     rows = _rows_of_split(table, split)
     out_dir = Path(out_dir)
@@ -116,7 +118,7 @@ def evaluate_predictions(
     plots.plot_reliability_diagram(bin_table, ece, out_dir / artifacts["reliability_diagram"])
     if data_root is not None:
         artifacts["top_losses"] = f"top_losses_{phase}.png"
-        plots.plot_top_losses(rows, data_root, out_dir / artifacts["top_losses"])
+        plots.plot_top_losses(rows, data_root, out_dir / artifacts["top_losses"], overlays=overlays)
     result["artifacts"] = artifacts
     return result
 
@@ -137,6 +139,7 @@ def compare_phases(
     change: str = "fine-tuning",
     n_resamples: int = 2000,
     seed: int = 0,
+    overlays: plots.Overlays | None = None,
 ) -> dict:
     """Paired comparison of two prediction tables on the same ``split`` images (B relative to A).
 

@@ -1,4 +1,5 @@
-"""Evaluation plots as PNG files: confusion matrix, reliability diagram, learning curves, top losses.
+"""Evaluation plots as PNG files: confusion matrix, reliability diagram, learning curves, top losses, Grad-CAM
+overlays.
 
 Figures are built on ``matplotlib.figure.Figure`` and rendered by the Agg canvas, never through ``pyplot``:
 no global figure registry to leak memory across runs, no display backend needed on a headless server.
@@ -8,26 +9,34 @@ Every function writes its PNG atomically (see ``tlbench.io.atomic_path``) and re
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
 from tlbench.data.images import ImageLoadError, load_rgb
 from tlbench.io import atomic_path
 
 THUMBNAIL_SIZE = (256, 256)
 DPI = 120
+# Heatmap overlays from image files (None for a file that does not decode), e.g. ``explain.Explainer.overlays``.
+Overlays = Callable[[list[Path]], list["np.ndarray | None"]]
+HEATMAP_ALPHA = 0.6
 
 
 def _save(figure: Figure, path: str | Path) -> Path:
-    """Render ``figure`` with Agg into ``path`` atomically."""
+    """Render ``figure`` with Agg into ``path`` atomically, its title (if any) also as the PNG's ``Title`` text, so
+    a reader or a test can tell which figure a file holds without reading the pixels."""
     path = Path(path)
     FigureCanvasAgg(figure)
+    metadata = {"Title": figure.get_suptitle()} if figure.get_suptitle() else None
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=DPI)
+        figure.savefig(temporary, format="png", dpi=DPI, metadata=metadata)
     return path
 
 
@@ -148,21 +157,27 @@ def _wrong_by_confidence(table: pd.DataFrame) -> pd.DataFrame:
     return wrong.assign(wrong_prob=confidence).sort_values("wrong_prob", ascending=False, kind="stable")
 
 
-def plot_top_losses(table: pd.DataFrame, data_root: str | Path, path: str | Path, n: int = 12) -> Path:
+def plot_top_losses(
+    table: pd.DataFrame, data_root: str | Path, path: str | Path, n: int = 12, overlays: Overlays | None = None
+) -> Path:
     """Gallery of the ``n`` most confidently wrong images, captioned ``true / predicted (p)``.
 
     Confident mistakes are where label errors, near-duplicate classes and shortcut features show up; a
     low-probability mistake is usually just a hard image. Paths in ``table`` are relative to ``data_root``;
     an image that no longer decodes is shown as a captioned blank rather than failing the whole report.
-    With no mistakes the PNG says so, so the artefact always exists.
+    With no mistakes the PNG says so, so the artefact always exists. With ``overlays`` (Grad-CAM, when it is
+    installed) each image shows where the model looked for the wrong class: only these ``n`` are explained.
     """
-    return _save(top_losses_figure(table, data_root, n), path)
+    return _save(top_losses_figure(table, data_root, n, overlays), path)
 
 
 TOP_LOSSES_TITLE = "Most confidently wrong: true / predicted (p)"
+TOP_LOSSES_EXPLAINED = " with Grad-CAM of the predicted class"
 
 
-def top_losses_figure(table: pd.DataFrame, data_root: str | Path, n: int = 12) -> Figure:
+def top_losses_figure(
+    table: pd.DataFrame, data_root: str | Path, n: int = 12, overlays: Overlays | None = None
+) -> Figure:
     """The figure of ``plot_top_losses``, at least as wide as its title: one or two 3-inch panels are narrower
     than the title, which ``tight_layout`` leaves cut off at both edges rather than widening the figure."""
     worst = _wrong_by_confidence(table).head(n)
@@ -170,13 +185,15 @@ def top_losses_figure(table: pd.DataFrame, data_root: str | Path, n: int = 12) -
         figure = Figure(figsize=(4.0, 1.5))
         figure.text(0.5, 0.5, "no misclassified images", ha="center", va="center", fontsize=12)
         return figure
+    paths = [Path(data_root) / row_path for row_path in worst.path]
+    shown = overlays(paths) if overlays is not None else [None] * len(paths)
     columns = min(4, len(worst))
     rows = math.ceil(len(worst) / columns)
     figure = Figure(figsize=(3.0 * columns, 3.2 * rows))
     axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
-    for ax, row in zip(axes, worst.itertuples(index=False)):
+    for ax, row, image_path, overlay in zip(axes, worst.itertuples(index=False), paths, shown):
         try:
-            image = load_rgb(Path(data_root) / row.path)
+            image = load_rgb(image_path) if overlay is None else Image.fromarray(overlay)
             image.thumbnail(THUMBNAIL_SIZE)
             ax.imshow(image)
         except ImageLoadError as error:
@@ -184,11 +201,34 @@ def top_losses_figure(table: pd.DataFrame, data_root: str | Path, n: int = 12) -
         ax.set_title(f"{row.true_label} / {row.pred_label} ({row.wrong_prob:.2f})", fontsize=9)
     for ax in axes:
         ax.axis("off")
-    title = figure.suptitle(TOP_LOSSES_TITLE)
+    explained = overlays is not None and any(overlay is not None for overlay in shown)
+    title = figure.suptitle(TOP_LOSSES_TITLE + (TOP_LOSSES_EXPLAINED if explained else ""))
     title_width = title.get_window_extent(FigureCanvasAgg(figure).get_renderer()).width / figure.dpi
     figure.set_figwidth(max(figure.get_figwidth(), title_width + 0.5))
     figure.tight_layout()
     return figure
+
+
+def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = HEATMAP_ALPHA) -> np.ndarray:
+    """``image`` (``H x W x 3`` uint8) with ``heatmap`` (``H x W``, 0..1) blended over it in the jet colours, the
+    heat's own strength scaling the blend: cold regions keep the photo, hot ones turn red."""
+    colours = colormaps["jet"](np.clip(heatmap, 0.0, 1.0))[..., :3] * 255.0
+    weight = alpha * np.clip(heatmap, 0.0, 1.0)[..., None]
+    return (image * (1.0 - weight) + colours * weight).round().clip(0, 255).astype(np.uint8)
+
+
+def plot_explanation(image: np.ndarray, overlay: np.ndarray, title: str, path: str | Path) -> Path:
+    """The image and its heatmap overlay side by side under ``title`` (the predicted and true labels)."""
+    height, width = image.shape[:2]
+    panel = 3.2 * min(1.6, max(0.6, width / height))
+    figure = Figure(figsize=(2 * panel, 3.6))
+    for ax, pixels, caption in zip(figure.subplots(1, 2), (image, overlay), ("image", "Grad-CAM")):
+        ax.imshow(pixels)
+        ax.set_title(caption, fontsize=9)
+        ax.axis("off")
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return _save(figure, path)
 
 
 def plot_contact_sheet(

@@ -14,7 +14,7 @@ import pandas as pd
 
 from tlbench.evaluation.artifacts import compare_phases, evaluate_predictions
 from tlbench.evaluation.final import choose_final
-from tlbench.evaluation.plots import plot_learning_curves
+from tlbench.evaluation.plots import Overlays, plot_learning_curves
 from tlbench.io import read_csv
 from tlbench.rundir import read_metrics, update_metrics
 
@@ -22,15 +22,24 @@ LEARNING_CURVES = "learning_curves.png"
 
 
 def evaluate_phase(
-    predictions: pd.DataFrame, classes: list[str], out_dir: Path, name: str, data_root: Path, split: str
+    predictions: pd.DataFrame,
+    classes: list[str],
+    out_dir: Path,
+    name: str,
+    data_root: Path,
+    split: str,
+    overlays: Overlays | None = None,
 ) -> dict:
     """``evaluate_predictions`` on the tested ``split``, with metric keys always named ``test_*``.
 
     A dataset without a test folder is tested on ``val``; its metrics still go under ``test_*`` (the contract
     the summary and other commands read), and ``metrics.json["test_on"]`` says which split it really was.
-    ``name`` names the files (``confusion_<name>.png``): the phase, or ``<phase>_tta``.
+    ``name`` names the files (``confusion_<name>.png``): the phase, or ``<phase>_tta``. ``overlays`` puts Grad-CAM
+    heatmaps on the top-losses images.
     """
-    result = evaluate_predictions(predictions, classes, out_dir, name, data_root=data_root, split=split)
+    result = evaluate_predictions(
+        predictions, classes, out_dir, name, data_root=data_root, split=split, overlays=overlays
+    )
     prefix = f"{split}_"
     return {(f"test_{key[len(prefix) :]}" if key.startswith(prefix) else key): value for key, value in result.items()}
 
