@@ -13,18 +13,23 @@ import copy
 import dataclasses
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 import tlbench
 from tlbench.__main__ import main
 from tlbench.api import Model
+from tlbench.data.transforms import Preprocessing
+from tlbench.errors import TLBenchError
 from tlbench.evaluation.plots import TOP_LOSSES_EXPLAINED, TOP_LOSSES_TITLE, top_losses_figure
-from tlbench.explain import INDEX
+from tlbench.explain import INDEX, overlays_of, target_layer, to_image_frame
+from tlbench.models.backbones import create_backbone
 from tlbench.rundir import read_metrics
 
 SIZE, PATCH, INSET = 64, 16, 6
@@ -205,3 +210,30 @@ def test_without_captum_the_command_names_the_pip_install(patch_run, tmp_path, c
     assert main(["explain", str(run), str(next(iter(held_out))), "--output", str(tmp_path / "out")]) == 2
     stderr = capsys.readouterr().err
     assert len(stderr.strip().splitlines()) == 1 and "pip install 'tlbench[explain]'" in stderr
+
+
+@pytest.mark.parametrize(
+    "backbone, layer",
+    [("efficientnet_lite0", "bn2"), ("cnn6", "stages"), ("resnet18", "layer4"), ("vgg11", "features")],
+)
+def test_the_target_layer_is_the_last_with_a_spatial_map(backbone, layer):
+    built = create_backbone(backbone, pretrained=False)
+    assert target_layer(built.extractor, 64)[0] == layer
+
+
+def test_a_backbone_without_a_spatial_map_is_refused_and_keeps_plain_top_losses(tmp_path):
+    built = create_backbone("vit_tiny_patch16_224", pretrained=False)
+    with pytest.raises(TLBenchError, match="Grad-CAM needs a convolutional feature map"):
+        target_layer(built.extractor, 224)
+    module = SimpleNamespace(
+        backbone=built.extractor, head=nn.Identity(), classes=["a"], preprocessing=built.preprocessing
+    )
+    assert overlays_of(module)([tmp_path / "a.png"]) == [None], "a fit's figure falls back to the plain images"
+
+
+def test_the_heatmap_lands_on_the_part_of_the_photo_the_centre_crop_kept():
+    # 100x60 px, input 32 at crop 0.875: resized to 60x36 and cropped at x 14, y 2, i.e. a 53 px square at x 23, y 3
+    frame = to_image_frame(np.ones((32, 32)), 100, 60, Preprocessing(input_size=32, crop_pct=0.875))
+    rows, columns = np.nonzero(frame)
+    assert frame.shape == (60, 100)
+    assert (columns.min(), columns.max(), rows.min(), rows.max()) == (23, 75, 3, 55)

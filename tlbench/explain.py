@@ -29,7 +29,7 @@ from tlbench.classify import expand_inputs
 from tlbench.data.images import ImageLoadError, image_size, load_rgb
 from tlbench.data.transforms import Preprocessing, eval_transform
 from tlbench.errors import TLBenchError
-from tlbench.evaluation.plots import overlay_heatmap, plot_explanation
+from tlbench.evaluation.plots import Overlays, overlay_heatmap, plot_explanation
 from tlbench.io import read_csv, write_csv
 from tlbench.models.backbones import HEAD_MODULES, FeatureExtractor, evaluating
 from tlbench.models.loading import load_trained
@@ -207,6 +207,23 @@ class Explainer:
                 continue
         explained = dict(zip(loaded, self.explain(list(loaded.values()), [str(p) for p in loaded])))
         return [explained[path].overlay() if path in explained else None for path in paths]
+
+
+def overlays_of(model: nn.Module) -> Overlays | None:
+    """What a run's top-losses figure shows for a ``TransferLearningModule`` being tested: Grad-CAM overlays when
+    Captum is installed, the explainer built only once a figure has mistakes to show. A backbone Grad-CAM cannot
+    explain (no spatial map) keeps the plain images: the figure must never cost the run."""
+    if not captum_available():
+        return None
+
+    def overlays(paths: list[Path]) -> list[np.ndarray | None]:
+        try:
+            explainer = Explainer.of(model)
+        except TLBenchError:
+            return [None] * len(paths)
+        return explainer.overlays(paths)
+
+    return overlays
 
 
 def load_images(paths: list[Path]) -> list[Image.Image]:

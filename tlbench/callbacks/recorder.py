@@ -21,7 +21,7 @@ from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from tlbench.evaluation.runs import evaluate_phase
-from tlbench.explain import Explainer, captum_available
+from tlbench.explain import overlays_of
 from tlbench.io import write_csv
 from tlbench.rundir import checkpoint_dir, run_dir, update_metrics, write_metrics
 
@@ -182,7 +182,7 @@ class RunRecorder(pl.Callback):
         )
         out = run_dir(trainer)
         write_csv(out / f"predictions_{name}.csv", predictions)
-        overlays = Explainer.of(trainer.lightning_module).overlays if captum_available() else None
+        overlays = overlays_of(trainer.lightning_module)
         result = evaluate_phase(predictions, classes, out, name, datamodule.root, datamodule.test_on, overlays)
         return {**result, "predictions": f"predictions_{name}.csv"}
 
