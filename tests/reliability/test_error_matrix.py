@@ -276,6 +276,7 @@ RUN_COMMANDS: dict[str, tuple[str, ...]] = {
     "test": ("test", "--config", "{run}/config.yaml"),
     "export": ("export", "{run}"),
     "classify": ("classify", "{run}", "{image}"),
+    "explain": ("explain", "{run}", "{image}"),
     "serve": ("serve", "{run}", "--port", "1"),
 }
 RUN_DAMAGE = {
@@ -312,6 +313,9 @@ def cases() -> list[Case]:
         Case("test:damaged-config", RUN_COMMANDS["test"], on_run(damaged_config)),
         Case("classify:missing-image", ("classify", "{run}", "{bad}"), on_run(lambda run: run / "gone.jpg"), 1),
         Case("classify:empty-folder", ("classify", "{run}", "{bad}"), on_run(lambda run: empty_folder(run))),
+        # explain refuses a missing or non-image file before it writes any overlay (classify reports it in a row)
+        Case("explain:missing-image", ("explain", "{run}", "{bad}"), on_run(lambda run: run / "gone.jpg")),
+        Case("explain:text-as-jpg", ("explain", "{run}", "{bad}"), on_run(lambda run: text_as_jpg(run.parent))),
     ]
     found += [Case(f"report:{name}", ("report", "{runs}"), instead_of_run(make)) for name, make in NOT_A_RUN.items()]
     found += [
