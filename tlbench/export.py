@@ -7,7 +7,12 @@ A bundle is a folder:
   order, the preprocessing (input size, resize size, crop, interpolation, mean/std), phase, source checkpoint,
   test metrics, and the parity check's results;
 * optionally ``model.onnx`` and ``model.torchscript.pt``: the network from a normalised ``N x 3 x S x S``
-  float batch to class probabilities (softmax applied; the preprocessing in ``model.json`` is the caller's job).
+  float batch to class probabilities (softmax applied; the preprocessing in ``model.json`` is the caller's job);
+* optionally ``model.standalone.onnx`` (format ``onnx-standalone``): a graph that needs nothing else, for users
+  without tlbench or torch. It takes ``uint8`` RGB crops ``N x S x S x 3`` (the image's short side resized to
+  ``resize_size`` with ``interpolation``, then centre-cropped to ``S``), normalises them and applies the softmax
+  inside, and carries the class names and that preprocessing in its ``metadata_props``
+  (``README`` "Export and serve" has the ten lines of onnxruntime, Pillow and NumPy that run it).
 
 Every exported form is checked at export time against the PyTorch model on a few real test-split images:
 the maximum absolute difference of probabilities must stay within ``PARITY_TOLERANCE`` or the export fails.
@@ -17,17 +22,20 @@ passed, so a failed or killed export never leaves a half-written bundle that ``l
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
 from tlbench.data.images import ImageLoadError, load_rgb
+from tlbench.data.transforms import Preprocessing, eval_crop
 from tlbench.errors import TLBenchError
 from tlbench.io import fsync_file, fsync_folder, read_csv, umask_mode, write_json
 from tlbench.models.engine import PARITY_TOLERANCE, export_onnx, ort_session
@@ -44,8 +52,14 @@ from tlbench.models.loading import (
 )
 from tlbench.rundir import read_metrics
 
-FORMATS = ("safetensors", "onnx", "torchscript")
+FORMATS = ("safetensors", "onnx", "onnx-standalone", "torchscript")
 TORCHSCRIPT_FILE = "model.torchscript.pt"
+STANDALONE_ONNX = "model.standalone.onnx"
+# What the standalone graph's metadata says about its input, for whoever opens it in Netron or onnxruntime.
+STANDALONE_INPUT = (
+    "uint8 RGB, N x input_size x input_size x 3: resize the short side to resize_size (long side int(resize_size *"
+    " long / short)) with interpolation, then centre-crop input_size (offsets round((side - input_size) / 2))"
+)
 PARITY_IMAGES = 4
 METRIC_KEYS = ("test_acc", "test_acc_ci95", "test_n", "test_macro_f1", "val_acc", "val_loss", "best_epoch")
 
@@ -61,8 +75,10 @@ def parse_formats(formats: str) -> list[str]:
     return [name for name in FORMATS if name == "safetensors" or name in requested]
 
 
-def parity_batch(run_dir: Path, predictor: Predictor, count: int = PARITY_IMAGES) -> tuple[torch.Tensor, str]:
-    """Preprocessed test-split images of the run (val when it has no test split), and where they came from.
+def parity_batch(run_dir: Path, preprocessing: Preprocessing, count: int = PARITY_IMAGES) -> tuple[torch.Tensor, str]:
+    """Test-split images of the run (val when it has no test split) resized and centre-cropped as ``uint8``
+    ``N x S x S x 3`` crops (what the standalone graph takes; ``Preprocessing.normalize`` turns them into every
+    other format's input), and where they came from.
 
     Falls back to seeded noise, said so in the description, when the run's data folder is gone (exporting on
     another machine): the check still compares the exported graphs, only on less realistic inputs.
@@ -83,11 +99,45 @@ def parity_batch(run_dir: Path, predictor: Predictor, count: int = PARITY_IMAGES
         if len(images) == count:
             break
     if images:
-        return predictor.tensor(images), f"{len(images)} {metrics.get('test_on', 'test')} images"
-    size = predictor.trained.preprocessing.input_size
-    return torch.randn(
-        count, 3, size, size, generator=torch.Generator().manual_seed(0)
+        crop = eval_crop(preprocessing)
+        crops = torch.stack([torch.from_numpy(np.asarray(crop(image)).copy()) for image in images])
+        return crops, f"{len(images)} {metrics.get('test_on', 'test')} images"
+    size = preprocessing.input_size
+    return torch.randint(
+        0, 256, (count, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     ), f"{count} noise inputs (data root {metrics.get('data_root')} not readable)"
+
+
+def network_input(crops: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """``uint8`` ``N x S x S x 3`` crops as the normalised ``N x 3 x S x S`` float batch the network takes."""
+    return preprocessing.normalize(crops.permute(0, 3, 1, 2).contiguous())
+
+
+class StandaloneNetwork(nn.Module):
+    """``ProbabilityNetwork`` behind the normalisation: from ``uint8`` ``N x S x S x 3`` crops to probabilities,
+    the arithmetic of ``Preprocessing.normalize`` traced into the graph."""
+
+    def __init__(self, network: nn.Module, preprocessing: Preprocessing) -> None:
+        super().__init__()
+        self.network = network
+        self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1))
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.network((crops.permute(0, 3, 1, 2).float() / 255 - self.mean) / self.std)
+
+
+def standalone_metadata(trained: TrainedModel) -> dict[str, str]:
+    """The standalone graph's ``metadata_props``: classes in output order and the preprocessing, as strings."""
+    pre = trained.preprocessing.to_dict()
+    return {
+        "classes": json.dumps(trained.classes),
+        "input": STANDALONE_INPUT,
+        "output": "probabilities, N x classes (softmax applied), in the order of classes",
+        **{key: json.dumps(value) if isinstance(value, list) else str(value) for key, value in pre.items()},
+        "backbone": trained.backbone,
+        "phase": trained.phase,
+    }
 
 
 def manifest(trained: TrainedModel, run_dir: Path) -> dict:
@@ -118,6 +168,18 @@ def write_onnx(network: nn.Module, example: torch.Tensor, path: Path) -> torch.T
     """Export with a dynamic batch axis and return onnxruntime's probabilities for ``example``."""
     export_onnx(network, example, path, PROBABILITIES)
     return torch.from_numpy(ort_session(path).run([PROBABILITIES], {"images": example.numpy()})[0])
+
+
+def write_standalone_onnx(trained: TrainedModel, network: nn.Module, crops: torch.Tensor, path: Path) -> torch.Tensor:
+    """Export ``StandaloneNetwork``, add the metadata, and return onnxruntime's probabilities for ``crops``."""
+    import onnx
+
+    export_onnx(StandaloneNetwork(network, trained.preprocessing).eval(), crops, path, PROBABILITIES)
+    graph = onnx.load(str(path))
+    for key, value in standalone_metadata(trained).items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, str(path))
+    return torch.from_numpy(ort_session(path).run([PROBABILITIES], {"images": crops.numpy()})[0])
 
 
 def write_torchscript(network: nn.Module, example: torch.Tensor, path: Path) -> torch.Tensor:
@@ -170,7 +232,8 @@ def export_bundle(
     if destination.exists():
         raise TLBenchError(f"{destination} already exists; remove it or choose another --output")
     predictor = Predictor(trained, engine="torch")  # the reference every exported form is checked against
-    inputs, described = parity_batch(run_dir, predictor)
+    crops, described = parity_batch(run_dir, trained.preprocessing)
+    inputs = network_input(crops, trained.preprocessing)
     expected = predictor.forward(inputs)
     network = ProbabilityNetwork(trained.model).eval()
     staging = _staging_folder(destination)
@@ -182,6 +245,10 @@ def export_bundle(
         differences = {"safetensors": max_abs_diff(expected, reloaded)}
         if "onnx" in wanted:
             differences["onnx"] = max_abs_diff(expected, write_onnx(network, inputs, staging / BUNDLE_ONNX))
+        if "onnx-standalone" in wanted:
+            differences["onnx-standalone"] = max_abs_diff(
+                expected, write_standalone_onnx(trained, network, crops, staging / STANDALONE_ONNX)
+            )
         if "torchscript" in wanted:
             differences["torchscript"] = max_abs_diff(
                 expected, write_torchscript(network, inputs, staging / TORCHSCRIPT_FILE)

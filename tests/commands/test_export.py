@@ -1,16 +1,22 @@
 """``tlbench export``: bundle contents, parity of every format, atomicity, and loading without unpickling."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+import tlbench
 import tlbench.export
-from tests.conftest import run_tlbench
+from tests.conftest import REPO, run_tlbench
 from tlbench.data.images import load_rgb
 from tlbench.errors import TLBenchError
-from tlbench.export import PARITY_TOLERANCE, export_bundle
+from tlbench.export import PARITY_TOLERANCE, STANDALONE_ONNX, export_bundle
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import load_trained
 
@@ -102,3 +108,60 @@ def test_efficientnet_lite0_run_exports_with_parity(shared_data, tmp_path):
     }
     assert max(parity["max_abs_diff"].values()) <= PARITY_TOLERANCE
     assert load_trained(bundle).backbone == "efficientnet_lite0"
+
+
+SNIPPET = REPO / "docs" / "classify_onnx.py"
+
+
+def venv_with_only(packages: list[str], folder: Path) -> Path:
+    """A venv whose Python sees ``packages`` (and their bundled ``.libs``) and nothing else: no tlbench, no torch.
+
+    A ``.pth`` file adds one folder of links to the packages, never the whole site-packages they live in."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+    links = folder / "deps"
+    links.mkdir()
+    for name in packages:
+        package = Path(__import__(name).__file__).parent
+        for source in [package, *package.parent.glob(f"{name.lower()}*.libs")]:
+            (links / source.name).symlink_to(source)
+    site_packages = next(folder.glob("lib/python3*/site-packages"))
+    (site_packages / "deps.pth").write_text(f"{links}\n")
+    return folder / "bin" / "python"
+
+
+def test_standalone_onnx_classifies_with_onnxruntime_pillow_numpy_alone(tiny_run, tmp_path):
+    """README's snippet, run by a Python that cannot import tlbench or torch, gives tlbench's predictions."""
+    bundle, parity = export_bundle(tiny_run, formats="onnx-standalone", output=tmp_path / "bundle")
+    assert parity["max_abs_diff"]["onnx-standalone"] <= PARITY_TOLERANCE
+    import onnx
+
+    metadata = {prop.key: prop.value for prop in onnx.load(str(bundle / STANDALONE_ONNX)).metadata_props}
+    assert json.loads(metadata["classes"]) == ["class_0", "class_1", "class_2"]
+    assert (metadata["input_size"], metadata["resize_size"], metadata["interpolation"]) == ("32", "36", "bilinear")
+    # The snippet in README is the tested file, line for line.
+    readme = (REPO / "README.md").read_text()
+    assert SNIPPET.read_text() in readme, "README's snippet and docs/classify_onnx.py differ"
+
+    python = venv_with_only(["numpy", "onnxruntime", "PIL"], tmp_path / "venv")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    for module in ("tlbench", "torch"):
+        probe = subprocess.run([python, "-c", f"import {module}"], cwd=tmp_path, env=env, capture_output=True)
+        assert probe.returncode != 0, f"{module} is importable in the isolated venv"
+    # Square, wide and tall images, so the resize's rounding and the crop's offsets are exercised.
+    images = sorted((tiny_run.parents[2] / "tiny").glob("*/*.png"))[::3]
+    for i, (width, height) in enumerate([(57, 41), (41, 63), (90, 37)]):
+        Image.open(images[i]).resize((width, height)).save(tmp_path / f"odd_{i}.png")
+    images += sorted(tmp_path.glob("odd_*.png"))
+    result = subprocess.run(
+        [python, str(SNIPPET), str(bundle / STANDALONE_ONNX), *map(str, images)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    expected = tlbench.load(tiny_run, engine="torch").predict(images)
+    assert [row[1] for row in rows] == [p.label for p in expected]
+    assert max(abs(float(row[2]) - p.probability) for row, p in zip(rows, expected)) <= PARITY_TOLERANCE

@@ -89,6 +89,12 @@ def _eval_geometry(pre: Preprocessing) -> list:
     return [T.Resize(pre.resize_size, interpolation=INTERPOLATIONS[pre.interpolation]), T.CenterCrop(pre.input_size)]
 
 
+def eval_crop(pre: Preprocessing) -> T.Compose:
+    """The geometry of ``eval_transform`` alone: the resized, centre-cropped PIL image (what a self-contained
+    export takes as ``uint8``, normalising inside its graph)."""
+    return T.Compose(_eval_geometry(pre))
+
+
 def eval_transform(pre: Preprocessing) -> T.Compose:
     """Resize the short side to ``input_size / crop_pct`` and centre-crop, as the weights were evaluated; the
     normalised float tensor (for inference on single images: classify, serve, export)."""
