@@ -38,7 +38,7 @@ from tlbench.data.images import ImageLoadError, load_rgb
 from tlbench.data.transforms import Preprocessing, eval_crop
 from tlbench.errors import TLBenchError
 from tlbench.io import fsync_file, fsync_folder, read_csv, umask_mode, write_json
-from tlbench.models.engine import PARITY_TOLERANCE, export_onnx, ort_session
+from tlbench.models.engine import INPUT, PARITY_TOLERANCE, export_onnx, ort_session
 from tlbench.models.inference import PROBABILITIES, Predictor, ProbabilityNetwork
 from tlbench.models.loading import (
     ARCHITECTURE_SETTINGS,
@@ -50,6 +50,7 @@ from tlbench.models.loading import (
     load_bundle,
     load_trained,
 )
+from tlbench.quantize import CALIBRATION_IMAGES, INT8_ONNX, check_int8, check_quantization, quantize_int8
 from tlbench.rundir import read_metrics
 
 FORMATS = ("safetensors", "onnx", "onnx-standalone", "torchscript")
@@ -75,33 +76,45 @@ def parse_formats(formats: str) -> list[str]:
     return [name for name in FORMATS if name == "safetensors" or name in requested]
 
 
+def split_crops(
+    run_dir: Path, preprocessing: Preprocessing, split_name: str, limit: int | None = None
+) -> tuple[torch.Tensor, list[str]]:
+    """The run's images of ``split_name`` (``split.csv``) that can still be read, resized and centre-cropped as
+    ``uint8`` ``N x S x S x 3`` crops (what the standalone graph takes; ``network_input`` turns them into every
+    other format's input), and their labels; at most ``limit``, evenly spaced over the split."""
+    metrics = read_metrics(run_dir)
+    split = (
+        read_csv(run_dir / "split.csv")
+        if (run_dir / "split.csv").is_file()
+        else pd.DataFrame(columns=["path", "label", "split"])
+    )
+    rows = split[split["split"] == split_name]
+    if limit is not None and len(rows) > limit:
+        rows = rows.iloc[np.linspace(0, len(rows) - 1, limit).round().astype(int)]
+    crop = eval_crop(preprocessing)
+    crops, labels = [], []
+    for relative, label in zip(rows["path"], rows["label"]):
+        try:
+            image = load_rgb(Path(metrics.get("data_root", "")) / relative)
+        except ImageLoadError:
+            continue
+        crops.append(torch.from_numpy(np.asarray(crop(image)).copy()))
+        labels.append(label)
+    size = preprocessing.input_size
+    return (torch.stack(crops) if crops else torch.empty(0, size, size, 3, dtype=torch.uint8)), labels
+
+
 def parity_batch(run_dir: Path, preprocessing: Preprocessing, count: int = PARITY_IMAGES) -> tuple[torch.Tensor, str]:
-    """Test-split images of the run (val when it has no test split) resized and centre-cropped as ``uint8``
-    ``N x S x S x 3`` crops (what the standalone graph takes; ``Preprocessing.normalize`` turns them into every
-    other format's input), and where they came from.
+    """A few test-split crops of the run (val when it has no test split; ``split_crops``) and where they came from.
 
     Falls back to seeded noise, said so in the description, when the run's data folder is gone (exporting on
     another machine): the check still compares the exported graphs, only on less realistic inputs.
     """
     metrics = read_metrics(run_dir)
-    split = (
-        read_csv(run_dir / "split.csv")
-        if (run_dir / "split.csv").is_file()
-        else pd.DataFrame(columns=["path", "split"])
-    )
-    rows = split[split["split"] == metrics.get("test_on", "test")]
-    images = []
-    for relative in rows["path"]:
-        try:
-            images.append(load_rgb(Path(metrics.get("data_root", "")) / relative))
-        except ImageLoadError:
-            continue
-        if len(images) == count:
-            break
-    if images:
-        crop = eval_crop(preprocessing)
-        crops = torch.stack([torch.from_numpy(np.asarray(crop(image)).copy()) for image in images])
-        return crops, f"{len(images)} {metrics.get('test_on', 'test')} images"
+    test_on = metrics.get("test_on", "test")
+    crops, _ = split_crops(run_dir, preprocessing, test_on, count)
+    if len(crops):
+        return crops, f"{len(crops)} {test_on} images"
     size = preprocessing.input_size
     return torch.randint(
         0, 256, (count, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
@@ -217,16 +230,54 @@ def _publish(staging: Path, destination: Path) -> None:
     fsync_folder(destination.parent)
 
 
+def write_int8(trained: TrainedModel, run_dir: Path, staging: Path) -> dict:
+    """Quantise the staged ``model.onnx`` to ``model.int8.onnx``, calibrated on the run's training images, and
+    return ``check_int8``'s report on its test images; one line when either set of images cannot be read, or when
+    the int8 model fails the check."""
+    metrics = read_metrics(run_dir)
+    pre = trained.preprocessing
+    calibration, _ = split_crops(run_dir, pre, "train", CALIBRATION_IMAGES)
+    test_on = metrics.get("test_on", "test")
+    test, labels = split_crops(run_dir, pre, test_on)
+    if not len(calibration) or not len(test):
+        missing = "training" if not len(calibration) else test_on
+        raise TLBenchError(
+            f"cannot quantise to int8: no {missing} image of {run_dir}/split.csv is readable under"
+            f" {metrics.get('data_root')}; export where the run's data is"
+        )
+    quantize_int8(staging / BUNDLE_ONNX, staging / INT8_ONNX, network_input(calibration, pre).numpy(), INPUT)
+    known = {name: index for index, name in enumerate(trained.classes)}
+    report = check_int8(
+        staging / BUNDLE_ONNX,
+        staging / INT8_ONNX,
+        network_input(test, pre).numpy(),
+        [known.get(label, -1) for label in labels],
+        ort_session,
+        INPUT,
+    )
+    if report["refused"]:
+        raise TLBenchError(f"int8 refused: {report['refused']}; nothing was written (export without --quantize)")
+    return {**report, "calibration_images": len(calibration), "test_on": test_on}
+
+
 def export_bundle(
-    run: str | Path, phase: str | None = None, formats: str = "safetensors", output: str | Path | None = None
+    run: str | Path,
+    phase: str | None = None,
+    formats: str = "safetensors",
+    output: str | Path | None = None,
+    quantize: str | None = None,
 ) -> tuple[Path, dict]:
-    """Write the bundle of ``run``'s ``phase`` to ``output``; returns its folder and the parity report."""
+    """Write the bundle of ``run``'s ``phase`` to ``output``; returns its folder and the parity report (with the
+    int8 check's report under ``int8`` when ``quantize`` is ``"int8"``, which also writes ``model.onnx``)."""
     from safetensors import SafetensorError
     from safetensors.torch import save_model
 
     run_dir = Path(run).expanduser()
     read_metrics(run_dir)  # one line when it is no run directory: export needs its metrics and test images
     wanted = parse_formats(formats)
+    quantize = check_quantization(quantize)
+    if quantize and "onnx" not in wanted:  # the fp32 graph is what int8 is quantised from and checked against
+        wanted = parse_formats(f"{formats},onnx")
     trained = load_trained(run_dir, phase)
     destination = Path(output).expanduser() if output else run_dir / f"export_{trained.phase}"
     if destination.exists():
@@ -261,6 +312,8 @@ def export_bundle(
                 f" > {PARITY_TOLERANCE:g}; nothing was written"
             )
         parity = {"inputs": described, "tolerance": PARITY_TOLERANCE, "max_abs_diff": differences}
+        if quantize:
+            parity["int8"] = write_int8(trained, run_dir, staging)
         write_json(staging / BUNDLE_MANIFEST, {**info, "parity": parity})
         _publish(staging, destination)
     except (OSError, SafetensorError) as error:  # disk full, a read-only mount, the folder taken away

@@ -13,12 +13,14 @@ from PIL import Image
 
 import tlbench
 import tlbench.export
+import tlbench.quantize
 from tests.conftest import REPO, run_tlbench
 from tlbench.data.images import load_rgb
 from tlbench.errors import TLBenchError
 from tlbench.export import PARITY_TOLERANCE, STANDALONE_ONNX, export_bundle
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import load_trained
+from tlbench.quantize import INT8_ONNX, int8_verdict
 
 
 def test_cli_writes_a_bundle_whose_every_format_matches_pytorch(tiny_run, tmp_path):
@@ -165,3 +167,51 @@ def test_standalone_onnx_classifies_with_onnxruntime_pillow_numpy_alone(tiny_run
     expected = tlbench.load(tiny_run, engine="torch").predict(images)
     assert [row[1] for row in rows] == [p.label for p in expected]
     assert max(abs(float(row[2]) - p.probability) for row, p in zip(rows, expected)) <= PARITY_TOLERANCE
+
+
+def test_cli_quantize_int8_writes_a_checked_int8_graph(tiny_run, tmp_path):
+    bundle = tmp_path / "bundle"
+    result = run_tlbench("export", str(tiny_run), "--quantize", "int8", "--output", str(bundle), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "int8: agrees with fp32 on 100.0% of 3 test images" in result.stdout
+    assert "calibrated on 21 training images" in result.stdout
+    assert {"model.onnx", INT8_ONNX} <= {p.name for p in bundle.iterdir()}
+    check = json.loads((bundle / "model.json").read_text())["parity"]["int8"]
+    assert check["refused"] is None and check["n"] == 3 and check["mcnemar_p"] == 1.0
+    import onnx
+
+    # Really quantised: integer weights and quantise/dequantise pairs, not a copy of the fp32 graph.
+    graph = onnx.load(str(bundle / INT8_ONNX)).graph
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in graph.node}
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in graph.initializer)
+
+
+def test_int8_that_disagrees_with_fp32_is_refused_and_nothing_written(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(tlbench.quantize, "MIN_AGREEMENT", 1.01)  # even full agreement now falls short
+    with pytest.raises(TLBenchError, match=r"int8 refused: it agrees with fp32 on 100.0% of 3 test images"):
+        export_bundle(tiny_run, quantize="int8", output=tmp_path / "bundle")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(TLBenchError, match="unknown --quantize 'int4'"):
+        export_bundle(tiny_run, quantize="int4", output=tmp_path / "bundle")
+
+
+def test_int8_verdict_needs_agreement_and_no_significant_mcnemar_difference():
+    labels = np.zeros(1000, dtype=int)
+    fp32 = labels.copy()
+    # 99% agreement, but every disagreement is int8 wrong where fp32 was right: McNemar p = 2 / 2**10.
+    one_sided = fp32.copy()
+    one_sided[:10] = 1
+    verdict = int8_verdict(fp32, one_sided, labels)
+    assert verdict["agreement"] == 0.99 and verdict["mcnemar_b"] == 10 and verdict["mcnemar_c"] == 0
+    assert "McNemar p=0.002" in verdict["refused"] and "agrees" not in verdict["refused"]
+    # The same 99% agreement with the disagreements balanced (5 won, 5 lost) is kept.
+    balanced_fp32, balanced_int8 = fp32.copy(), one_sided.copy()
+    balanced_fp32[5:10], balanced_int8[5:10] = 1, 0
+    assert int8_verdict(balanced_fp32, balanced_int8, labels)["refused"] is None
+    # 98% agreement is refused however the disagreements fall.
+    assert (
+        "98.0% of 1000"
+        in int8_verdict(np.r_[np.ones(10), np.zeros(990)], np.r_[np.zeros(10), np.ones(10), np.zeros(980)], labels)[
+            "refused"
+        ]
+    )

@@ -5,7 +5,13 @@ from __future__ import annotations
 from tlbench.export import export_bundle
 
 
-def export(run: str, phase: str | None = None, format: str = "safetensors", output: str | None = None) -> None:
+def export(
+    run: str,
+    phase: str | None = None,
+    format: str = "safetensors",
+    output: str | None = None,
+    quantize: str | None = None,
+) -> None:
     """Export RUN's best checkpoint as weights.safetensors + model.json (+ model.onnx, model.standalone.onnx,
     model.torchscript.pt).
 
@@ -15,11 +21,23 @@ def export(run: str, phase: str | None = None, format: str = "safetensors", outp
         format: comma-separated formats: safetensors (always written), onnx, onnx-standalone (uint8 crops in,
             normalisation, softmax, classes and preprocessing inside: needs only onnxruntime), torchscript.
         output: bundle folder to create (default: RUN/export_<phase>); must not exist yet.
+        quantize: int8: also model.int8.onnx (and model.onnx), onnxruntime static quantisation calibrated on the
+            run's training images; refused unless it agrees with fp32 on >= 99% of the test images and McNemar
+            finds no significant difference.
     """
-    bundle, parity = export_bundle(run, phase, format, output)
+    bundle, parity = export_bundle(run, phase, format, output, quantize)
     differences = ", ".join(f"{name} {diff:.1e}" for name, diff in parity["max_abs_diff"].items())
     print(f"wrote {bundle}")
     print(
         f"parity on {parity['inputs']}: max abs probability difference {differences}"
         f" (tolerance {parity['tolerance']:g})"
     )
+    if "int8" in parity:
+        check, sizes = parity["int8"], parity["int8"]["size_bytes"]
+        print(
+            f"int8: agrees with fp32 on {check['agreement']:.1%} of {check['n']} {check['test_on']} images"
+            f" (accuracy {check['fp32_acc']:.3f} fp32, {check['int8_acc']:.3f} int8;"
+            f" McNemar p={check['mcnemar_p']:.2g});"
+            f" {sizes['int8'] / 1e6:.1f} MB, {sizes['int8'] / sizes['fp32']:.0%} of fp32;"
+            f" calibrated on {check['calibration_images']} training images"
+        )
