@@ -37,6 +37,8 @@ from torch import nn
 from tlbench.data.images import ImageLoadError, load_rgb
 from tlbench.data.transforms import Preprocessing, eval_crop
 from tlbench.errors import TLBenchError
+from tlbench.hub import push as push_folder
+from tlbench.hub import write_hf_folder
 from tlbench.io import fsync_file, fsync_folder, read_csv, umask_mode, write_json
 from tlbench.models.engine import INPUT, PARITY_TOLERANCE, export_onnx, ort_session
 from tlbench.models.inference import PROBABILITIES, Predictor, ProbabilityNetwork
@@ -53,7 +55,7 @@ from tlbench.models.loading import (
 from tlbench.quantize import CALIBRATION_IMAGES, INT8_ONNX, check_int8, check_quantization, quantize_int8
 from tlbench.rundir import read_metrics
 
-FORMATS = ("safetensors", "onnx", "onnx-standalone", "torchscript")
+FORMATS = ("safetensors", "onnx", "onnx-standalone", "torchscript", "hf")
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 STANDALONE_ONNX = "model.standalone.onnx"
 # What the standalone graph's metadata says about its input, for whoever opens it in Netron or onnxruntime.
@@ -66,13 +68,18 @@ METRIC_KEYS = ("test_acc", "test_acc_ci95", "test_n", "test_macro_f1", "val_acc"
 
 
 def parse_formats(formats: str) -> list[str]:
-    """``"onnx,torchscript"`` -> the requested formats; safetensors is always written (it is the bundle)."""
+    """``"onnx,torchscript"`` -> the requested formats; safetensors is always written (it is the bundle), except
+    for ``hf``, a folder of its own (``tlbench/hub.py``) that is exported alone."""
     requested = [name.strip().lower() for name in formats.split(",") if name.strip()]
     unknown = sorted(set(requested) - set(FORMATS))
     if unknown:
         raise TLBenchError(
             f"unknown export format {', '.join(unknown)}; choose from {', '.join(FORMATS)} (comma-separated)"
         )
+    if "hf" in requested:
+        if set(requested) != {"hf"}:
+            raise TLBenchError("--format hf writes a folder of its own; export it alone (--format hf)")
+        return ["hf"]
     return [name for name in FORMATS if name == "safetensors" or name in requested]
 
 
@@ -260,61 +267,91 @@ def write_int8(trained: TrainedModel, run_dir: Path, staging: Path) -> dict:
     return {**report, "calibration_images": len(calibration), "test_on": test_on}
 
 
+def write_bundle(
+    trained: TrainedModel,
+    run_dir: Path,
+    staging: Path,
+    wanted: list[str],
+    crops: torch.Tensor,
+    described: str,
+    quantize: str | None,
+) -> dict:
+    """Write the bundle's files to ``staging``, each checked against the PyTorch model on ``crops``; the parity
+    report (with the int8 check's report under ``int8`` when quantised)."""
+    from safetensors.torch import save_model
+
+    inputs = network_input(crops, trained.preprocessing)
+    expected = Predictor(trained, engine="torch").forward(
+        inputs
+    )  # the reference every exported form is checked against
+    network = ProbabilityNetwork(trained.model).eval()
+    save_model(trained.model, str(staging / BUNDLE_WEIGHTS))
+    info = manifest(trained, run_dir)
+    write_json(staging / BUNDLE_MANIFEST, info)
+    reloaded = Predictor(load_bundle(staging), engine="torch").forward(inputs)
+    differences = {"safetensors": max_abs_diff(expected, reloaded)}
+    if "onnx" in wanted:
+        differences["onnx"] = max_abs_diff(expected, write_onnx(network, inputs, staging / BUNDLE_ONNX))
+    if "onnx-standalone" in wanted:
+        differences["onnx-standalone"] = max_abs_diff(
+            expected, write_standalone_onnx(trained, network, crops, staging / STANDALONE_ONNX)
+        )
+    if "torchscript" in wanted:
+        differences["torchscript"] = max_abs_diff(
+            expected, write_torchscript(network, inputs, staging / TORCHSCRIPT_FILE)
+        )
+    failed = {name: diff for name, diff in differences.items() if not diff <= PARITY_TOLERANCE}
+    if failed:
+        detail = ", ".join(f"{name} {diff:.2e}" for name, diff in failed.items())
+        raise TLBenchError(
+            f"export parity check failed on {described}: max abs probability difference {detail}"
+            f" > {PARITY_TOLERANCE:g}; nothing was written"
+        )
+    parity = {"inputs": described, "tolerance": PARITY_TOLERANCE, "max_abs_diff": differences}
+    if quantize:
+        parity["int8"] = write_int8(trained, run_dir, staging)
+    write_json(staging / BUNDLE_MANIFEST, {**info, "parity": parity})
+    return parity
+
+
 def export_bundle(
     run: str | Path,
     phase: str | None = None,
     formats: str = "safetensors",
     output: str | Path | None = None,
     quantize: str | None = None,
+    push: str | None = None,
 ) -> tuple[Path, dict]:
-    """Write the bundle of ``run``'s ``phase`` to ``output``; returns its folder and the parity report (with the
-    int8 check's report under ``int8`` when ``quantize`` is ``"int8"``, which also writes ``model.onnx``)."""
+    """Write the bundle (or, for ``formats="hf"``, the timm folder) of ``run``'s ``phase`` to ``output``; returns
+    its folder and the parity report. ``quantize="int8"`` adds ``model.int8.onnx`` (and ``model.onnx``, which it
+    is quantised from and checked against); ``push`` uploads the hf folder to that Hub repository."""
     from safetensors import SafetensorError
-    from safetensors.torch import save_model
 
     run_dir = Path(run).expanduser()
     read_metrics(run_dir)  # one line when it is no run directory: export needs its metrics and test images
     wanted = parse_formats(formats)
     quantize = check_quantization(quantize)
+    hf = wanted == ["hf"]
+    if hf and quantize:
+        raise TLBenchError("--quantize int8 makes an ONNX graph; it does not apply to --format hf")
+    if push and not hf:
+        raise TLBenchError("--push uploads a timm folder; add --format hf")
     if quantize and "onnx" not in wanted:  # the fp32 graph is what int8 is quantised from and checked against
         wanted = parse_formats(f"{formats},onnx")
     trained = load_trained(run_dir, phase)
-    destination = Path(output).expanduser() if output else run_dir / f"export_{trained.phase}"
+    default = f"hf_{trained.phase}" if hf else f"export_{trained.phase}"
+    destination = Path(output).expanduser() if output else run_dir / default
     if destination.exists():
         raise TLBenchError(f"{destination} already exists; remove it or choose another --output")
-    predictor = Predictor(trained, engine="torch")  # the reference every exported form is checked against
     crops, described = parity_batch(run_dir, trained.preprocessing)
-    inputs = network_input(crops, trained.preprocessing)
-    expected = predictor.forward(inputs)
-    network = ProbabilityNetwork(trained.model).eval()
     staging = _staging_folder(destination)
     try:
-        save_model(trained.model, str(staging / BUNDLE_WEIGHTS))
-        info = manifest(trained, run_dir)
-        write_json(staging / BUNDLE_MANIFEST, info)
-        reloaded = Predictor(load_bundle(staging), engine="torch").forward(inputs)
-        differences = {"safetensors": max_abs_diff(expected, reloaded)}
-        if "onnx" in wanted:
-            differences["onnx"] = max_abs_diff(expected, write_onnx(network, inputs, staging / BUNDLE_ONNX))
-        if "onnx-standalone" in wanted:
-            differences["onnx-standalone"] = max_abs_diff(
-                expected, write_standalone_onnx(trained, network, crops, staging / STANDALONE_ONNX)
-            )
-        if "torchscript" in wanted:
-            differences["torchscript"] = max_abs_diff(
-                expected, write_torchscript(network, inputs, staging / TORCHSCRIPT_FILE)
-            )
-        failed = {name: diff for name, diff in differences.items() if not diff <= PARITY_TOLERANCE}
-        if failed:
-            detail = ", ".join(f"{name} {diff:.2e}" for name, diff in failed.items())
-            raise TLBenchError(
-                f"export parity check failed on {described}: max abs probability difference {detail}"
-                f" > {PARITY_TOLERANCE:g}; nothing was written"
-            )
-        parity = {"inputs": described, "tolerance": PARITY_TOLERANCE, "max_abs_diff": differences}
-        if quantize:
-            parity["int8"] = write_int8(trained, run_dir, staging)
-        write_json(staging / BUNDLE_MANIFEST, {**info, "parity": parity})
+        if hf:
+            inputs = network_input(crops, trained.preprocessing)
+            differences = write_hf_folder(trained, run_dir, staging, inputs, push)
+            parity = {"inputs": described, "tolerance": PARITY_TOLERANCE, "max_abs_diff": differences}
+        else:
+            parity = write_bundle(trained, run_dir, staging, wanted, crops, described, quantize)
         _publish(staging, destination)
     except (OSError, SafetensorError) as error:  # disk full, a read-only mount, the folder taken away
         shutil.rmtree(staging, ignore_errors=True)
@@ -326,4 +363,6 @@ def export_bundle(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if push:
+        parity["pushed"] = push_folder(destination, push)
     return destination, parity

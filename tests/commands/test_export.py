@@ -13,11 +13,13 @@ from PIL import Image
 
 import tlbench
 import tlbench.export
+import tlbench.hub
 import tlbench.quantize
-from tests.conftest import REPO, run_tlbench
+from tests.conftest import REPO, make_dataset, run_tlbench
 from tlbench.data.images import load_rgb
 from tlbench.errors import TLBenchError
 from tlbench.export import PARITY_TOLERANCE, STANDALONE_ONNX, export_bundle
+from tlbench.models.heads import ClassifierHead
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import load_trained
 from tlbench.quantize import INT8_ONNX, int8_verdict
@@ -215,3 +217,79 @@ def test_int8_verdict_needs_agreement_and_no_significant_mcnemar_difference():
             "refused"
         ]
     )
+
+
+@pytest.fixture(scope="module")
+def linear_timm_run(tmp_path_factory) -> Path:
+    """A run whose model is exactly a timm model: timm's tiny test EfficientNet with one Linear head."""
+    root = tmp_path_factory.mktemp("linear_timm")
+    run = tlbench.fit(
+        make_dataset(root / "tiny"),
+        backbone="test_efficientnet",
+        output=root,
+        pretrained=False,
+        input_size=32,
+        head_hidden=0,
+        head_epochs=1,
+        finetune_epochs=1,
+        unfreeze_blocks=-1,
+        batch_size=8,
+        num_workers=0,
+        trainer={"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu"},
+    )
+    return run.dir
+
+
+def test_cli_format_hf_round_trips_through_timm_and_tlbench(linear_timm_run, tmp_path):
+    import timm
+
+    folder = tmp_path / "hf"
+    result = run_tlbench("export", str(linear_timm_run), "--format", "hf", "--output", str(folder), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architecture"] == "test_efficientnet" and config["num_classes"] == 3
+    assert config["label_names"] == ["class_0", "class_1", "class_2"]
+    assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    from safetensors.torch import load_file
+
+    assert set(load_file(str(folder / "model.safetensors"))) == set(
+        timm.create_model("test_efficientnet", num_classes=3).state_dict()
+    )
+    metrics = tlbench.Run(linear_timm_run).metrics
+    finetune = metrics["phases"]["finetune"]
+    card = (folder / "README.md").read_text()
+    assert f"Test accuracy: {finetune['test_acc']:.3f} on 3 test images" in card
+    assert f"[{finetune['test_acc_ci95'][0]:.3f}, {finetune['test_acc_ci95'][1]:.3f}]" in card
+    assert metrics["layout"] in card and tlbench.hub.split_hash(linear_timm_run) in card
+
+    images = sorted((linear_timm_run.parents[2] / "tiny").glob("*/*.png"))[::3]
+    run, loaded = tlbench.load(linear_timm_run, engine="torch"), tlbench.load(folder, engine="torch")
+    expected = run.predict(images)
+    assert loaded.classes == run.classes and loaded.trained.preprocessing == run.trained.preprocessing
+    assert [p.label for p in loaded.predict(images)] == [p.label for p in expected]
+    assert max(abs(a.probability - b.probability) for a, b in zip(loaded.predict(images), expected)) <= 1e-5
+    # timm alone, with the run's preprocessing (tlbench's), gives the run's probabilities.
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    batch = run.predictor.tensor([load_rgb(p) for p in images])
+    with torch.no_grad():
+        probabilities = model(batch).softmax(dim=1)
+    assert (probabilities - run.predictor.forward(batch)).abs().max() <= PARITY_TOLERANCE
+
+
+def test_format_hf_refuses_models_timm_cannot_represent(tiny_run, linear_timm_run, tmp_path, monkeypatch):
+    with pytest.raises(TLBenchError, match="cnn1 is tlbench's own baseline, not a timm architecture"):
+        export_bundle(tiny_run, formats="hf", output=tmp_path / "baseline")
+    trained = load_trained(linear_timm_run)
+    trained.model.head = ClassifierHead(trained.model.backbone.num_features, 3, hidden=16)
+    monkeypatch.setattr(tlbench.export, "load_trained", lambda *args: trained)
+    with pytest.raises(TLBenchError, match="head is Linear-ReLU-Dropout-Linear, which timm's single Linear"):
+        export_bundle(linear_timm_run, formats="hf", output=tmp_path / "hidden")
+    for formats, quantize, push, message in [
+        ("hf,onnx", None, None, "export it alone"),
+        ("hf", "int8", None, "does not apply to --format hf"),
+        ("onnx", None, "org/name", "add --format hf"),
+    ]:
+        with pytest.raises(TLBenchError, match=message):
+            export_bundle(linear_timm_run, formats=formats, quantize=quantize, push=push, output=tmp_path / "x")
+    assert list(tmp_path.iterdir()) == []

@@ -11,6 +11,7 @@ def export(
     format: str = "safetensors",
     output: str | None = None,
     quantize: str | None = None,
+    push: str | None = None,
 ) -> None:
     """Export RUN's best checkpoint as weights.safetensors + model.json (+ model.onnx, model.standalone.onnx,
     model.torchscript.pt).
@@ -19,13 +20,16 @@ def export(
         run: run directory (lightning_logs/<experiment>/version_N).
         phase: head or finetune (default: the final model, metrics.json "final").
         format: comma-separated formats: safetensors (always written), onnx, onnx-standalone (uint8 crops in,
-            normalisation, softmax, classes and preprocessing inside: needs only onnxruntime), torchscript.
+            normalisation, softmax, classes and preprocessing inside: needs only onnxruntime), torchscript; or hf
+            alone: a timm folder (config.json, model.safetensors, README.md model card) for runs fitted with
+            --model.head_hidden 0 (default output RUN/hf_<phase>).
         output: bundle folder to create (default: RUN/export_<phase>); must not exist yet.
         quantize: int8: also model.int8.onnx (and model.onnx), onnxruntime static quantisation calibrated on the
             run's training images; refused unless it agrees with fp32 on >= 99% of the test images and McNemar
             finds no significant difference.
+        push: with --format hf, upload the folder to this Hugging Face Hub repository (ORG/NAME; untested here).
     """
-    bundle, parity = export_bundle(run, phase, format, output, quantize)
+    bundle, parity = export_bundle(run, phase, format, output, quantize, push)
     differences = ", ".join(f"{name} {diff:.1e}" for name, diff in parity["max_abs_diff"].items())
     print(f"wrote {bundle}")
     print(
@@ -41,3 +45,5 @@ def export(
             f" {sizes['int8'] / 1e6:.1f} MB, {sizes['int8'] / sizes['fp32']:.0%} of fp32;"
             f" calibrated on {check['calibration_images']} training images"
         )
+    if "pushed" in parity:
+        print(f"pushed to {parity['pushed']}")

@@ -127,16 +127,23 @@ def load_bundle(bundle: Path, phase: str | None = None) -> TrainedModel:
 
 
 def load_trained(path: str | Path, phase: str | None = None) -> TrainedModel:
-    """A model ready for inference from a bundle (``tlbench export``), a run directory
-    (``lightning_logs/<exp>/version_N``) or a ``.ckpt``."""
+    """A model ready for inference from a bundle (``tlbench export``), a timm folder (``export --format hf``), a
+    run directory (``lightning_logs/<exp>/version_N``) or a ``.ckpt``."""
+    from tlbench.hub import is_hf_folder, load_hf_folder
+
     path = Path(path).expanduser()
     if path.is_dir() and (path / BUNDLE_MANIFEST).is_file():
         return load_bundle(path, phase)
+    if is_hf_folder(path) and not (path / METRICS).is_file():
+        trained = load_hf_folder(path)
+        if phase is not None and phase != trained.phase:
+            raise TLBenchError(f"{path} holds the '{trained.phase}' phase, not '{phase}'; export that phase")
+        return trained
     if path.is_dir():
         if not (path / METRICS).is_file():
             raise TLBenchError(
-                f"{path} is not a tlbench run directory (no {METRICS}) or bundle (no {BUNDLE_MANIFEST});"
-                " pass a run directory, a bundle or a .ckpt file"
+                f"{path} is not a tlbench run directory (no {METRICS}), bundle (no {BUNDLE_MANIFEST}) or timm folder"
+                " (config.json + model.safetensors); pass a run directory, a bundle, a timm folder or a .ckpt file"
             )
         path = checkpoint_for_run(path, phase)
     return model_from_checkpoint(read_checkpoint(path), path)
