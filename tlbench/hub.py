@@ -174,7 +174,7 @@ def write_hf_folder(
 
 def push(folder: Path, repo: str) -> str:
     """Upload ``folder`` to the Hub model repository ``repo`` (created if missing); its URL. Untested here (no
-    network): any failure is one line, and the folder stays for a later ``huggingface-cli upload``."""
+    network): any failure is one line, and the folder stays for a later ``hf upload``."""
     try:
         from huggingface_hub import HfApi
 
@@ -185,7 +185,7 @@ def push(folder: Path, repo: str) -> str:
         detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise TLBenchError(
             f"could not push {folder} to {repo}: {detail}; the folder is written, upload it later with"
-            f" huggingface-cli upload {repo} {folder}"
+            f" hf upload {repo} {folder}"
         ) from None
 
 

@@ -293,3 +293,16 @@ def test_format_hf_refuses_models_timm_cannot_represent(tiny_run, linear_timm_ru
         with pytest.raises(TLBenchError, match=message):
             export_bundle(linear_timm_run, formats=formats, quantize=quantize, push=push, output=tmp_path / "x")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_push_is_one_line_and_keeps_the_folder(linear_timm_run, tmp_path, monkeypatch):
+    """The Hub cannot be reached from here: only the failure path of --push is tested."""
+    import huggingface_hub
+
+    def unreachable(*args, **kwargs):
+        raise OSError("Cannot reach https://huggingface.co")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", unreachable)
+    with pytest.raises(TLBenchError, match=r"could not push .* to org/name: Cannot reach .* hf upload org/name"):
+        export_bundle(linear_timm_run, formats="hf", push="org/name", output=tmp_path / "hf")
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
