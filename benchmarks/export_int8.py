@@ -1,10 +1,11 @@
-"""int8 against fp32 ONNX Runtime on a real run: images per second at batch 32 and batch 1, and file size.
+"""int8 (and OpenVINO) against fp32 ONNX Runtime on a real run: images per second at batch 32 and 1, file size.
 
     python benchmarks/export_int8.py RUN_DIR [--threads 2] [--seconds 5] [--rounds 3]
 
-Exports RUN_DIR with ``--quantize int8`` into a temporary folder (the int8 check runs as in ``tlbench export``),
-then times both graphs on the run's preprocessed test images (repeated to fill a batch of 32), the two
-alternating round by round so both see the same machine load; each figure is the best round. Preprocessing is
+Exports RUN_DIR with ``--quantize int8`` (and ``--format openvino`` when OpenVINO is installed: the IR run in
+float32 on the CPU, as the export checks it) into a temporary folder (every check runs as in ``tlbench export``),
+then times the graphs on the run's preprocessed test images (repeated to fill a batch of 32), the
+engines alternating round by round so all see the same machine load; each figure is the best round. Preprocessing is
 not timed: the graphs alone. On a CPU shared with other work absolute figures are noisy; the ratios are the
 result.
 """
@@ -14,23 +15,29 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from functools import partial
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
 from common import print_table
 
-from tlbench.export import export_bundle, network_input, split_crops
+from tlbench.export import OPENVINO_CONFIG, OPENVINO_XML, export_bundle, network_input, split_crops
 from tlbench.models.engine import INPUT, ort_session
 from tlbench.models.loading import BUNDLE_ONNX, load_trained
 from tlbench.quantize import INT8_ONNX
 from tlbench.rundir import read_metrics
 
 
-def images_per_second(session, batch: np.ndarray, seconds: float) -> float:
-    session.run(None, {INPUT: batch})  # warm-up
+def run_ort(session, batch: np.ndarray) -> None:
+    session.run(None, {INPUT: batch})
+
+
+def images_per_second(run, batch: np.ndarray, seconds: float) -> float:
+    run(batch)  # warm-up
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        session.run(None, {INPUT: batch})
+        run(batch)
         done += len(batch)
     return done / (time.perf_counter() - start)
 
@@ -49,26 +56,35 @@ def main() -> None:
     batches = {32: np.resize(images, (32, *images.shape[1:])), 1: images[:1]}
     with tempfile.TemporaryDirectory() as scratch:
         start = time.perf_counter()
-        bundle, parity = export_bundle(args.run, quantize="int8", output=Path(scratch) / "bundle")
+        formats = "onnx,openvino" if find_spec("openvino") else "onnx"
+        bundle, parity = export_bundle(args.run, formats=formats, quantize="int8", output=Path(scratch) / "bundle")
         export_seconds = time.perf_counter() - start
-        sessions = {
-            name: ort_session(bundle / file, args.threads)
+        runners = {
+            name: partial(run_ort, ort_session(bundle / file, args.threads))
             for name, file in (("fp32", BUNDLE_ONNX), ("int8", INT8_ONNX))
         }
-        best = {(name, size): 0.0 for name in sessions for size in batches}
+        if "openvino" in parity["max_abs_diff"]:
+            import openvino
+
+            config = {**OPENVINO_CONFIG, "INFERENCE_NUM_THREADS": args.threads}
+            runners["openvino fp32"] = openvino.Core().compile_model(str(bundle / OPENVINO_XML), "CPU", config)
+        best = {(name, size): 0.0 for name in runners for size in batches}
         for _ in range(args.rounds):
             for size, batch in batches.items():
-                for name, session in sessions.items():
-                    best[name, size] = max(best[name, size], images_per_second(session, batch, args.seconds))
+                for name, run in runners.items():
+                    best[name, size] = max(best[name, size], images_per_second(run, batch, args.seconds))
     check, sizes = parity["int8"], parity["int8"]["size_bytes"]
     rows = [
         (f"img/s batch {size}, {name}", f"{best[name, size]:.1f}", f"{best[name, size] / best['fp32', size]:.2f}x")
         for size in batches
-        for name in sessions
+        for name in runners
     ]
     rows += [
         (f"file size {name}", f"{sizes[name] / 1e6:.1f} MB", f"{sizes[name] / sizes['fp32']:.0%}") for name in sizes
     ]
+    if "openvino fp32" in runners:
+        difference = parity["max_abs_diff"]["openvino"]
+        rows.append(("openvino max abs probability difference", f"{difference:.1e}", "on the parity images"))
     rows += [
         ("test agreement", f"{check['agreement']:.1%} of {check['n']}", f"McNemar p={check['mcnemar_p']:.2g}"),
         ("test accuracy fp32 / int8", f"{check['fp32_acc']:.3f} / {check['int8_acc']:.3f}", ""),

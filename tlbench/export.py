@@ -8,6 +8,8 @@ A bundle is a folder:
   test metrics, and the parity check's results;
 * optionally ``model.onnx`` and ``model.torchscript.pt``: the network from a normalised ``N x 3 x S x S``
   float batch to class probabilities (softmax applied; the preprocessing in ``model.json`` is the caller's job);
+* optionally ``model.openvino.xml`` + ``.bin`` (format ``openvino``, the optional extra ``tlbench[openvino]``):
+  OpenVINO IR of the same network as ``model.onnx``, converted from it, checked run in float32 on the CPU;
 * optionally ``model.standalone.onnx`` (format ``onnx-standalone``): a graph that needs nothing else, for users
   without tlbench or torch. It takes ``uint8`` RGB crops ``N x S x S x 3`` (the image's short side resized to
   ``resize_size`` with ``interpolation``, then centre-cropped to ``S``), normalises them and applies the softmax
@@ -55,9 +57,13 @@ from tlbench.models.loading import (
 from tlbench.quantize import CALIBRATION_IMAGES, INT8_ONNX, check_int8, check_quantization, quantize_int8
 from tlbench.rundir import read_metrics
 
-FORMATS = ("safetensors", "onnx", "onnx-standalone", "torchscript", "hf")
+FORMATS = ("safetensors", "onnx", "onnx-standalone", "torchscript", "openvino", "hf")
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 STANDALONE_ONNX = "model.standalone.onnx"
+OPENVINO_XML = "model.openvino.xml"  # and model.openvino.bin, the weights
+# OpenVINO runs in bfloat16 on CPUs that have it (AVX-512 BF16, AMX) unless told otherwise: float32 keeps the
+# 1e-4 parity check meaningful, and whoever loads the IR should ask for the same.
+OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 # What the standalone graph's metadata says about its input, for whoever opens it in Netron or onnxruntime.
 STANDALONE_INPUT = (
     "uint8 RGB, N x input_size x input_size x 3: resize the short side to resize_size (long side int(resize_size *"
@@ -202,6 +208,29 @@ def write_standalone_onnx(trained: TrainedModel, network: nn.Module, crops: torc
     return torch.from_numpy(ort_session(path).run([PROBABILITIES], {"images": crops.numpy()})[0])
 
 
+def write_openvino(network: nn.Module, inputs: torch.Tensor, staging: Path) -> torch.Tensor:
+    """OpenVINO IR converted from the ONNX export of ``network`` (the staged ``model.onnx``, or a temporary one);
+    returns OpenVINO's probabilities for ``inputs``, run on the CPU in float32."""
+    try:
+        import openvino
+    except ImportError:
+        raise TLBenchError(
+            "--format openvino needs OpenVINO: pip install 'tlbench[openvino]' (or pip install openvino)"
+        ) from None
+    source = staging / BUNDLE_ONNX
+    temporary = not source.is_file()
+    if temporary:
+        source = staging / ".openvino-source.onnx"
+        export_onnx(network, inputs, source, PROBABILITIES)
+    try:
+        openvino.save_model(openvino.convert_model(str(source)), str(staging / OPENVINO_XML), compress_to_fp16=False)
+    finally:
+        if temporary:
+            source.unlink()
+    compiled = openvino.Core().compile_model(str(staging / OPENVINO_XML), "CPU", OPENVINO_CONFIG)
+    return torch.from_numpy(compiled(inputs.numpy())[0])
+
+
 def write_torchscript(network: nn.Module, example: torch.Tensor, path: Path) -> torch.Tensor:
     """Trace, save, reload from disk and return the reloaded module's probabilities for ``example``."""
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
@@ -296,6 +325,8 @@ def write_bundle(
         differences["onnx-standalone"] = max_abs_diff(
             expected, write_standalone_onnx(trained, network, crops, staging / STANDALONE_ONNX)
         )
+    if "openvino" in wanted:
+        differences["openvino"] = max_abs_diff(expected, write_openvino(network, inputs, staging))
     if "torchscript" in wanted:
         differences["torchscript"] = max_abs_diff(
             expected, write_torchscript(network, inputs, staging / TORCHSCRIPT_FILE)

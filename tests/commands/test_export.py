@@ -306,3 +306,23 @@ def test_failed_push_is_one_line_and_keeps_the_folder(linear_timm_run, tmp_path,
     with pytest.raises(TLBenchError, match=r"could not push .* to org/name: Cannot reach .* hf upload org/name"):
         export_bundle(linear_timm_run, formats="hf", push="org/name", output=tmp_path / "hf")
     assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+def test_openvino_ir_matches_pytorch_and_is_refused_without_openvino(tiny_run, tmp_path, monkeypatch):
+    import openvino
+
+    bundle, parity = export_bundle(tiny_run, formats="openvino", output=tmp_path / "bundle")
+    assert {"model.openvino.xml", "model.openvino.bin"} <= {p.name for p in bundle.iterdir()}
+    assert "model.onnx" not in {p.name for p in bundle.iterdir()}  # its temporary source is not left behind
+    assert parity["max_abs_diff"]["openvino"] <= PARITY_TOLERANCE
+    # The IR, run independently by OpenVINO in float32, agrees with the run's model.
+    images = [load_rgb(p) for p in sorted((tiny_run.parents[2] / "tiny").glob("*/*.png"))[::4]]
+    reference = Predictor(load_trained(tiny_run), engine="torch")
+    batch = reference.tensor(images)
+    compiled = openvino.Core().compile_model(str(bundle / "model.openvino.xml"), "CPU", tlbench.export.OPENVINO_CONFIG)
+    assert np.abs(compiled(batch.numpy())[0] - reference.forward(batch).numpy()).max() <= PARITY_TOLERANCE
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if the extra were not installed
+    with pytest.raises(TLBenchError, match=r"--format openvino needs OpenVINO: pip install 'tlbench\[openvino\]'"):
+        export_bundle(tiny_run, formats="openvino", output=tmp_path / "without")
+    assert not (tmp_path / "without").exists()

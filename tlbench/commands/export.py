@@ -20,7 +20,8 @@ def export(
         run: run directory (lightning_logs/<experiment>/version_N).
         phase: head or finetune (default: the final model, metrics.json "final").
         format: comma-separated formats: safetensors (always written), onnx, onnx-standalone (uint8 crops in,
-            normalisation, softmax, classes and preprocessing inside: needs only onnxruntime), torchscript; or hf
+            normalisation, softmax, classes and preprocessing inside: needs only onnxruntime), torchscript, openvino
+            (IR, pip install 'tlbench[openvino]'); or hf
             alone: a timm folder (config.json, model.safetensors, README.md model card) for runs fitted with
             --model.head_hidden 0 (default output RUN/hf_<phase>).
         output: bundle folder to create (default: RUN/export_<phase>); must not exist yet.
