@@ -168,7 +168,9 @@ def test_standalone_onnx_classifies_with_onnxruntime_pillow_numpy_alone(tiny_run
     rows = [line.split("\t") for line in result.stdout.splitlines()]
     expected = tlbench.load(tiny_run, engine="torch").predict(images)
     assert [row[1] for row in rows] == [p.label for p in expected]
-    assert max(abs(float(row[2]) - p.probability) for row, p in zip(rows, expected)) <= PARITY_TOLERANCE
+    # Same pixels give the same probability up to the printed 6 decimals (5e-7) and float noise; a crop one pixel
+    # off (floor instead of torchvision's rounding of the offset) already differs by 6e-6 to 8e-5 here.
+    assert max(abs(float(row[2]) - p.probability) for row, p in zip(rows, expected)) <= 2e-6
 
 
 def test_cli_quantize_int8_writes_a_checked_int8_graph(tiny_run, tmp_path):
