@@ -108,7 +108,7 @@ def model_card(trained: TrainedModel, run_dir: Path, architecture: str, repo: st
         "---",
         f"# {metrics.get('dataset', 'tlbench')} classifier ({architecture})",
         "",
-        f"A {architecture} trained by tlbench (phase `{trained.phase}`, starting weights:"
+        f"`{architecture}` trained by tlbench (phase `{trained.phase}`, starting weights:"
         f" {trained.model.weights_source}) to classify {len(trained.classes)} classes: {', '.join(trained.classes)}.",
         "",
         f"- Test accuracy: {scored}.",
