@@ -5,9 +5,11 @@ import io
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -42,8 +44,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_run, tmp_path_factory):
-    """Base URL of ``python -m tlbench serve BUNDLE`` with a 1 MiB upload cap and 2 inference slots."""
+def served(tiny_run, tmp_path_factory):
+    """``(base URL, process)`` of ``python -m tlbench serve BUNDLE`` with a 1 MiB upload cap and 2 inference
+    slots."""
     bundle, _ = export_bundle(tiny_run, output=tmp_path_factory.mktemp("serve") / "bundle")
     port = free_port()
     command = [
@@ -74,9 +77,34 @@ def server(tiny_run, tmp_path_factory):
     else:
         process.kill()
         pytest.fail(f"server did not start: {process.stdout.read()[-2000:]}")
-    yield url
+    yield url, process
     process.terminate()
     process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(served) -> str:
+    return served[0]
+
+
+def memory_mib(pid: int, field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak so far) of a process, from /proc."""
+    status = open(f"/proc/{pid}/status").read()
+    return int(status.split(f"{field}:")[1].split()[0]) / 1024
+
+
+def grey16_png(width: int, height: int) -> bytes:
+    """A valid mid-grey 16-bit greyscale PNG, compressed row by row: 9400x9400 is about 200 KB on the wire and
+    170 MiB of pixels."""
+    row = b"\x00" + b"\x80\x00" * width  # filter byte, then big-endian 32768s
+    compressor = zlib.compressobj(9)
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
 def png_bytes(size: int = 40, seed: int = 0, fmt: str = "PNG") -> bytes:
@@ -162,6 +190,26 @@ def test_non_images_are_415(server, data, content_type):
 def test_bomb_header_is_422(server, tmp_path):
     response = predict(server, bomb_png(tmp_path / "bomb.png", 100_000, 100_000).read_bytes())
     assert response.status_code == 422 and "decompression bomb" in response.json()["error"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads peak memory from /proc")
+def test_16_bit_png_bombs_at_once_keep_the_server_within_its_memory_budget(served):
+    """Two 200 KB PNGs of 9400x9400 16-bit pixels (under MAX_PIXELS; 2.2 GB each to decode before) at once, with
+    the fixture's two slots, then a 4000x4000 16-bit PNG that fits the budget and is decoded reduced."""
+    url, process = served
+    predict(url, png_bytes())  # the model is loaded and has run once
+    before = memory_mib(process.pid, "VmRSS")
+    bomb = grey16_png(9400, 9400)
+    assert len(bomb) < 400_000
+    with ThreadPoolExecutor(2) as pool:
+        bombs = list(pool.map(lambda _: predict(url, bomb), range(2)))
+    for response in bombs:
+        assert response.status_code == 413, response.text
+        assert response.json()["error"].startswith("image too large to decode here: 9400x9400 PNG I;16")
+    fits = predict(url, grey16_png(4000, 4000))
+    assert fits.status_code == 200, fits.text
+    peak = memory_mib(process.pid, "VmHWM")
+    assert peak - before < 300, (before, peak)
 
 
 def test_client_file_name_is_never_a_path(server):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from tlbench.data.images import MAX_PIXELS, ImageLoadError, load_rgb, to_rgb
+from tlbench.data.images import MAX_PIXELS, DecodeBudget, ImageLoadError, ImageTooLargeError, load_rgb, to_rgb
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
@@ -170,3 +170,29 @@ def test_max_side_decodes_a_large_jpeg_at_reduced_scale(tmp_path, photo, pixel_a
     rgb = load_rgb(path, max_side=512)
     assert rgb.size == (512, 384) and close_to(rgb.getpixel((100, 100)), RED)
     assert set(pixel_allocations) == {(1000, 750)}  # decoded at 1/4 scale, never 4000x3000
+
+
+def test_budget_decodes_jpeg_reduced_and_shrinks_others_right_after_decoding(tmp_path, photo, pixel_allocations):
+    budget = DecodeBudget(short_side=256, max_bytes=64 * 2**20)
+    jpeg = photo(tmp_path / "big.jpg", image=Image.new("RGB", (4000, 3000), RED))
+    rgb = load_rgb(jpeg, budget=budget)
+    assert set(pixel_allocations) == {(500, 375)}  # 1/8 scale keeps a short side >= 256
+    assert rgb.size == (500, 375) and close_to(rgb.getpixel((100, 100)), RED)
+    stored = Image.new("RGB", (3000, 1500), RED)
+    stored.paste(BLUE, (1500, 0, 3000, 1500))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # upright is 1500x3000, red on top
+    rgb = load_rgb(photo(tmp_path / "phone.png", image=stored, exif=exif), budget=budget)
+    assert rgb.size == (300, 600)  # reduced by 5, orientation kept
+    assert rgb.getpixel((150, 60)) == RED and rgb.getpixel((150, 540)) == BLUE
+    grey16 = photo(tmp_path / "grey16.png", image=Image.fromarray(np.full((2000, 1000), 32768, dtype=np.uint16)))
+    assert load_rgb(grey16, budget=budget).getpixel((5, 5)) == (128, 128, 128)
+
+
+def test_budget_refuses_from_the_header_what_it_cannot_decode_cheaply(tmp_path, pixel_allocations):
+    path = tmp_path / "bomb16.png"
+    Image.fromarray(np.zeros((3000, 3000), dtype=np.uint16)).save(path)
+    with pytest.raises(ImageTooLargeError) as caught:
+        load_rgb(path, budget=DecodeBudget(short_side=256, max_bytes=16 * 2**20))
+    assert str(caught.value).startswith("too large to decode here: 3000x3000 PNG I;16 needs 26 MiB (limit 16 MiB)")
+    assert pixel_allocations == []

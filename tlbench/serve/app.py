@@ -9,6 +9,10 @@ Safety, in the order a request meets it:
    ``queue_timeout`` seconds, then get 429 with ``Retry-After``.
 4. ``load_rgb`` decides the format from the bytes: anything that is not a supported raster image (SVG, HTML,
    text, PDF...) is 415; damaged files, decompression bombs and images too small are 422 with its reason.
+   It decodes within a ``DecodeBudget`` of ``max_decode_mb`` of pixel memory, keeping twice the model's resize
+   size (JPEGs decoded at reduced scale, others box-reduced right after decoding): an image that would need more,
+   such as a 200 KB PNG of 9400x9400 16-bit pixels, is 413 from its header, so ``max_concurrency`` uploads at
+   once stay within ``max_concurrency * max_decode_mb`` of pixels.
 
 Every error is ``{"error": "..."}`` JSON with the right status; unexpected failures are a JSON 500, never a
 traceback.
@@ -28,7 +32,7 @@ from python_multipart.exceptions import FormParserError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from tlbench.data.images import ImageLoadError, NotAnImageError, load_rgb
+from tlbench.data.images import DecodeBudget, ImageLoadError, ImageTooLargeError, NotAnImageError, load_rgb
 from tlbench.models.engine import EngineName
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import TrainedModel
@@ -48,6 +52,7 @@ PAGE_HEADERS = {
 @dataclass(frozen=True)
 class ServeSettings:
     max_upload_mb: float = 20
+    max_decode_mb: float = 64
     max_concurrency: int = 8
     queue_timeout: float = 1.0
     top_k: int = 5
@@ -93,10 +98,13 @@ def read_upload(body: bytes, content_type: str) -> bytes:
     return fields[UPLOAD_FIELD.encode()]
 
 
-def decode(data: bytes, predictor: Predictor):
-    """Decoded and preprocessed network input of an upload; 415 for non-images, 422 for unusable images."""
+def decode(data: bytes, predictor: Predictor, budget: DecodeBudget):
+    """Decoded and preprocessed network input of an upload; 415 for non-images, 413 for images over the decoding
+    budget, 422 for unusable images."""
     try:
-        return predictor.transform(load_rgb(data))
+        return predictor.transform(load_rgb(data, budget=budget))
+    except ImageTooLargeError as error:
+        raise HTTPException(413, f"image {error}") from None
     except NotAnImageError as error:
         raise HTTPException(415, f"not a supported image: {error} (send JPEG, PNG, WebP, BMP, GIF or TIFF)") from None
     except ImageLoadError as error:
@@ -109,6 +117,7 @@ def create_app(trained: TrainedModel, settings: ServeSettings = ServeSettings())
     batcher = MicroBatcher(predictor.forward, settings.max_batch, settings.batch_window_ms)
     limit = ConcurrencyLimit(settings.max_concurrency, settings.queue_timeout)
     info = model_info(trained)
+    budget = DecodeBudget(2 * trained.preprocessing.resize_size, int(settings.max_decode_mb * 2**20))
     page = files("tlbench.serve").joinpath("page.html").read_text()
 
     @asynccontextmanager
@@ -150,7 +159,7 @@ def create_app(trained: TrainedModel, settings: ServeSettings = ServeSettings())
         upload = read_upload(await request.body(), request.headers.get("content-type", ""))
         async with limit.slot():
             with batcher.on_its_way() as submit:
-                tensor = await run_in_threadpool(decode, upload, predictor)
+                tensor = await run_in_threadpool(decode, upload, predictor, budget)
                 probabilities = await submit(tensor)
         predictions = predictor.label_top_k(probabilities[None], settings.top_k)[0]
         return {
