@@ -38,6 +38,9 @@ def serve(
     max_batch: int = 8,
     batch_window_ms: float = 5.0,
     engine: EngineName = "auto",
+    header_timeout: float = 10.0,
+    body_timeout: float = 15.0,
+    max_connections: int = 1000,
 ) -> None:
     """Serve MODEL at http://HOST:PORT/ (page), POST /predict (multipart field "file"), GET /model, GET /health.
 
@@ -57,6 +60,12 @@ def serve(
         batch_window_ms: how long the first queued request waits for others to join its batch.
         engine: auto (ONNX Runtime on a CPU, torch on a GPU), torch or onnxruntime; a bundle's model.onnx is used
             when present, else the model is exported on the first request (and cached).
+        header_timeout: seconds a connection may take to send a request head (from opening, or from its previous
+            response); slower ones are closed, however they trickle.
+        body_timeout: seconds an upload may take from its request head to its last byte; slower ones get 408.
+            Uploads need at least max_upload_mb / body_timeout MB/s to always get through.
+        max_connections: open connections at most; past it, a new connection closes the one idle the longest, or
+            is answered 503 (Retry-After: 1) when all are busy with requests.
     """
     missing = [name for name in ("fastapi", "uvicorn", "python_multipart") if importlib.util.find_spec(name) is None]
     if missing:
@@ -66,26 +75,36 @@ def serve(
         or min(max_upload_mb, max_decode_mb) <= 0
         or queue_timeout < 0
         or batch_window_ms < 0
+        or min(header_timeout, body_timeout) <= 0
+        or max_connections < 1
     ):
         raise TLBenchError(
             "max_concurrency, max_batch and top_k must be >= 1, max_upload_mb and max_decode_mb > 0,"
-            " queue_timeout and batch_window_ms >= 0"
+            " queue_timeout and batch_window_ms >= 0, header_timeout and body_timeout > 0, max_connections >= 1"
         )
     import uvicorn
 
     from tlbench.serve.app import ServeSettings, create_app
+    from tlbench.serve.connections import reserve_file_handles, uvicorn_config
 
+    reserve_file_handles(max_connections)
     return_freed_memory()
     trained = load_trained(model, phase)
-    app = create_app(
-        trained,
-        ServeSettings(
-            max_upload_mb, max_decode_mb, max_concurrency, queue_timeout, top_k, max_batch, batch_window_ms, engine
-        ),
+    settings = ServeSettings(
+        max_upload_mb=max_upload_mb,
+        max_decode_mb=max_decode_mb,
+        max_concurrency=max_concurrency,
+        queue_timeout=queue_timeout,
+        top_k=top_k,
+        max_batch=max_batch,
+        batch_window_ms=batch_window_ms,
+        engine=engine,
+        body_timeout=body_timeout,
     )
+    app = create_app(trained, settings)
     print(
         f"serving {trained.backbone} ({trained.phase}, {len(trained.classes)} classes) from {trained.source}"
         f" at http://{host}:{port}/ - Ctrl+C stops",
         flush=True,
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.Server(uvicorn_config(app, host, port, header_timeout, max_connections)).run()

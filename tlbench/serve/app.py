@@ -2,11 +2,14 @@
 
 Safety, in the order a request meets it:
 
-1. ``BodySizeLimit`` refuses bodies over ``max_upload_mb`` with 413 while they stream in.
-2. The multipart body is parsed in memory (python-multipart, spooling to disk disabled); the client's file
-   name is never looked at, and nothing is written to disk.
-3. ``ConcurrencyLimit`` admits ``max_concurrency`` requests to decoding and inference; others wait up to
-   ``queue_timeout`` seconds, then get 429 with ``Retry-After``.
+0. ``GuardedH11Protocol`` (``connections.py``, set up by ``uvicorn_config``) drops connections whose request
+   head takes over ``header_timeout`` seconds and keeps at most ``max_connections`` open.
+1. ``BodyLimits`` refuses bodies over ``max_upload_mb`` with 413 (from the Content-Length before a byte is read,
+   or while they stream in) and bodies not received within ``body_timeout`` seconds with 408.
+2. ``ConcurrencyLimit`` admits ``max_concurrency`` requests to reading, decoding and inference, the slot taken
+   before the body is read; others wait up to ``queue_timeout`` seconds, then get 429 with ``Retry-After``.
+3. The multipart body is parsed in memory on a worker thread (python-multipart, spooling to disk disabled), at
+   most ``MAX_PARTS`` parts; the client's file name is never looked at, and nothing is written to disk.
 4. ``load_rgb`` decides the format from the bytes: anything that is not a supported raster image (SVG, HTML,
    text, PDF...) is 415; damaged files, decompression bombs and images too small are 422 with its reason.
    It decodes within a ``DecodeBudget`` of ``max_decode_mb`` of pixel memory, keeping twice the model's resize
@@ -15,11 +18,12 @@ Safety, in the order a request meets it:
    once stay within ``max_concurrency * max_decode_mb`` of pixels.
 
 Every error is ``{"error": "..."}`` JSON with the right status; unexpected failures are a JSON 500, never a
-traceback.
+traceback; a client that goes away during its upload is one warning line.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,15 +35,19 @@ from python_multipart import create_form_parser
 from python_multipart.exceptions import FormParserError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from tlbench.data.images import DecodeBudget, ImageLoadError, ImageTooLargeError, NotAnImageError, load_rgb
 from tlbench.models.engine import EngineName
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import TrainedModel
 from tlbench.serve.batching import MicroBatcher
-from tlbench.serve.limits import BodySizeLimit, Busy, ConcurrencyLimit
+from tlbench.serve.limits import BodyLimits, Busy, ConcurrencyLimit
 
 UPLOAD_FIELD = "file"
+# The page sends one part; a body of 300,000 tiny fields would otherwise take seconds of parsing.
+MAX_PARTS = 16
 # The page's script and styles are inline and it fetches only this server: nothing else may run or load.
 PAGE_HEADERS = {
     "Content-Security-Policy": (
@@ -47,6 +55,9 @@ PAGE_HEADERS = {
     ),
     "X-Content-Type-Options": "nosniff",
 }
+
+
+log = logging.getLogger("uvicorn.error")  # uvicorn's own handler: one line each, where its messages go
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,7 @@ class ServeSettings:
     max_batch: int = 8
     batch_window_ms: float = 5.0
     engine: EngineName = "auto"
+    body_timeout: float = 15.0
 
 
 def model_info(trained: TrainedModel) -> dict:
@@ -72,23 +84,40 @@ def model_info(trained: TrainedModel) -> dict:
     }
 
 
+class TooManyParts(Exception):
+    pass
+
+
 def read_upload(body: bytes, content_type: str) -> bytes:
-    """The bytes of the ``file`` field of a multipart body, parsed in memory (never spooled to disk)."""
+    """The bytes of the ``file`` field of a multipart body, parsed in memory (never spooled to disk); 400 past
+    ``MAX_PARTS`` parts, stopping the parse there."""
     fields: dict[bytes, bytes] = {}
+    parts = 0
+
+    def keep(name: bytes, value: bytes) -> None:
+        nonlocal parts
+        parts += 1
+        if parts > MAX_PARTS:
+            raise TooManyParts
+        fields[name] = value
 
     def on_file(upload) -> None:
         upload.file_object.seek(0)
-        fields[upload.field_name] = upload.file_object.read()
+        keep(upload.field_name, upload.file_object.read())
 
     try:
         parser = create_form_parser(
             {"Content-Type": content_type},
-            lambda field: fields.__setitem__(field.field_name, field.value or b""),
+            lambda field: keep(field.field_name, field.value or b""),
             on_file,
             config={"MAX_MEMORY_FILE_SIZE": len(body) + 1},
         )
         parser.write(body)
         parser.finalize()
+    except TooManyParts:
+        raise HTTPException(
+            400, f"more than {MAX_PARTS} parts in the form; send only the field '{UPLOAD_FIELD}'"
+        ) from None
     except (FormParserError, ValueError):
         raise HTTPException(400, f"send the image as multipart/form-data in the field '{UPLOAD_FIELD}'") from None
     if UPLOAD_FIELD.encode() not in fields:
@@ -137,6 +166,12 @@ def create_app(trained: TrainedModel, settings: ServeSettings = ServeSettings())
         message = f"server busy: {limit.slots} images in progress; retry in a moment"
         return JSONResponse({"error": message}, status_code=429, headers={"Retry-After": "1"})
 
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, error: ClientDisconnect) -> Response:
+        client = f"{request.client.host}:{request.client.port}" if request.client else "client"
+        log.warning('%s - "%s %s" client disconnected during the upload', client, request.method, request.url.path)
+        return Response(status_code=499)  # nobody reads it; ends the request without a traceback
+
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> JSONResponse:
         return JSONResponse({"error": "internal server error"}, status_code=500)
@@ -156,8 +191,9 @@ def create_app(trained: TrainedModel, settings: ServeSettings = ServeSettings())
     @app.post("/predict")
     async def predict(request: Request) -> dict:
         started = time.perf_counter()
-        upload = read_upload(await request.body(), request.headers.get("content-type", ""))
         async with limit.slot():
+            body = await request.body()
+            upload = await run_in_threadpool(read_upload, body, request.headers.get("content-type", ""))
             with batcher.on_its_way() as submit:
                 tensor = await run_in_threadpool(decode, upload, predictor, budget)
                 probabilities = await submit(tensor)
@@ -168,5 +204,5 @@ def create_app(trained: TrainedModel, settings: ServeSettings = ServeSettings())
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 2),
         }
 
-    app.add_middleware(BodySizeLimit, max_bytes=int(settings.max_upload_mb * 2**20))
+    app.add_middleware(BodyLimits, max_bytes=int(settings.max_upload_mb * 2**20), timeout_s=settings.body_timeout)
     return app
