@@ -11,6 +11,7 @@ import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -18,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_tlbench
 from tests.reliability.test_images import bomb_png
 from tlbench.export import export_bundle
 from tlbench.serve.batching import MicroBatcher
@@ -27,6 +28,7 @@ from tlbench.serve.limits import Busy, ConcurrencyLimit
 CLASSES = ["class_0", "class_1", "class_2"]
 MAX_CONNECTIONS = 40
 BOUNDARY = "tlbenchboundary"
+TOKEN = "s3cret-token"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -46,34 +48,15 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_run, tmp_path_factory):
-    """``(base URL, process, log file)`` of ``python -m tlbench serve BUNDLE`` with a 1 MiB upload cap, 2 inference
-    slots, a 2 s request-head and 5 s body deadline and at most 40 connections."""
-    bundle, _ = export_bundle(tiny_run, output=tmp_path_factory.mktemp("serve") / "bundle")
+def bundle(tiny_run, tmp_path_factory) -> Path:
+    return export_bundle(tiny_run, output=tmp_path_factory.mktemp("serve") / "bundle")[0]
+
+
+def launch(bundle: Path, log: Path, *options: str, env: dict | None = None) -> tuple[str, subprocess.Popen]:
+    """``python -m tlbench serve BUNDLE OPTIONS`` on a free port, its output in ``log``, once /health answers."""
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "tlbench",
-        "serve",
-        str(bundle),
-        "--port",
-        str(port),
-        "--max_upload_mb",
-        "1",
-        "--max_concurrency",
-        "2",
-        "--queue_timeout",
-        "0.05",
-        "--header_timeout",
-        "2",
-        "--body_timeout",
-        "5",
-        "--max_connections",
-        str(MAX_CONNECTIONS),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+    command = [sys.executable, "-m", "tlbench", "serve", str(bundle), "--port", str(port), *options]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
     with open(log, "w") as output:
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -81,13 +64,32 @@ def served(tiny_run, tmp_path_factory):
     while time.monotonic() < deadline and process.poll() is None:
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
+                return url, process
         except httpx.TransportError:
             time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail(f"server did not start: {log.read_text()[-2000:]}")
+    process.kill()
+    pytest.fail(f"server did not start: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def served(bundle, tmp_path_factory):
+    """``(base URL, process, log file)`` of the server with a 1 MiB upload cap, 2 inference slots, a 2 s
+    request-head and 5 s body deadline and at most 40 connections."""
+    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+    limits = ["--max_upload_mb", "1", "--max_concurrency", "2", "--queue_timeout", "0.05"]
+    limits += ["--header_timeout", "2", "--body_timeout", "5", "--max_connections", str(MAX_CONNECTIONS)]
+    url, process = launch(bundle, log, *limits)
     yield url, process, log
+    process.terminate()
+    process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def token_server(bundle, tmp_path_factory):
+    """Base URL of a server whose token comes from TLBENCH_TOKEN and that also answers to Host ``tlbench.test``."""
+    log = tmp_path_factory.mktemp("serve-log") / "token.log"
+    url, process = launch(bundle, log, "--allowed_hosts", "tlbench.test", env={"TLBENCH_TOKEN": TOKEN})
+    yield url
     process.terminate()
     process.wait(timeout=20)
 
@@ -379,17 +381,24 @@ def test_micro_batcher_shares_one_forward_pass(max_batch, expected_calls):
     assert [float(r) for r in results] == [0.0, 10.0, 20.0, 30.0]  # every request gets its own row back
 
 
-def test_page_in_headless_chromium_shows_bars(server, shared_data, tmp_path):
+@pytest.mark.parametrize("with_token", [False, True])
+def test_page_in_headless_chromium_shows_bars(request, with_token, shared_data, tmp_path):
+    """The page classifies a photo; on a server with a token it asks for the token once, then works."""
+    server = request.getfixturevalue("token_server" if with_token else "server")
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium)")
     bird = next((shared_data / "birds10").glob("*/*.jpg"))
-    screenshot = tmp_path / "serve_page.png"
+    screenshot = tmp_path / ("serve_page_token.png" if with_token else "serve_page.png")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page()
         page.goto(server)
-        page.wait_for_function("document.getElementById('about').textContent.includes('cnn1')")
+        if with_token:
+            page.wait_for_selector("#login:not([hidden])")
+            page.fill("#token", TOKEN)
+            page.click("#login button")
+        page.wait_for_function("document.getElementById('about')?.textContent.includes('cnn1')")
         page.set_input_files("#file", str(bird))
         page.wait_for_selector(".prediction .fill", timeout=20_000)
         labels = page.locator(".prediction .label").all_text_contents()
@@ -443,3 +452,34 @@ def test_micro_batcher_waits_only_for_requests_on_their_way():
     alone, withdrawn = asyncio.run(scenario())
     assert alone < 1.0 and withdrawn < 1.0, (alone, withdrawn)
     assert calls == [1, 2, 1]
+
+
+def test_token_is_required_from_the_environment_and_hosts_are_checked(token_server):
+    image = png_bytes()
+    assert httpx.get(f"{token_server}/health").status_code == 200  # open: the page and /health
+    assert httpx.get(f"{token_server}/").status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        refused = httpx.get(f"{token_server}/model", headers=headers)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer", headers
+        upload = httpx.post(f"{token_server}/predict", files={"file": ("x.png", image)}, headers=headers)
+        assert upload.status_code == 401 and "token" in upload.json()["error"]
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    assert httpx.get(f"{token_server}/model", headers=bearer).json()["classes"] == CLASSES
+    answer = httpx.post(f"{token_server}/predict", files={"file": ("x.png", image)}, headers=bearer, timeout=30)
+    assert answer.status_code == 200 and len(answer.json()["predictions"]) == 3
+    for host, status in [("tlbench.test:8000", 200), ("localhost", 200), ("[::1]:1", 200), ("evil.example", 400)]:
+        response = httpx.get(f"{token_server}/model", headers={**bearer, "Host": host})
+        assert response.status_code == status, host
+    rebound = httpx.get(f"{token_server}/health", headers={"Host": "attacker.example:8000"})
+    assert rebound.status_code == 400 and "--allowed_hosts attacker.example" in rebound.json()["error"]
+
+
+def test_network_bind_without_token_refuses_to_start(tmp_path):
+    done = run_tlbench(
+        "serve", str(tmp_path / "model"), "--host", "0.0.0.0", cwd=tmp_path, timeout=120, env={"TLBENCH_TOKEN": ""}
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: --host 0.0.0.0 opens the server to the network: give it a token (--token, or TLBENCH_TOKEN in the"
+        " environment) or run it open to anyone on purpose with --open true"
+    ]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import os
 import sys
 
 from tlbench.errors import TLBenchError
 from tlbench.models.engine import EngineName
 from tlbench.models.loading import load_trained
+
+TOKEN_VARIABLE = "TLBENCH_TOKEN"
 
 
 def return_freed_memory() -> None:
@@ -41,6 +44,9 @@ def serve(
     header_timeout: float = 10.0,
     body_timeout: float = 15.0,
     max_connections: int = 1000,
+    token: str | None = None,
+    open: bool = False,
+    allowed_hosts: str = "",
 ) -> None:
     """Serve MODEL at http://HOST:PORT/ (page), POST /predict (multipart field "file"), GET /model, GET /health.
 
@@ -66,6 +72,12 @@ def serve(
             Uploads need at least max_upload_mb / body_timeout MB/s to always get through.
         max_connections: open connections at most; past it, a new connection closes the one idle the longest, or
             is answered 503 (Retry-After: 1) when all are busy with requests.
+        token: requests to /model and /predict must send "Authorization: Bearer TOKEN" (the page asks for it once);
+            default: the TLBENCH_TOKEN environment variable, which keeps it out of the process list. Required
+            when HOST is not a loopback address.
+        open: serve a non-loopback HOST without a token, to anyone who can reach it.
+        allowed_hosts: comma-separated names clients may use in the Host header besides localhost, 127.0.0.1,
+            ::1 and HOST ("*": any); others get 400, which stops DNS-rebinding pages from reading the server.
     """
     missing = [name for name in ("fastapi", "uvicorn", "python_multipart") if importlib.util.find_spec(name) is None]
     if missing:
@@ -82,6 +94,15 @@ def serve(
             "max_concurrency, max_batch and top_k must be >= 1, max_upload_mb and max_decode_mb > 0,"
             " queue_timeout and batch_window_ms >= 0, header_timeout and body_timeout > 0, max_connections >= 1"
         )
+    from tlbench.serve.access import LOOPBACK_HOSTS, is_loopback
+
+    token = token or os.environ.get(TOKEN_VARIABLE) or None
+    if not (token or open or is_loopback(host)):
+        raise TLBenchError(
+            f"--host {host} opens the server to the network: give it a token (--token, or {TOKEN_VARIABLE} in the"
+            " environment) or run it open to anyone on purpose with --open true"
+        )
+    hosts = (*LOOPBACK_HOSTS, host, *(name.strip() for name in allowed_hosts.split(",") if name.strip()))
     import uvicorn
 
     from tlbench.serve.app import ServeSettings, create_app
@@ -100,6 +121,8 @@ def serve(
         batch_window_ms=batch_window_ms,
         engine=engine,
         body_timeout=body_timeout,
+        token=token,
+        allowed_hosts=tuple(dict.fromkeys(hosts)),
     )
     app = create_app(trained, settings)
     print(

@@ -2,6 +2,8 @@
 
 Safety, in the order a request meets it:
 
+- ``AccessControl`` (``access.py``) refuses a ``Host`` outside ``allowed_hosts`` (400) and, when a ``token`` is
+  set, requests to ``/model`` and ``/predict`` without ``Authorization: Bearer TOKEN`` (401).
 0. ``GuardedH11Protocol`` (``connections.py``, set up by ``uvicorn_config``) drops connections whose request
    head takes over ``header_timeout`` seconds and keeps at most ``max_connections`` open.
 1. ``BodyLimits`` refuses bodies over ``max_upload_mb`` with 413 (from the Content-Length before a byte is read,
@@ -42,6 +44,7 @@ from tlbench.data.images import DecodeBudget, ImageLoadError, ImageTooLargeError
 from tlbench.models.engine import EngineName
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import TrainedModel
+from tlbench.serve.access import AccessControl
 from tlbench.serve.batching import MicroBatcher
 from tlbench.serve.limits import BodyLimits, Busy, ConcurrencyLimit
 
@@ -71,6 +74,9 @@ class ServeSettings:
     batch_window_ms: float = 5.0
     engine: EngineName = "auto"
     body_timeout: float = 15.0
+    # None: no token needed / any Host (in-process use); ``python -m tlbench serve`` always sets the Host list.
+    token: str | None = None
+    allowed_hosts: tuple[str, ...] | None = None
 
 
 def model_info(trained: TrainedModel) -> dict:
@@ -141,7 +147,7 @@ def decode(data: bytes, predictor: Predictor, budget: DecodeBudget):
 
 
 def create_app(trained: TrainedModel, settings: ServeSettings = ServeSettings()) -> FastAPI:
-    """The server for ``trained``; the body-size limit wraps everything else."""
+    """The server for ``trained``; access control, then the body limits, wrap everything else."""
     predictor = Predictor(trained, engine=settings.engine)
     batcher = MicroBatcher(predictor.forward, settings.max_batch, settings.batch_window_ms)
     limit = ConcurrencyLimit(settings.max_concurrency, settings.queue_timeout)
@@ -205,4 +211,5 @@ def create_app(trained: TrainedModel, settings: ServeSettings = ServeSettings())
         }
 
     app.add_middleware(BodyLimits, max_bytes=int(settings.max_upload_mb * 2**20), timeout_s=settings.body_timeout)
+    app.add_middleware(AccessControl, token=settings.token, allowed_hosts=settings.allowed_hosts)
     return app
