@@ -315,13 +315,21 @@ def test_slow_clients_are_dropped_within_the_timeouts(server):
 
 
 def test_idle_connection_flood_evicts_the_oldest_and_health_still_answers(server):
+    """Past the cap, connections that never sent a request are closed first, oldest first; a client's keep-alive
+    connection, idle since its last request, outlives the flood."""
+    health = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    kept_alive = connect(server)
+    kept_alive.sendall(health)
+    assert read_response(kept_alive)[0] == 200
     flood = [connect(server) for _ in range(2 * MAX_CONNECTIONS)]
     assert httpx.get(f"{server}/health", timeout=10).status_code == 200
+    kept_alive.sendall(health)
+    assert read_response(kept_alive)[0] == 200
     for connection in flood:
         connection.settimeout(0.2)
     closed = sum(connection.recv(1) == b"" for connection in flood[:MAX_CONNECTIONS])
     assert closed >= MAX_CONNECTIONS // 2, closed  # the first half was evicted by the second
-    for connection in flood:
+    for connection in (kept_alive, *flood):
         connection.close()
 
 

@@ -34,7 +34,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     max_upload_mb: float = 20,
-    max_decode_mb: float = 64,
+    max_decode_mb: float = 48,
     max_concurrency: int = 8,
     queue_timeout: float = 1.0,
     top_k: int = 5,

@@ -66,7 +66,7 @@ log = logging.getLogger("uvicorn.error")  # uvicorn's own handler: one line each
 @dataclass(frozen=True)
 class ServeSettings:
     max_upload_mb: float = 20
-    max_decode_mb: float = 64
+    max_decode_mb: float = 48
     max_concurrency: int = 8
     queue_timeout: float = 1.0
     top_k: int = 5
@@ -170,7 +170,8 @@ def create_app(trained: TrainedModel, settings: ServeSettings = ServeSettings())
     @app.exception_handler(Busy)
     async def busy(request: Request, error: Busy) -> JSONResponse:
         message = f"server busy: {limit.slots} images in progress; retry in a moment"
-        return JSONResponse({"error": message}, status_code=429, headers={"Retry-After": "1"})
+        # Closing spares draining a body that was never read (the slot is taken before it).
+        return JSONResponse({"error": message}, status_code=429, headers={"Retry-After": "1", "Connection": "close"})
 
     @app.exception_handler(ClientDisconnect)
     async def gone(request: Request, error: ClientDisconnect) -> Response:

@@ -8,9 +8,9 @@ once that many connections are open, so idle connections alone would still shut 
 
 ``GuardedH11Protocol`` closes a connection whose request head has not fully arrived ``header_timeout`` seconds
 after it opened (or after its previous response), however it trickles, and keeps at most ``max_connections``
-open: a new connection past the cap closes the connection idle the longest (no request in progress), so a flood
-of idle connections only evicts itself; when every connection is busy with a request, the new one is answered
-503 with ``Retry-After`` and closed.
+open: a new connection past the cap closes the connection idle the longest (no request in progress), first among
+those that never sent a request, so a flood of idle connections evicts itself before any client's keep-alive
+connection; when every connection is busy with a request, the new one is answered 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -42,21 +42,24 @@ class GuardedH11Protocol(H11Protocol):
 
     header_timeout: float = 10.0
     max_connections: int = 1000
-    # Connections waiting for a request head, oldest first (dicts keep insertion order): the eviction order.
-    idle: dict[GuardedH11Protocol, None] = {}
+    # Connections waiting for a request head, oldest first (dicts keep insertion order): the eviction order, those
+    # that never sent a request (``fresh``) before kept-alive ones.
+    fresh: dict[GuardedH11Protocol, None] = {}
+    kept: dict[GuardedH11Protocol, None] = {}
 
     @classmethod
     def configured(cls, header_timeout: float, max_connections: int) -> type[GuardedH11Protocol]:
         """A subclass for one server: uvicorn instantiates the protocol class once per connection."""
-        limits = {"header_timeout": header_timeout, "max_connections": max_connections, "idle": {}}
+        limits = {"header_timeout": header_timeout, "max_connections": max_connections, "fresh": {}, "kept": {}}
         return type(cls.__name__, (cls,), limits)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.head_deadline: asyncio.TimerHandle | None = None
+        self.served = False
         self._await_head()
         if len(self.connections) > self.max_connections:
-            oldest = next(iter(self.idle))
+            oldest = next(iter(self.fresh or self.kept))
             if oldest is not self:
                 oldest._close()
             else:  # every other connection has a request in progress
@@ -74,16 +77,18 @@ class GuardedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         if not self.transport.is_closing():
+            self.served = True
             self._await_head()  # before the parent starts a pipelined request, which marks its head arrived
         super().on_response_complete()
 
     def _await_head(self) -> None:
         self._head_arrived()
-        self.idle[self] = None
+        (self.kept if self.served else self.fresh)[self] = None
         self.head_deadline = self.loop.call_later(self.header_timeout, self._close)
 
     def _head_arrived(self) -> None:
-        self.idle.pop(self, None)
+        self.fresh.pop(self, None)
+        self.kept.pop(self, None)
         if self.head_deadline is not None:
             self.head_deadline.cancel()
             self.head_deadline = None
