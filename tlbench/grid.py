@@ -18,11 +18,13 @@ sharing a file system) can work on one output folder: a cell is run by the proce
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -75,6 +77,10 @@ ECHO_SECONDS = 10.0
 TAIL_BYTES = 8192
 # submitit's job files (pickled tasks, each task's stdout and stderr), under the grid's status folder.
 SUBMITIT_DIR = "submitit"
+# Set by a launcher for the grid process it starts: where it runs (recorded in its claims), and the pid of the
+# launcher's process, which that grid process must not outlive (see ``die_with_parent``).
+WORKER_ENV = "TLBENCH_GRID_WORKER"
+PARENT_ENV = "TLBENCH_GRID_PARENT"
 
 
 @dataclass
@@ -109,6 +115,7 @@ class Cell:
     command: str = ""
     host: str = ""  # the grid process that claimed it
     pid: int | None = None
+    worker: str = ""  # where a launcher placed that process (``ray node <id> (<ip>)``); empty when started by hand
     started: float | None = None  # seconds since the epoch
     ended: float | None = None
 
@@ -127,11 +134,12 @@ class Cell:
     @classmethod
     def from_row(cls, row: dict) -> Cell:
         """The cell a ``grid.json`` row describes (``grid status`` needs no dataset folder to exist)."""
-        return cls(**{**{item.name: row[item.name] for item in fields(cls)}, "recipe": shlex.split(row["recipe"])})
+        values = {item.name: row[item.name] for item in fields(cls) if item.name in row}  # older grids lack some
+        return cls(**{**values, "recipe": shlex.split(row["recipe"])})
 
 
 # What a claim records about its cell, beside its owner's token (see ``Claims``).
-CLAIM_FIELDS = ("status", "host", "pid", "started", "ended", "seconds", "returncode", "error", "command")
+CLAIM_FIELDS = ("status", "host", "pid", "worker", "started", "ended", "seconds", "returncode", "error", "command")
 
 
 def parse_list(value: str | list | int) -> list[str]:
@@ -309,6 +317,28 @@ def write_status(output: Path, spec: GridSpec, cells: list[Cell]) -> None:
     write_json(output / PLAN_FILE, {"spec": asdict(spec), "cells": rows})
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def die_with_parent() -> None:
+    """Make this grid process end, killing its cell's ``fit`` on the way out as on Ctrl+C, when the launcher process
+    named by ``PARENT_ENV`` dies (Linux: ``prctl(PR_SET_PDEATHSIG)``; SIGTERM is turned into KeyboardInterrupt).
+
+    A Ray worker killed mid-cell leaves this process orphaned, still holding the cell's claim; Ray's retry of the
+    task would then find the claim alive and skip the cell while the orphan trains on. Dying with the worker frees
+    the claim at once (its pid is gone), so the retry takes it over. Recent Ray kills a dead worker's process group
+    itself; this covers the older versions and a worker whose group is not cleaned up."""
+    parent = os.environ.get(PARENT_ENV, "")
+    if not parent.isdigit():
+        return
+    signal.signal(signal.SIGTERM, _interrupted)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):  # it died before prctl took effect
+        raise KeyboardInterrupt
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists on this host (one of another user counts as alive)."""
     if pid <= 0:
@@ -339,6 +369,7 @@ class Claims:
         self.heartbeat = heartbeat
         self.host = socket.gethostname()
         self.pid = os.getpid()
+        self.worker = os.environ.get(WORKER_ENV, "")
         self.held: dict[str, str] = {}  # experiment -> token of this process's claim
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -353,6 +384,11 @@ class Claims:
         self._stop.set()
         if self._beat is not None:
             self._beat.join()
+
+    @property
+    def owner(self) -> str:
+        """This process as its claims name it (see ``_owner``)."""
+        return _owner({"host": self.host, "pid": self.pid, "worker": self.worker})
 
     def path(self, experiment: str) -> Path:
         return self.folder / f"{experiment}.json"
@@ -384,7 +420,7 @@ class Claims:
         token = uuid.uuid4().hex
         path = self.path(experiment)
         staged = self.folder / f".{path.name}.{token}"
-        write_json(staged, {**record, "host": self.host, "pid": self.pid, "token": token})
+        write_json(staged, {**record, "host": self.host, "pid": self.pid, "worker": self.worker, "token": token})
         taken = None
         try:
             while True:
@@ -450,7 +486,7 @@ def refresh(cells: list[Cell], output: Path, claims: Claims) -> None:
 
 def describe(cell: Cell) -> str:
     """A cell's state in words: who runs it, how long it took, why it failed."""
-    where = f"{cell.host} pid {cell.pid}"
+    where = _owner({"host": cell.host, "pid": cell.pid, "worker": cell.worker})
     if cell.status == "running":
         return f"running on {where} since {time.strftime('%H:%M:%S', time.localtime(cell.started))}"
     if cell.status == "interrupted":
@@ -597,11 +633,11 @@ class GridRun:
         resume = ", resuming from last.ckpt" if "--ckpt_path" in command else ""
         taken = f", taken over from {_owner(other)}" if other else ""
         with log.open("a") as stream:
-            stream.write(f"grid: {cell.experiment} on {self.claims.host} pid {self.claims.pid}{resume}{taken}")
+            stream.write(f"grid: {cell.experiment} on {self.claims.owner}{resume}{taken}")
             stream.write(f" | OMP_NUM_THREADS={threads} | {shlex.join(command)}\n")
             offset = stream.tell()
         self.claims.update(cell.experiment, {"command": shlex.join(command)})
-        self.echo(f"{cell.label}: running on {self.claims.host} pid {self.claims.pid}{resume}{taken}")
+        self.echo(f"{cell.label}: running on {self.claims.owner}{resume}{taken}")
         self.write_status()
         cell_start = time.monotonic()
         show, every = (_live_line, LIVE_SECONDS) if self.progress else (self.echo, ECHO_SECONDS)
@@ -630,8 +666,10 @@ class GridRun:
 
 
 def _owner(claim: dict | None) -> str:
+    """Who holds a claim, in words: ``host pid N``, and where its launcher placed it (``(ray node ...)``)."""
     claim = claim or {}
-    return f"{claim.get('host', '?')} pid {claim.get('pid', '?')}"
+    worker = f" ({claim['worker']})" if claim.get("worker") else ""
+    return f"{claim.get('host', '?')} pid {claim.get('pid', '?')}{worker}"
 
 
 def grid_cells(spec: GridSpec, output: Path, name: str | None, lease: float = LEASE_SECONDS) -> list[Cell]:
@@ -717,18 +755,29 @@ class Resources:
 
 @dataclass
 class ArrayTask:
-    """One array task: ``command`` (a ``grid ... --cell K``) run in ``cwd``, where the grid was started, so relative
-    paths mean what they meant there, with ``threads`` OMP/MKL threads (SLURM grants CPUs but sets no thread count).
-    It returns the exit status instead of raising: a failed cell is recorded in its claim, as by any grid process."""
+    """One array task: ``python -m tlbench ARGS`` (ARGS a ``grid ... --cell K -- FIT_ARGS``) run by the Python of
+    the node the task landed on, in ``cwd``, where the grid was started, so relative paths mean what they meant
+    there, with ``threads`` OMP/MKL threads (SLURM grants CPUs but sets no thread count). It returns the exit status
+    instead of raising: a failed cell is recorded in its claim, as by any grid process."""
 
-    command: list[str]
+    args: list[str]
     cwd: str
     threads: int
 
-    def __call__(self) -> int:
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "tlbench", *self.args]
+
+    def env(self) -> dict[str, str]:
         threads = str(self.threads)
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        return subprocess.run(self.command, cwd=self.cwd, env=env).returncode
+        return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+    def __call__(self) -> int:
+        return subprocess.run(self.command(), cwd=self.cwd, env=self.env()).returncode
+
+
+def cell_args(grid_args: list[str], cell: Cell, fit_args: list[str]) -> list[str]:
+    """``grid GRID_ARGS --cell K -- FIT_ARGS``: what a launcher's task runs for ``cell``, a grid process of its own."""
+    return ["grid", *grid_args, "--cell", str(cell.index), "--", *fit_args]
 
 
 def submit_grid(
@@ -771,13 +820,13 @@ def submit_grid(
         timeout_min=resources.timeout_min,
         **({"slurm_partition": resources.partition} if resources.partition else {}),
     )
-    command = [sys.executable, "-m", "tlbench", "grid", *grid_args]
     jobs = []
     if to_run:
         with executor.batch():
             for one in to_run:
-                task = ArrayTask([*command, "--cell", str(one.index), "--", *fit_args], os.getcwd(), resources.cpus)
-                jobs.append(executor.submit(task))
+                jobs.append(
+                    executor.submit(ArrayTask(cell_args(grid_args, one, fit_args), os.getcwd(), resources.cpus))
+                )
     echo(
         f"grid: {len(cells)} cells, {len(cells) - len(to_run)} already finished, {len(to_run)} submitted to"
         f" {executor.cluster} ({', '.join(job.job_id for job in jobs) or 'no jobs'}), logs in {status / SUBMITIT_DIR}"

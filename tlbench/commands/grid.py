@@ -8,7 +8,16 @@ from typing import Literal
 
 from tlbench.commands import show_progress
 from tlbench.configs import load_grid_file
-from tlbench.grid import Resources, build_spec, describe, grid_cells, read_grid, run_grid, submit_grid
+from tlbench.grid import (
+    Resources,
+    build_spec,
+    describe,
+    die_with_parent,
+    grid_cells,
+    read_grid,
+    run_grid,
+    submit_grid,
+)
 
 
 def grid(
@@ -24,11 +33,13 @@ def grid(
     jobs: int = 1,
     list: bool = False,
     cell: int | None = None,
-    launcher: Literal["local", "submitit", "submitit_local"] = "local",
+    launcher: Literal["local", "submitit", "submitit_local", "ray"] = "local",
     slurm_partition: str | None = None,
     cpus_per_cell: int = 4,
     gpus_per_cell: int = 0,
     timeout_min: int = 120,
+    address: str = "auto",
+    retries: int = 3,
 ) -> int:
     """Run a grid of fits; rerun the same command to resume (finished cells are skipped).
 
@@ -57,13 +68,20 @@ def grid(
         list: print every cell (number, run name, state) and exit.
         cell: run only cell number CELL (as --list numbers them), e.g. one SLURM array task per cell.
         launcher: local (this process runs the cells), submitit (one job array of ``grid ... --cell K`` tasks on
-            SLURM, or local processes where there is no SLURM; needs ``pip install 'tlbench[slurm]'``) or
-            submitit_local (submitit's local executor even where SLURM exists). The grid waits for the array.
+            SLURM, or local processes where there is no SLURM; needs ``pip install 'tlbench[slurm]'``),
+            submitit_local (submitit's local executor even where SLURM exists) or ray (one Ray task per cell on the
+            cluster at ADDRESS, every node seeing OUTPUT and the data at the same paths; needs
+            ``pip install "tlbench[ray]"``). The grid waits for its tasks.
         slurm_partition: the SLURM partition of the array tasks (submitit launchers).
-        cpus_per_cell: CPUs per array task, also its OMP_NUM_THREADS (submitit launchers).
-        gpus_per_cell: GPUs per array task (submitit launchers).
+        cpus_per_cell: CPUs per array task or Ray task, also its OMP_NUM_THREADS (submitit and ray launchers).
+        gpus_per_cell: GPUs per array task or Ray task (submitit and ray launchers).
         timeout_min: each array task's time limit in minutes (submitit launchers).
+        address: the Ray cluster: auto (RAY_ADDRESS, else the cluster this machine is a node of) or the head's
+            HOST:PORT (ray launcher; run the grid on a node of the cluster).
+        retries: how often Ray reruns a cell whose worker or node died, or whose fit was killed (ray launcher);
+            the rerun takes the cell over and resumes it from its last.ckpt.
     """
+    die_with_parent()
     file_values = load_grid_file(grid) if grid else {}
     if fit_args:
         file_values["overrides"] = [*(file_values.get("overrides") or []), *fit_args]
@@ -80,8 +98,13 @@ def grid(
         given = {**values, "output": output, "grid": grid}
         grid_args = [arg for key, value in given.items() if value is not None for arg in (f"--{key}", str(value))]
         resources = Resources(cpus_per_cell, gpus_per_cell, timeout_min, slurm_partition)
-        cluster = "local" if launcher == "submitit_local" else None
-        cells = submit_grid(spec, grid_args, fit_args or [], resources, output, name, cluster, cell=cell)
+        if launcher == "ray":
+            from tlbench.grid_ray import ray_grid
+
+            cells = ray_grid(spec, grid_args, fit_args or [], resources, output, name, address, retries, cell=cell)
+        else:
+            cluster = "local" if launcher == "submitit_local" else None
+            cells = submit_grid(spec, grid_args, fit_args or [], resources, output, name, cluster, cell=cell)
     return 1 if any(one.status == "failed" for one in cells) else 0
 
 

@@ -1,0 +1,288 @@
+"""``grid --launcher ray`` on a real two-node Ray cluster on this machine, with a worker and a fit killed mid-cell.
+
+The head (``ray start --head``) and a second node (``ray start --address``) have one CPU each and a resource of
+their own, so the grid's four tiny cnn1 cells (one CPU each) run two at a time, one per node. The test kills the
+Ray worker running one cell and the fit of another: Ray must retry both tasks, the retries take the cells' claims
+over, and every cell must end with exactly what the serial run learned (cnn1 on one thread is deterministic).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.commands.conftest import CELL_OVERRIDES
+from tests.commands.test_grid_pool import EXPERIMENTS, GRID_ARGS, ONE_THREAD, STATUS, grid, grid_root, results
+from tests.conftest import run_tlbench, tlbench_env
+from tlbench.__main__ import main
+from tlbench.grid import PARENT_ENV
+
+NO_STATS = {"RAY_USAGE_STATS_ENABLED": "0"}
+DEADLINE = 300  # seconds any one wait may take on a busy machine
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(what: str, ready, timeout: float = DEADLINE):  # noqa: ANN001
+    """Poll ``ready()`` until it returns something truthy; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = ready()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def children_of(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (read from /proc: no psutil here)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if parent_of(int(entry.name)) == pid:
+                    found.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, killed but not yet reaped by its parent, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@dataclass
+class Cluster:
+    address: str
+    nodes: dict[str, str]  # the node's own resource name (head, second) -> its node id
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+
+def start_node(temp: Path, name: str, *args: str) -> subprocess.Popen:
+    """``ray start --block`` in a session of its own (its raylet, workers and their children share it), with its
+    ports picked here: two clusters on one machine (another test run) must not meet on a default port."""
+    log = temp / f"{name}.log"
+    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", *args, "--num-cpus", "1"]
+    command += ["--resources", json.dumps({name: 1}), "--temp-dir", str(temp), "--node-ip-address", "127.0.0.1"]
+    command += ["--object-store-memory", str(100 * 2**20), "--disable-usage-stats"]
+    command += ["--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port())]
+    with log.open("w") as stream:
+        process = subprocess.Popen(
+            command,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            env=tlbench_env({**ONE_THREAD, **NO_STATS}),
+            start_new_session=True,
+        )
+    wait_for(f"{name} node ({log})", lambda: "Ray runtime started" in log.read_text() or process.poll() is not None)
+    assert process.poll() is None, log.read_text()[-3000:]
+    return process
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    """End what this test started, by pid: each ``ray start --block`` (it stops its node's processes), then
+    anything left in their sessions (a worker's orphaned child)."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    sessions = {process.pid for process in processes}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if os.getsid(int(entry.name)) in sessions:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except OSError:
+                continue
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Cluster:
+    pytest.importorskip("ray")
+    temp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's unix sockets live under it
+    port, processes = free_port(), []
+    try:
+        head_args = ["--head", "--port", str(port), "--include-dashboard", "false"]
+        head_args += ["--dashboard-port", str(free_port()), "--ray-client-server-port", str(free_port())]
+        processes.append(start_node(temp, "head", *head_args))
+        processes.append(start_node(temp, "second", "--address", f"127.0.0.1:{port}"))
+        query = (
+            "import json, ray, sys; ray.init(address=sys.argv[1], log_to_driver=False);"
+            "print(json.dumps([n['Resources'] | {'id': n['NodeID']} for n in ray.nodes() if n['Alive']]))"
+        )
+
+        def nodes() -> dict[str, str]:
+            listed = subprocess.run(
+                [sys.executable, "-c", query, f"127.0.0.1:{port}"],
+                capture_output=True,
+                text=True,
+                env=tlbench_env(NO_STATS),
+                timeout=DEADLINE,
+            )
+            found = {name: node["id"] for node in json.loads(listed.stdout or "[]") for name in ("head", "second")}
+            return found if len(found) == 2 else {}
+
+        yield Cluster(f"127.0.0.1:{port}", wait_for("both nodes to join", nodes), processes)
+    finally:
+        stop(processes)
+        subprocess.run(["rm", "-rf", str(temp)], check=False)
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory) -> Path:
+    root = grid_root(tmp_path_factory, "serial")
+    result = grid(root)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root
+
+
+def claim(root: Path, experiment: str) -> dict:
+    try:
+        return json.loads((root / STATUS / "claims" / f"{experiment}.json").read_text())
+    except (OSError, ValueError):  # not there yet, or being replaced
+        return {}
+
+
+def has_checkpoint(root: Path, experiment: str) -> bool:
+    return any((root / "runs" / "checkpoints" / experiment).glob("*/last.ckpt"))
+
+
+def test_a_ray_grid_runs_on_both_nodes_survives_killed_workers_and_learns_what_the_serial_run_learned(
+    cluster, serial, tmp_path_factory
+):
+    root = grid_root(tmp_path_factory, "ray")
+    command = [sys.executable, "-m", "tlbench", "grid", "--launcher", "ray", "--address", cluster.address]
+    command += ["--cpus_per_cell", "1", *GRID_ARGS, "--", *CELL_OVERRIDES]
+    with (root / "grid.out").open("w") as out:
+        driver = subprocess.Popen(
+            command, cwd=root, env=tlbench_env({**ONE_THREAD, **NO_STATS}), stdout=out, stderr=out
+        )
+    try:
+        # The first cell to start: kill the Ray worker running it (the parent of the cell's grid process).
+        worker_cell = wait_for("a cell to start", lambda: next((e for e in EXPERIMENTS if claim(root, e)), None))
+        grid_pid = claim(root, worker_cell)["pid"]
+        worker = parent_of(grid_pid)
+        assert Path(f"/proc/{worker}/cmdline").read_bytes().startswith(b"ray::"), "not a Ray worker"
+        worker_checkpointed = has_checkpoint(root, worker_cell)
+        os.kill(worker, signal.SIGKILL)
+        # Another cell: kill its fit once it runs (its grid process records the kill; Ray retries the task).
+        fit_cell, fit = wait_for(
+            "another cell's fit",
+            lambda: next(
+                (
+                    (e, children[0])
+                    for e in EXPERIMENTS
+                    if e != worker_cell and claim(root, e).get("command") and claim(root, e).get("status") == "running"
+                    for children in [children_of(claim(root, e)["pid"])]
+                    if children
+                ),
+                None,
+            ),
+        )
+        fit_checkpointed = has_checkpoint(root, fit_cell)
+        os.kill(fit, signal.SIGKILL)
+        driver.wait(DEADLINE * 2)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    output = (root / "grid.out").read_text()
+    assert driver.returncode == 0, output[-5000:]
+    assert not alive(grid_pid), "the killed worker's grid process outlived it"
+    assert "retried by Ray (its worker died on " in output, output
+    assert "retried by Ray (its cell was killed by signal 9 on " in output, output
+    assert "4 submitted to the Ray cluster" in output and "(2 nodes, 2 CPUs, 0 GPUs;" in output
+    assert "grid: 4/4 cells finished, 0 failed" in output.splitlines()[-1]
+    # Killed before any checkpoint, a cell restarts from scratch and must learn what the serial run learned
+    # (resuming from last.ckpt is the claims' business, tested in test_grid_pool).
+    assert not (worker_checkpointed or fit_checkpointed), "a kill landed after a checkpoint: not a clean restart"
+    for experiment in EXPERIMENTS:
+        log = (root / STATUS / "logs" / f"{experiment}.log").read_text()
+        attempts = 2 if experiment in (worker_cell, fit_cell) else 1
+        assert log.count(f"grid: {experiment} on ") == attempts, log[-3000:]
+        if attempts == 2:  # the retry took the dead grid process's claim over (a stale one: its pid is gone)
+            assert ", taken over from " in log.split(f"grid: {experiment} on ")[2].splitlines()[0]
+        assert results(root / "runs", experiment) == results(serial / "runs", experiment), experiment
+    status = pd.read_csv(root / STATUS / "grid_status.csv")
+    assert set(status.status) == {"done"}
+    nodes = {name: f"ray node {node_id[:8]} " for name, node_id in cluster.nodes.items()}
+    for name, worker_name in nodes.items():
+        assert status.worker.str.startswith(worker_name).any(), f"no cell ran on the {name} node: {list(status.worker)}"
+    shown = run_tlbench("grid", "status", "runs", cwd=root)
+    assert "4 cells, 4 done" in shown.stdout and "(ray node " in shown.stdout, shown.stdout + shown.stderr
+
+
+def test_a_grid_process_dies_with_the_launcher_process_that_started_it(serial, tmp_path):
+    """What makes a Ray retry safe on any Ray version: the killed worker's grid process, and its fit, end at once
+    (its claim is then stale, and the retry takes it over) instead of training on beside the retry."""
+    subprocess.run(["cp", "-r", str(serial / "data"), str(tmp_path / "data")], check=True)
+    launcher = (
+        "import os, subprocess, sys;"
+        f"os.environ[{PARENT_ENV!r}] = str(os.getpid());"
+        "subprocess.run([sys.executable, '-m', 'tlbench', 'grid', *sys.argv[1:]])"
+    )
+    command = [sys.executable, "-c", launcher, *GRID_ARGS, "--cell", "1", "--", *CELL_OVERRIDES]
+    process = subprocess.Popen(command, cwd=tmp_path, env=tlbench_env(ONE_THREAD), start_new_session=True)
+    try:
+        running = wait_for("the cell's fit", lambda: claim(tmp_path, EXPERIMENTS[0]).get("command"))
+        assert running
+        grid_pid = claim(tmp_path, EXPERIMENTS[0])["pid"]
+        fits = wait_for("the fit process", lambda: children_of(grid_pid))
+        process.kill()
+        process.wait()
+        wait_for("the grid process to die with its launcher", lambda: not alive(grid_pid), timeout=30)
+        wait_for("its fit to die with it", lambda: not any(alive(pid) for pid in fits), timeout=30)
+    finally:
+        stop([process])
+    assert claim(tmp_path, EXPERIMENTS[0])["status"] == "running"  # left for a taker: its owner is gone
+
+
+def test_a_cell_bigger_than_every_node_is_refused_in_one_line(cluster, tmp_path_factory):
+    ray = ["--launcher", "ray", "--address", cluster.address, "--cpus_per_cell", "2"]
+    result = run_tlbench("grid", *ray, *GRID_ARGS, cwd=grid_root(tmp_path_factory, "big"), env=NO_STATS)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "error: --cpus_per_cell 2: no node of the Ray cluster has 2 CPUs (the largest has 1)"
+    )
+
+
+def test_an_address_where_no_cluster_answers_is_one_line(tmp_path_factory, monkeypatch, capsys):
+    pytest.importorskip("ray")
+    monkeypatch.chdir(grid_root(tmp_path_factory, "nowhere"))
+    port = free_port()  # nothing listens there
+    assert main(["grid", "--launcher", "ray", "--address", f"127.0.0.1:{port}", *GRID_ARGS]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --address 127.0.0.1:{port}: no Ray cluster answers there (") and err.count("\n") == 1
+
+
+def test_the_ray_launcher_without_ray_names_the_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    assert main(["grid", "--launcher", "ray", *GRID_ARGS]) == 2
+    assert capsys.readouterr().err == 'error: the ray launcher needs ray: pip install "tlbench[ray]"\n'
