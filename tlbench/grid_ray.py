@@ -13,16 +13,21 @@ retries it when its worker or node dies; the grid process the dead worker starte
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
+import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 
 from tlbench.errors import TLBenchError
 from tlbench.grid import (
@@ -70,11 +75,10 @@ class RayCellTask(ArrayTask):
     status: str = ""  # the grid's status folder, relative to ``cwd`` when not absolute
     experiment: str = ""
 
-    def __call__(self) -> dict:  # type: ignore[override]  # a Ray task returns where it ran
+    def __call__(self) -> int:
         import ray
 
-        node, ip = ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
-        worker = f"ray node {node[:8]} ({ip})"
+        worker = f"ray node {ray.get_runtime_context().get_node_id()[:8]} ({ray.util.get_node_ip_address()})"
         env = {**self.env(), WORKER_ENV: worker, PARENT_ENV: str(os.getpid())}
         status = Path(self.cwd, self.status)  # the worker's own folder is not the grid's
         out = status / RAY_DIR / f"{self.experiment}.out"
@@ -89,15 +93,15 @@ class RayCellTask(ArrayTask):
         killed = returncode if returncode < 0 else claim.get("returncode") or 0
         if claim.get("status") != "done" and killed < 0:
             raise CellLost(f"{self.experiment} was killed by signal {-killed} on {worker}")
-        return {"node": node, "ip": ip, "returncode": returncode}
+        return returncode
 
 
-def _run(task: RayCellTask) -> dict:
+def _run(task: RayCellTask) -> int:
     """The function Ray runs (a module-level one: Ray pickles it by reference, so workers import it)."""
     return task()
 
 
-def import_ray():  # noqa: ANN201  # the ray module, an optional dependency
+def import_ray() -> ModuleType:
     """Ray, or the one line that says how to install it."""
     try:
         import ray
@@ -106,7 +110,7 @@ def import_ray():  # noqa: ANN201  # the ray module, an optional dependency
     return ray
 
 
-def connect(ray, address: str) -> list[dict]:  # noqa: ANN001
+def connect(ray: ModuleType, address: str) -> list[dict]:
     """Join the Ray cluster at ``address`` (``auto``: ``RAY_ADDRESS`` or the cluster running on this machine) as a
     driver and return its live nodes; an address where nothing answers is one line, not minutes of retries."""
     if ":" in address and not address.startswith("ray://"):
@@ -187,7 +191,7 @@ class Watch:
         )
 
 
-def wait(ray, refs: dict, watch: Watch, retries: int) -> dict[int, str]:  # noqa: ANN001
+def wait(ray: ModuleType, refs: dict, watch: Watch, retries: int) -> dict[int, str]:
     """Wait for every task of ``refs`` (ref -> cell), reporting state changes as they come; returns cell index ->
     why Ray gave up on it. Ctrl+C cancels the tasks: their workers are killed, and their grid processes with them."""
     lost: dict[int, str] = {}
@@ -274,3 +278,72 @@ def ray_grid(
     write_status(status, spec, cells)
     summarise(chosen, status, echo)
     return chosen
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (the OS's pick)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def local_cluster(
+    folder: Path, nodes: int = 2, cpus: int = 1, env: dict | None = None, timeout: float = 300
+) -> Iterator[str]:
+    """A Ray cluster of ``nodes`` nodes on this machine, for the launcher's tests and benchmark or a first try:
+    yields the head's address. Node ``i`` has ``cpus`` CPUs and a resource ``node<i>`` of its own (to tell where
+    tasks ran); ``env`` is added to its processes' environment (its workers', its tasks'). Each node is a
+    ``ray start --block`` in a session of its own, with its ports picked here (two clusters on one machine must not
+    meet on a default port) and its files under ``folder``: keep that path short, Ray's unix sockets live there.
+    On exit every node stops, and whatever its session still holds (a task's orphaned child) is killed."""
+    port, started = free_port(), []
+    try:
+        for index in range(nodes):
+            args = ["--head", "--port", str(port), "--include-dashboard", "false"] if index == 0 else []
+            args += ["--dashboard-port", str(free_port()), "--ray-client-server-port", str(free_port())] if args else []
+            args += ["--address", f"127.0.0.1:{port}"] if index else []
+            started.append(_start_node(folder, index, cpus, args, env or {}, timeout))
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_nodes(started)
+
+
+def _start_node(folder: Path, index: int, cpus: int, args: list[str], env: dict, timeout: float) -> subprocess.Popen:
+    log = folder / f"node{index}.log"
+    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", *args, "--num-cpus", str(cpus)]
+    command += ["--resources", json.dumps({f"node{index}": 1}), "--temp-dir", str(folder)]
+    command += ["--node-ip-address", "127.0.0.1", "--object-store-memory", str(100 * 2**20), "--disable-usage-stats"]
+    command += ["--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port())]
+    folder.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as stream:
+        process = subprocess.Popen(
+            command, stdout=stream, stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True
+        )
+    deadline = time.monotonic() + timeout
+    while "Ray runtime started" not in log.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_nodes([process])
+            raise TLBenchError(f"ray node {index} did not start; see {log}")
+        time.sleep(0.2)
+    return process
+
+
+def stop_nodes(processes: list[subprocess.Popen]) -> None:
+    """Stop each ``ray start --block`` of ``processes`` (it stops its node), then kill, by pid, whatever is left in
+    their sessions: a Ray worker's child outlives the worker on versions that do not clean up after it."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    sessions = {process.pid for process in processes}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if int(entry.name) != os.getpid() and os.getsid(int(entry.name)) in sessions:
+                os.kill(int(entry.name), signal.SIGKILL)
+        except OSError:
+            continue

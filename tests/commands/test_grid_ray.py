@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 import pytest
@@ -27,18 +29,14 @@ from tests.commands.test_grid_pool import EXPERIMENTS, GRID_ARGS, ONE_THREAD, ST
 from tests.conftest import run_tlbench, tlbench_env
 from tlbench.__main__ import main
 from tlbench.grid import PARENT_ENV
+from tlbench.grid_ray import free_port, local_cluster, stop_nodes
 
+T = TypeVar("T")
 NO_STATS = {"RAY_USAGE_STATS_ENABLED": "0"}
 DEADLINE = 300  # seconds any one wait may take on a busy machine
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for(what: str, ready, timeout: float = DEADLINE):  # noqa: ANN001
+def wait_for(what: str, ready: Callable[[], T], timeout: float = DEADLINE) -> T:
     """Poll ``ready()`` until it returns something truthy; fail naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -77,82 +75,31 @@ def alive(pid: int) -> bool:
 @dataclass
 class Cluster:
     address: str
-    nodes: dict[str, str]  # the node's own resource name (head, second) -> its node id
-    processes: list[subprocess.Popen] = field(default_factory=list)
+    nodes: dict[str, str]  # the node's own resource (node0: the head, node1) -> its node id
 
 
-def start_node(temp: Path, name: str, *args: str) -> subprocess.Popen:
-    """``ray start --block`` in a session of its own (its raylet, workers and their children share it), with its
-    ports picked here: two clusters on one machine (another test run) must not meet on a default port."""
-    log = temp / f"{name}.log"
-    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", *args, "--num-cpus", "1"]
-    command += ["--resources", json.dumps({name: 1}), "--temp-dir", str(temp), "--node-ip-address", "127.0.0.1"]
-    command += ["--object-store-memory", str(100 * 2**20), "--disable-usage-stats"]
-    command += ["--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port())]
-    with log.open("w") as stream:
-        process = subprocess.Popen(
-            command,
-            stdout=stream,
-            stderr=subprocess.STDOUT,
-            env=tlbench_env({**ONE_THREAD, **NO_STATS}),
-            start_new_session=True,
-        )
-    wait_for(f"{name} node ({log})", lambda: "Ray runtime started" in log.read_text() or process.poll() is not None)
-    assert process.poll() is None, log.read_text()[-3000:]
-    return process
-
-
-def stop(processes: list[subprocess.Popen]) -> None:
-    """End what this test started, by pid: each ``ray start --block`` (it stops its node's processes), then
-    anything left in their sessions (a worker's orphaned child)."""
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    sessions = {process.pid for process in processes}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if os.getsid(int(entry.name)) in sessions:
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except OSError:
-                continue
+def node_ids(address: str) -> dict[str, str]:
+    """Resource ``node<i>`` -> node id, of the live nodes (asked in a process of its own, as any Ray driver)."""
+    query = (
+        "import json, ray, sys; ray.init(address=sys.argv[1], log_to_driver=False);"
+        "print(json.dumps([n['Resources'] | {'id': n['NodeID']} for n in ray.nodes() if n['Alive']]))"
+    )
+    listed = subprocess.run(
+        [sys.executable, "-c", query, address], capture_output=True, text=True, env=tlbench_env(NO_STATS), timeout=60
+    )
+    return {name: node["id"] for node in json.loads(listed.stdout or "[]") for name in node if name.startswith("node")}
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Cluster:
     pytest.importorskip("ray")
-    temp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's unix sockets live under it
-    port, processes = free_port(), []
+    folder = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's unix sockets live under it
     try:
-        head_args = ["--head", "--port", str(port), "--include-dashboard", "false"]
-        head_args += ["--dashboard-port", str(free_port()), "--ray-client-server-port", str(free_port())]
-        processes.append(start_node(temp, "head", *head_args))
-        processes.append(start_node(temp, "second", "--address", f"127.0.0.1:{port}"))
-        query = (
-            "import json, ray, sys; ray.init(address=sys.argv[1], log_to_driver=False);"
-            "print(json.dumps([n['Resources'] | {'id': n['NodeID']} for n in ray.nodes() if n['Alive']]))"
-        )
-
-        def nodes() -> dict[str, str]:
-            listed = subprocess.run(
-                [sys.executable, "-c", query, f"127.0.0.1:{port}"],
-                capture_output=True,
-                text=True,
-                env=tlbench_env(NO_STATS),
-                timeout=DEADLINE,
-            )
-            found = {name: node["id"] for node in json.loads(listed.stdout or "[]") for name in ("head", "second")}
-            return found if len(found) == 2 else {}
-
-        yield Cluster(f"127.0.0.1:{port}", wait_for("both nodes to join", nodes), processes)
+        with local_cluster(folder, nodes=2, cpus=1, env=tlbench_env({**ONE_THREAD, **NO_STATS})) as address:
+            nodes = wait_for("both nodes to join", lambda: (lambda ids: len(ids) == 2 and ids)(node_ids(address)))
+            yield Cluster(address, nodes)
     finally:
-        stop(processes)
-        subprocess.run(["rm", "-rf", str(temp)], check=False)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -238,29 +185,28 @@ def test_a_ray_grid_runs_on_both_nodes_survives_killed_workers_and_learns_what_t
     assert "4 cells, 4 done" in shown.stdout and "(ray node " in shown.stdout, shown.stdout + shown.stderr
 
 
-def test_a_grid_process_dies_with_the_launcher_process_that_started_it(serial, tmp_path):
+def test_a_grid_process_dies_with_the_launcher_process_that_started_it(tmp_path_factory):
     """What makes a Ray retry safe on any Ray version: the killed worker's grid process, and its fit, end at once
     (its claim is then stale, and the retry takes it over) instead of training on beside the retry."""
-    subprocess.run(["cp", "-r", str(serial / "data"), str(tmp_path / "data")], check=True)
+    root = grid_root(tmp_path_factory, "orphan")
     launcher = (
         "import os, subprocess, sys;"
         f"os.environ[{PARENT_ENV!r}] = str(os.getpid());"
         "subprocess.run([sys.executable, '-m', 'tlbench', 'grid', *sys.argv[1:]])"
     )
     command = [sys.executable, "-c", launcher, *GRID_ARGS, "--cell", "1", "--", *CELL_OVERRIDES]
-    process = subprocess.Popen(command, cwd=tmp_path, env=tlbench_env(ONE_THREAD), start_new_session=True)
+    process = subprocess.Popen(command, cwd=root, env=tlbench_env(ONE_THREAD), start_new_session=True)
     try:
-        running = wait_for("the cell's fit", lambda: claim(tmp_path, EXPERIMENTS[0]).get("command"))
-        assert running
-        grid_pid = claim(tmp_path, EXPERIMENTS[0])["pid"]
+        wait_for("the cell's fit to start", lambda: claim(root, EXPERIMENTS[0]).get("command"))
+        grid_pid = claim(root, EXPERIMENTS[0])["pid"]
         fits = wait_for("the fit process", lambda: children_of(grid_pid))
         process.kill()
         process.wait()
         wait_for("the grid process to die with its launcher", lambda: not alive(grid_pid), timeout=30)
         wait_for("its fit to die with it", lambda: not any(alive(pid) for pid in fits), timeout=30)
     finally:
-        stop([process])
-    assert claim(tmp_path, EXPERIMENTS[0])["status"] == "running"  # left for a taker: its owner is gone
+        stop_nodes([process])
+    assert claim(root, EXPERIMENTS[0])["status"] == "running"  # left for a taker: its owner is gone
 
 
 def test_a_cell_bigger_than_every_node_is_refused_in_one_line(cluster, tmp_path_factory):
