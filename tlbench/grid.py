@@ -13,7 +13,8 @@ paid for, and fit's resume restores the phase, the recorded times and the histor
 Several grid processes (``--jobs`` threads in one, ``--cell K`` array jobs, grids started on several machines
 sharing a file system) can work on one output folder: a cell is run by the process that created its claim file
 (``Claims``), and the status files are rendered from the folder (metrics, claims), never from one process's view.
-``submit_grid`` builds on that: it submits one ``--cell K`` grid process per unfinished cell as a submitit job array.
+``submit_grid`` builds on that: it submits one ``--cell K`` grid process per unfinished cell as a submitit job array;
+``tlbench.grid_ray`` runs each as a Ray task.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import shlex
 import signal
 import socket
@@ -58,6 +59,8 @@ RAY_DIR = "ray"
 # How long a HOST:PORT gets to accept a connection before the grid says nothing answers there: ray.init itself
 # retries an unreachable address for minutes.
 CONNECT_SECONDS = 5.0
+# The task's last line says what its cell cost: CPU seconds of its grid process and fit (the worker waits for them).
+CPU_SECONDS = "CPU seconds (grid + fit)"
 # How often the claims of the submitted cells are read for state changes (a retry on another node, say).
 WATCH_SECONDS = 2.0
 
@@ -86,9 +89,13 @@ class RayCellTask(ArrayTask):
         with out.open("a") as stream:
             stream.write(f"ray: {self.experiment} on {worker}, worker pid {os.getpid()}: {shlex.join(self.args)}\n")
             stream.flush()
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             returncode = subprocess.run(
                 self.command(), cwd=self.cwd, env=env, stdout=stream, stderr=subprocess.STDOUT
             ).returncode
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+            stream.write(f"ray: {self.experiment} ended: exit {returncode}, {cpu:.1f} {CPU_SECONDS}\n")
         claim = Claims(status / CLAIM_DIR).read(self.experiment) or {}
         killed = returncode if returncode < 0 else claim.get("returncode") or 0
         if claim.get("status") != "done" and killed < 0:
