@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -87,7 +88,8 @@ def node_ids(address: str) -> dict[str, str]:
     listed = subprocess.run(
         [sys.executable, "-c", query, address], capture_output=True, text=True, env=tlbench_env(NO_STATS), timeout=60
     )
-    return {name: node["id"] for node in json.loads(listed.stdout or "[]") for name in node if name.startswith("node")}
+    nodes = json.loads(listed.stdout or "[]")
+    return {name: node["id"] for node in nodes for name in node if re.fullmatch(r"node\d+", name)}
 
 
 @pytest.fixture(scope="module")
