@@ -29,7 +29,7 @@ QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "accelerat
 
 
 def test_readme_snippet_in_a_fresh_process(tmp_path):
-    """The README's five lines, verbatim but for the paths, with the real default backbone and its weights."""
+    """tlbench/api.py's five example lines, verbatim but for the paths, with the real default backbone and weights."""
     data = make_dataset(tmp_path / "images", classes=2, per_class=8, size=64)
     images = sorted(str(p) for p in (data / "class_0").glob("*.png"))[:2]
     snippet = textwrap.dedent(f"""

@@ -14,7 +14,7 @@ A bundle is a folder:
   without tlbench or torch. It takes ``uint8`` RGB crops ``N x S x S x 3`` (the image's short side resized to
   ``resize_size`` with ``interpolation``, then centre-cropped to ``S``), normalises them and applies the softmax
   inside, and carries the class names and that preprocessing in its ``metadata_props``
-  (``README`` "Export and serve" has the ten lines of onnxruntime, Pillow and NumPy that run it).
+  (``docs/deployment.md`` has the ten lines of onnxruntime, Pillow and NumPy that run it).
 
 Every exported form is checked at export time against the PyTorch model on a few real test-split images:
 the maximum absolute difference of probabilities must stay within ``PARITY_TOLERANCE`` or the export fails.

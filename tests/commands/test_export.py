@@ -134,7 +134,7 @@ def venv_with_only(packages: list[str], folder: Path) -> Path:
 
 
 def test_standalone_onnx_classifies_with_onnxruntime_pillow_numpy_alone(tiny_run, tmp_path):
-    """README's snippet, run by a Python that cannot import tlbench or torch, gives tlbench's predictions."""
+    """The deployment page's snippet, run by a Python that cannot import tlbench or torch, gives tlbench's predictions."""
     bundle, parity = export_bundle(tiny_run, formats="onnx-standalone", output=tmp_path / "bundle")
     assert parity["max_abs_diff"]["onnx-standalone"] <= PARITY_TOLERANCE
     import onnx
@@ -142,9 +142,9 @@ def test_standalone_onnx_classifies_with_onnxruntime_pillow_numpy_alone(tiny_run
     metadata = {prop.key: prop.value for prop in onnx.load(str(bundle / STANDALONE_ONNX)).metadata_props}
     assert json.loads(metadata["classes"]) == ["class_0", "class_1", "class_2"]
     assert (metadata["input_size"], metadata["resize_size"], metadata["interpolation"]) == ("32", "36", "bilinear")
-    # The snippet in README is the tested file, line for line.
-    readme = (REPO / "README.md").read_text()
-    assert SNIPPET.read_text() in readme, "README's snippet and docs/classify_onnx.py differ"
+    # The snippet in the docs is the tested file, line for line.
+    page = (REPO / "docs" / "deployment.md").read_text()
+    assert SNIPPET.read_text() in page, "docs/deployment.md's snippet and docs/classify_onnx.py differ"
 
     python = venv_with_only(["numpy", "onnxruntime", "PIL"], tmp_path / "venv")
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}

@@ -1,7 +1,7 @@
 """Every command x every bad input, through ``python -m tlbench`` as typed: one line, the right exit status, no
 traceback, no partial output.
 
-The contract (README "Errors"): a problem with the input prints one ``error: ...`` line on stderr naming the
+The contract (docs/reference.md "Errors"): a problem with the input prints one ``error: ...`` line on stderr naming the
 offending path or setting and the fix, and exits 2; a command that ran and found problems (``data audit``
 findings, ``classify`` rows it could not read, a ``grid`` with failed cells) exits 1. Either way nothing is left
 behind that a later command would take for a result: no metrics.json, no checkpoint, no empty or temporary file,

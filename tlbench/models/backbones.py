@@ -18,7 +18,7 @@ from tlbench.errors import TLBenchError
 from tlbench.models import baselines  # noqa: F401  registers cnn6/cnn1 with timm
 from tlbench.models.weights import EMBEDDED_WEIGHTS, load_into, read_state_dict
 
-# The default backbone of fit, check and the Python API: the recipe grid's choice (README "The recipe grid").
+# The default backbone of fit, check and the Python API: the recipe grid's choice (docs/results.md).
 DEFAULT_BACKBONE = "efficientnet_lite2"
 BACKBONE_ALIASES = {"xception": "legacy_xception"}
 NAME_FORMS = (

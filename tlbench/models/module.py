@@ -139,7 +139,7 @@ class TransferLearningModule(pl.LightningModule):
         tta: bool = False,
         recipe: str | None = None,
     ) -> None:
-        """The defaults are the recipe the recipe grid chose (README "The recipe grid"; the same settings as
+        """The defaults are the recipe the recipe grid chose (docs/results.md; the same settings as
         configs/models/efficientnet_lite2.yaml, tested; candidate "deep5"): EfficientNet-Lite2, 10 head epochs, then
         the top 5 of its 8 block groups fine-tuned with AdamW at 3e-4 for the head, layer decay 0.8 per group below
         it, a one-epoch warmup, cosine decay and label smoothing 0.1, for as many epochs as the budget rule gives
@@ -158,7 +158,7 @@ class TransferLearningModule(pl.LightningModule):
                 lets ``budget`` choose them from the training split's size (``finetune_epochs_for``).
             budget: with ``finetune_epochs`` None, about how many training images the fine-tune phase sees: "fast"
                 1,500, "default" 4,000, "thorough" 12,000 (``FINETUNE_BUDGETS``), i.e. that many divided by the
-                training images, in epochs (2 to 30); fit time grows with it (README "Time budgets").
+                training images, in epochs (2 to 30); fit time grows with it (docs/training.md "Time budgets").
             unfreeze_blocks: top blocks (timm's block grouping) trained while fine-tuning; -1 for all.
             train_bn: let BatchNorm layers of unfrozen blocks update their statistics while fine-tuning;
                 off by default because small batches of a few hundred images give noisy statistics.
