@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument(
-        "--workers", type=int, default=0, help="decode workers of every cell; -1: the grid's default (see docs/grids.md)"
+        "--workers", type=int, default=0, help="decode workers of every cell; -1: the grid's default (docs/grids.md)"
     )
     args = parser.parse_args()
     fit_args = [

@@ -1,0 +1,91 @@
+"""The docs site: it builds with ``mkdocs build --strict``, its metrics.json schema is the one a real run writes, and
+the quickstart's Python runs as written."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, make_dataset
+
+DOCS = REPO / "docs"
+
+
+def test_mkdocs_build_strict(tmp_path):
+    """Broken links, anchors, nav entries or docstrings the API page cannot render fail the build."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(REPO / "mkdocs.yml"), "-d", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    api = (tmp_path / "api" / "index.html").read_text()
+    assert "tlbench.api.fit" in api and "tlbench.api.load" in api
+
+
+def documented_keys(table: str) -> dict[str, str]:
+    """``{key: present}`` of the table after ``<!-- metrics-schema: TABLE -->`` in docs/reference.md."""
+    text = (DOCS / "reference.md").read_text()
+    marker = f"<!-- metrics-schema: {table} -->"
+    assert marker in text, f"docs/reference.md lost its {marker} table"
+    table = itertools.takewhile(lambda line: line.startswith("|"), text.split(marker, 1)[1].lstrip("\n").splitlines())
+    rows = [re.match(r"\| `([^`]+)` \| ([^|]+) \|", line) for line in list(table)[2:]]
+    assert rows and all(rows), f"the table under {marker} has a row without a `key` | present | ... form"
+    return {row[1]: row[2].strip() for row in rows}
+
+
+def schema_gaps(documented: dict[str, str], actual: set[str]) -> tuple[set[str], set[str]]:
+    """Keys the run wrote that the docs do not list, and keys the docs say are always there that the run lacks."""
+    return actual - set(documented), {key for key, present in documented.items() if present == "always"} - actual
+
+
+def test_metrics_json_schema_matches_a_real_run(tiny_run):
+    """Both directions, top level and every phase: a key added to metrics.json without documenting it fails, and so
+    does a documented "always" key that a real CLI fit (both phases, 3 classes) does not write."""
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    undocumented, missing = schema_gaps(documented_keys("top-level"), set(metrics))
+    assert not undocumented and not missing, f"top level: undocumented {undocumented}, missing {missing}"
+    phase_docs = documented_keys("phase")
+    assert set(metrics["phases"]) == {"head", "finetune"}
+    for phase, keys in metrics["phases"].items():
+        actual = {re.sub(r"^test_top\d+_acc$", "test_topK_acc", key) for key in keys}
+        undocumented, missing = schema_gaps(phase_docs, actual)
+        assert not undocumented and not missing, f"phases.{phase}: undocumented {undocumented}, missing {missing}"
+
+
+def test_schema_check_sees_a_difference():
+    """The comparison itself can fail: an extra key and a missing "always" key are both reported."""
+    assert schema_gaps({"a": "always", "b": "with x"}, {"b", "c"}) == ({"c"}, {"a"})
+
+
+def python_blocks(page: Path) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", page.read_text(), re.M | re.S)
+
+
+def test_quickstart_python_blocks_run(tmp_path, monkeypatch, capsys):
+    """Every ```python block of docs/quickstart.md, in order and in one namespace, as a reader runs them: in a folder
+    holding ``data/birds`` (here 3 generated classes of 6 JPEGs instead of CUB's 10 species), nothing substituted."""
+    blocks = python_blocks(DOCS / "quickstart.md")
+    assert len(blocks) >= 3
+    make_dataset(tmp_path / "data" / "birds", classes=3, per_class=6, size=64, suffix=".jpg")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for number, block in enumerate(blocks, 1):
+        try:
+            exec(compile(block, f"docs/quickstart.md python block {number}", "exec"), namespace)
+        except Exception as error:  # the block's number in the failure, not only a traceback into exec
+            pytest.fail(f"quickstart python block {number} failed: {error!r}\n{block}")
+    out = capsys.readouterr().out
+    run_dir = tmp_path / "lightning_logs" / "birds_efficientnet_lite0" / "version_0"
+    final = namespace["run"].metrics["final"]["phase"]
+    assert str(run_dir) in out and (run_dir / f"export_{final}" / "model.json").is_file()
+    assert "Prediction(" in out and "'class_0'" in out
