@@ -134,7 +134,7 @@ def venv_with_only(packages: list[str], folder: Path) -> Path:
 
 
 def test_standalone_onnx_classifies_with_onnxruntime_pillow_numpy_alone(tiny_run, tmp_path):
-    """The deployment page's snippet, run by a Python that cannot import tlbench or torch, gives tlbench's predictions."""
+    """docs/deployment.md's snippet, in a Python that cannot import tlbench or torch, gives tlbench's predictions."""
     bundle, parity = export_bundle(tiny_run, formats="onnx-standalone", output=tmp_path / "bundle")
     assert parity["max_abs_diff"]["onnx-standalone"] <= PARITY_TOLERANCE
     import onnx
