@@ -208,7 +208,7 @@ def fill(folder: Path, count: int, size: int) -> None:
         os.utime(entry, (1000 + i, 1000 + i))
 
 
-_start = None  # a multiprocessing Barrier, inherited by the forked pruners
+_start = None  # a multiprocessing Barrier, handed to each pruner process by the pool's initializer
 
 
 def _prune_after_the_barrier(_: int) -> int:
@@ -226,7 +226,9 @@ def _set_barrier(barrier) -> None:
 def test_two_processes_pruning_30000_entries_at_once_both_finish(own_cache, monkeypatch):
     fill(own_cache / "decoded", 30_000, 100)
     monkeypatch.setenv("TLBENCH_CACHE_DECODED_LIMIT", str(10_000 * 100))
-    context = multiprocessing.get_context("fork")
+    # spawn, not fork: a fork of this many-threaded test process (Ray's, ONNX Runtime's, OpenVINO's threads from
+    # earlier tests) can copy a lock another thread held, and a child then waits forever (the suite hung here once)
+    context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(2)
     with ProcessPoolExecutor(2, context, initializer=_set_barrier, initargs=(barrier,)) as pool:
         deleted = list(pool.map(_prune_after_the_barrier, range(2)))

@@ -21,7 +21,6 @@ process costs seconds of imports, the errors themselves milliseconds.
 
 from __future__ import annotations
 
-import ctypes
 import io
 import json
 import os
@@ -51,27 +50,36 @@ PR_CAPBSET_DROP = 24
 DAC_CAPABILITIES = (1, 2)
 
 
-def drop_file_permission_override() -> None:
-    """In the child before exec (``preexec_fn``): even root then obeys file modes. Raises where not permitted."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for capability in DAC_CAPABILITIES:
-        if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+# Run by a small Python before it execs the command (``without_file_permission_override``): even root then obeys
+# file modes; a failing prctl ends it with status 1. Not a ``preexec_fn``: code between fork and exec in this
+# many-threaded test process could wait forever on a lock another thread held at the fork.
+DROP_AND_EXEC = f"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for capability in {DAC_CAPABILITIES}:
+    if libc.prctl({PR_CAPBSET_DROP}, capability, 0, 0, 0) != 0:
+        sys.exit(f"prctl(PR_CAPBSET_DROP): {{os.strerror(ctypes.get_errno())}}")
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def without_file_permission_override(command: list[str]) -> list[str]:
+    """``command`` started without root's override of file modes, where this process runs as root."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return command
+    return [sys.executable, "-c", DROP_AND_EXEC, *command]
 
 
 def _modes_bind_commands() -> bool:
-    """Whether a command started with ``drop_file_permission_override`` is refused a chmod 000 file."""
+    """Whether a command started through ``without_file_permission_override`` is refused a chmod 000 file."""
     with tempfile.NamedTemporaryFile() as secret:
         os.chmod(secret.name, 0)
-        try:
-            reader = subprocess.run(
-                [sys.executable, "-c", f"open({secret.name!r}).close()"],
-                preexec_fn=drop_file_permission_override,
-                capture_output=True,
-            )
-        except (OSError, subprocess.SubprocessError):
-            return False
-        return reader.returncode != 0
+        reader = subprocess.run(
+            without_file_permission_override([sys.executable, "-c", f"open({secret.name!r}).close()"]),
+            capture_output=True,
+            text=True,
+        )
+        return reader.returncode != 0 and "PermissionError" in reader.stderr
 
 
 MODES_BIND = not hasattr(os, "geteuid") or os.geteuid() != 0 or _modes_bind_commands()
@@ -414,13 +422,12 @@ def _run(case: Case, folder: Path, trained: Path) -> Outcome:
         result = _run_in_process(args, folder)
     else:
         result = subprocess.run(
-            [sys.executable, "-m", "tlbench", *args],
+            without_file_permission_override([sys.executable, "-m", "tlbench", *args]),
             cwd=folder,
             capture_output=True,
             text=True,
             timeout=180,
             env=tlbench_env({"OMP_NUM_THREADS": "1"}),
-            preexec_fn=drop_file_permission_override if hasattr(os, "geteuid") and os.geteuid() == 0 else None,
         )
     for path in folder.rglob("*"):  # let the fixture's cleanup remove what the case made unreadable
         path.chmod(path.stat().st_mode | stat.S_IRWXU)
