@@ -47,12 +47,17 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     """Files as given (a non-image among them gets an error row); folders searched recursively for images.
 
     Folders follow the data rules: image extensions in any case, hidden and OS files (``.DS_Store``,
-    ``__MACOSX``) skipped. A path that does not exist is kept so that its row says "file not found".
+    ``__MACOSX``) skipped. A path that does not exist is kept so that its row says "file not found". Nothing at
+    all to read is one error line.
     """
     paths = []
     for item in inputs:
         path = Path(item).expanduser()
         paths += images_under(path) if path.is_dir() else [path]
+    if not paths:
+        raise TLBenchError(
+            f"no image files in {', '.join(inputs)} (looked for .jpg, .jpeg, .png, .bmp, .webp, .tif, any case)"
+        )
     return paths
 
 
@@ -129,10 +134,6 @@ def classify_files(
     if top_k < 1 or batch_size < 1:
         raise TLBenchError(f"--top_k and --batch_size must be at least 1 (got {top_k} and {batch_size})")
     paths = expand_inputs(inputs)
-    if not paths:
-        raise TLBenchError(
-            f"no image files in {', '.join(inputs)} (looked for .jpg, .jpeg, .png, .bmp, .webp, .tif, any case)"
-        )
     trained = load_trained(model, phase)
     table = classify_paths(Predictor(trained, batch_size, engine), paths, top_k, progress)
     return Classification(trained, table, write_csv(output, table) if output else None)

@@ -318,10 +318,6 @@ def explain_files(
     if batch_size < 1:
         raise TLBenchError(f"--batch_size must be at least 1 (got {batch_size})")
     paths = expand_inputs(inputs)
-    if not paths:
-        raise TLBenchError(
-            f"no image files in {', '.join(inputs)} (looked for .jpg, .jpeg, .png, .bmp, .webp, .tif, any case)"
-        )
     trained = load_trained(model, phase)
     check_images(paths)
     explainer = Explainer.of(trained.model)

@@ -5,11 +5,9 @@ import io
 import os
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmarks.serve_attack import grey16_png  # the attack benchmark's bomb, one builder for both
 from tests.conftest import REPO, run_tlbench
 from tests.reliability.test_images import bomb_png
 from tlbench.export import export_bundle
@@ -103,20 +102,6 @@ def memory_mib(pid: int, field: str) -> float:
     """``VmRSS`` (now) or ``VmHWM`` (peak so far) of a process, from /proc."""
     status = open(f"/proc/{pid}/status").read()
     return int(status.split(f"{field}:")[1].split()[0]) / 1024
-
-
-def grey16_png(width: int, height: int) -> bytes:
-    """A valid mid-grey 16-bit greyscale PNG, compressed row by row: 9400x9400 is about 200 KB on the wire and
-    170 MiB of pixels."""
-    row = b"\x00" + b"\x80\x00" * width  # filter byte, then big-endian 32768s
-    compressor = zlib.compressobj(9)
-    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
 def png_bytes(size: int = 40, seed: int = 0, fmt: str = "PNG") -> bytes:
