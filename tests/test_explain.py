@@ -28,8 +28,9 @@ from tlbench.api import Model
 from tlbench.data.transforms import Preprocessing
 from tlbench.errors import TLBenchError
 from tlbench.evaluation.plots import TOP_LOSSES_EXPLAINED, TOP_LOSSES_TITLE, top_losses_figure
-from tlbench.explain import INDEX, overlays_of, target_layer, to_image_frame
+from tlbench.explain import INDEX
 from tlbench.models.backbones import create_backbone
+from tlbench.models.gradcam import overlays_of, target_layer, to_image_frame
 from tlbench.rundir import read_metrics
 
 SIZE, PATCH, INSET = 64, 16, 6

@@ -28,9 +28,10 @@ from PIL import Image
 from tlbench.data.datamodule import ImageFolderDataModule
 from tlbench.data.images import ImageLoadError, load_rgb
 from tlbench.errors import TLBenchError
-from tlbench.explain import Explainer, Explanation, load_images
+from tlbench.explain import load_images
 from tlbench.models.backbones import DEFAULT_BACKBONE
 from tlbench.models.engine import EngineName
+from tlbench.models.gradcam import Explainer, Explanation
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import TrainedModel, load_trained
 from tlbench.models.module import TransferLearningModule

@@ -21,8 +21,8 @@ from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from tlbench.evaluation.runs import evaluate_phase
-from tlbench.explain import overlays_of
 from tlbench.io import write_csv
+from tlbench.models.gradcam import overlays_of
 from tlbench.rundir import checkpoint_dir, run_dir, update_metrics, write_metrics
 
 HISTORY_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")

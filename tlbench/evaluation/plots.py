@@ -24,7 +24,7 @@ from tlbench.io import atomic_path
 
 THUMBNAIL_SIZE = (256, 256)
 DPI = 120
-# Heatmap overlays from image files (None for a file that does not decode), e.g. ``explain.Explainer.overlays``.
+# Heatmap overlays from image files (None for a file that does not decode), e.g. ``models.gradcam.Explainer.overlays``.
 Overlays = Callable[[list[Path]], list["np.ndarray | None"]]
 HEATMAP_ALPHA = 0.6
 
