@@ -1,4 +1,4 @@
-"""``export --format hf``: a run as a timm-compatible, Hugging Face Hub-ready folder, and loading such a folder back.
+"""``export --format hf``: a run as a timm-compatible, Hugging Face Hub-ready folder (``models.loading`` reads it back).
 
 The folder is what ``timm.models.save_for_hf`` writes (``config.json`` with the architecture, ``num_classes``,
 ``label_names`` and a ``pretrained_cfg`` holding the run's preprocessing; ``model.safetensors`` with timm's own
@@ -29,25 +29,13 @@ from torch import nn
 from tlbench.errors import TLBenchError
 from tlbench.models.baselines import BASELINES
 from tlbench.models.engine import PARITY_TOLERANCE
-from tlbench.models.loading import TrainedModel, build_model
+from tlbench.models.loading import (
+    HF_CONFIG,
+    TrainedModel,
+)
 from tlbench.rundir import read_metrics
 
-HF_CONFIG = "config.json"
-HF_WEIGHTS = "model.safetensors"
 MODEL_CARD = "README.md"
-# tlbench's module keeps the timm model under backbone.model and the head's Linear at head.1 (after its Dropout).
-BACKBONE_PREFIX = "backbone.model."
-HEAD_LINEAR = "head.1."
-
-
-def is_hf_folder(path: Path) -> bool:
-    return path.is_dir() and (path / HF_CONFIG).is_file() and (path / HF_WEIGHTS).is_file()
-
-
-def classifier_name(model: nn.Module) -> str:
-    """The dotted name of a timm model's classifier module (``classifier``, ``fc``, ``head.fc``)."""
-    classifier = model.get_classifier()
-    return next(name for name, module in model.named_modules() if module is classifier)
 
 
 def timm_classifier(trained: TrainedModel) -> nn.Module:
@@ -187,42 +175,3 @@ def push(folder: Path, repo: str) -> str:
             f"could not push {folder} to {repo}: {detail}; the folder is written, upload it later with"
             f" hf upload {repo} {folder}"
         ) from None
-
-
-def load_hf_folder(folder: Path) -> TrainedModel:
-    """A model from a folder written by ``export --format hf`` (or any timm folder whose single Linear classifier
-    has ``label_names``): timm builds the architecture, tlbench's module gets the weights."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        config = json.loads((folder / HF_CONFIG).read_text())
-        classes = [str(name) for name in config.get("label_names") or []]
-        if len(classes) != config.get("num_classes"):
-            raise TLBenchError(
-                f"{folder}/{HF_CONFIG} has {len(classes)} label_names for {config.get('num_classes')} classes;"
-                " re-export it with tlbench export --format hf"
-            )
-        info = config.get("tlbench", {})
-        settings = {"backbone": f"local-dir:{folder}", "head_hidden": 0, "head_dropout": 0.0, "classes": classes}
-        model = build_model(settings, info.get("phase"), None)
-        tensors = load_file(str(folder / HF_WEIGHTS))
-        head = classifier_name(model.backbone.model) + "."
-        state = {
-            (HEAD_LINEAR + key[len(head) :] if key.startswith(head) else BACKBONE_PREFIX + key): value
-            for key, value in tensors.items()
-        }
-        model.load_state_dict(state)
-    except (KeyError, ValueError, OSError, RuntimeError, SafetensorError) as error:
-        raise TLBenchError(
-            f"cannot load {folder} as a timm folder: {type(error).__name__}: {str(error).splitlines()[0][:200]};"
-            " re-export it with tlbench export --format hf"
-        ) from None
-    return TrainedModel(
-        model.eval(),
-        classes,
-        model.preprocessing,
-        info.get("backbone", config["architecture"]),
-        model.phase,
-        folder,
-    )

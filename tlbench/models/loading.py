@@ -8,10 +8,12 @@ checkpoint or bundle has them) and with the preprocessing stored at training tim
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from tlbench.data.transforms import Preprocessing
 from tlbench.errors import TLBenchError
@@ -19,6 +21,13 @@ from tlbench.evaluation.final import final_phase
 from tlbench.io import read_json
 from tlbench.models.module import TransferLearningModule
 from tlbench.rundir import METRICS, read_metrics
+
+# A timm folder (``export --format hf``, tlbench.hub writes it): what timm.models.save_for_hf writes.
+HF_CONFIG = "config.json"
+HF_WEIGHTS = "model.safetensors"
+# tlbench's module keeps the timm model under backbone.model and the head's Linear at head.1 (after its Dropout).
+BACKBONE_PREFIX = "backbone.model."
+HEAD_LINEAR = "head.1."
 
 BUNDLE_FORMAT = 1
 BUNDLE_MANIFEST = "model.json"
@@ -126,11 +135,58 @@ def load_bundle(bundle: Path, phase: str | None = None) -> TrainedModel:
     )
 
 
+def is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and (path / HF_CONFIG).is_file() and (path / HF_WEIGHTS).is_file()
+
+
+def classifier_name(model: nn.Module) -> str:
+    """The dotted name of a timm model's classifier module (``classifier``, ``fc``, ``head.fc``)."""
+    classifier = model.get_classifier()
+    return next(name for name, module in model.named_modules() if module is classifier)
+
+
+def load_hf_folder(folder: Path) -> TrainedModel:
+    """A model from a folder written by ``export --format hf`` (or any timm folder whose single Linear classifier
+    has ``label_names``): timm builds the architecture, tlbench's module gets the weights."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        config = json.loads((folder / HF_CONFIG).read_text())
+        classes = [str(name) for name in config.get("label_names") or []]
+        if len(classes) != config.get("num_classes"):
+            raise TLBenchError(
+                f"{folder}/{HF_CONFIG} has {len(classes)} label_names for {config.get('num_classes')} classes;"
+                " re-export it with tlbench export --format hf"
+            )
+        info = config.get("tlbench", {})
+        settings = {"backbone": f"local-dir:{folder}", "head_hidden": 0, "head_dropout": 0.0, "classes": classes}
+        model = build_model(settings, info.get("phase"), None)
+        tensors = load_file(str(folder / HF_WEIGHTS))
+        head = classifier_name(model.backbone.model) + "."
+        state = {
+            (HEAD_LINEAR + key[len(head) :] if key.startswith(head) else BACKBONE_PREFIX + key): value
+            for key, value in tensors.items()
+        }
+        model.load_state_dict(state)
+    except (KeyError, ValueError, OSError, RuntimeError, SafetensorError) as error:
+        raise TLBenchError(
+            f"cannot load {folder} as a timm folder: {type(error).__name__}: {str(error).splitlines()[0][:200]};"
+            " re-export it with tlbench export --format hf"
+        ) from None
+    return TrainedModel(
+        model.eval(),
+        classes,
+        model.preprocessing,
+        info.get("backbone", config["architecture"]),
+        model.phase,
+        folder,
+    )
+
+
 def load_trained(path: str | Path, phase: str | None = None) -> TrainedModel:
     """A model ready for inference from a bundle (``tlbench export``), a timm folder (``export --format hf``), a
     run directory (``lightning_logs/<exp>/version_N``) or a ``.ckpt``."""
-    from tlbench.hub import is_hf_folder, load_hf_folder
-
     path = Path(path).expanduser()
     if path.is_dir() and (path / BUNDLE_MANIFEST).is_file():
         return load_bundle(path, phase)
