@@ -74,5 +74,7 @@ def test_dependency_filters_name_their_module_so_other_warnings_still_show():
         leaf = "`isinstance(treespec, LeafSpec)` is deprecated"
         warnings.warn_explicit(leaf, FutureWarning, "_pytree.py", 21, module="pytorch_lightning.utilities._pytree")
         warnings.warn_explicit(leaf, FutureWarning, "mine.py", 1, module="my_package.tree")
+        epochs = "`max_epochs` was not set. Setting it to 1000 epochs. To train without an epoch limit, set it to -1."
+        warnings.warn_explicit(epochs, UserWarning, "utilities.py", 73, module="pytorch_lightning.loops.utilities")
         warnings.warn_explicit("data note", TLBenchWarning, "datamodule.py", 1, module="tlbench.data.datamodule")
     assert [(str(w.message), w.filename) for w in caught] == [(leaf, "mine.py"), ("data note", "datamodule.py")]

@@ -23,6 +23,8 @@ DEPENDENCY_WARNINGS = [
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"pytorch_lightning\.utilities\._pytree"),
     # The frozen backbone is in eval mode on purpose (BatchNorm statistics stay ImageNet's); the head trains.
     (r"Found \d+ module\(s\) in eval mode at the start of training", Warning, r"pytorch_lightning\.loops\.fit_loop"),
+    # The fine-tuning budget rule sets max_epochs once the data is counted (PhaseSchedule), after Lightning looks.
+    (r"`max_epochs` was not set\. Setting it to 1000 epochs", Warning, r"pytorch_lightning\.loops\.utilities"),
 ]
 # Lightning INFO lines (logger pytorch_lightning.utilities.rank_zero) that say nothing about the run.
 LIGHTNING_INFO_NOISE = re.compile(
