@@ -90,3 +90,15 @@ def grid_study(tmp_path_factory) -> GridStudy:
 def cell_metrics(study: GridStudy) -> pd.Series:
     """experiment -> absolute path of the metrics.json the grid recorded for it."""
     return pd.read_csv(study.runs / GRID_STATUS).set_index("experiment").metrics
+
+
+@pytest.fixture(scope="session")
+def serial(tmp_path_factory) -> Path:
+    """The four tiny cells of test_grid_pool's grid run by one plain grid process: the reference every other way of
+    running them (``--jobs``, two processes, Ray) must reproduce. Tests read it; one that changes it copies it."""
+    from tests.commands.test_grid_pool import grid, grid_root  # that module's grid helpers, which import this one
+
+    root = grid_root(tmp_path_factory, "serial")
+    result = grid(root)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root

@@ -71,14 +71,6 @@ def plant_claim(root: Path, experiment: str, **claim: object) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def serial(tmp_path_factory) -> Path:
-    root = grid_root(tmp_path_factory, "serial")
-    result = grid(root)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return root
-
-
 @dataclass
 class Pair:
     root: Path

@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 
 from tests.commands.conftest import CELL_OVERRIDES
-from tests.commands.test_grid_pool import EXPERIMENTS, GRID_ARGS, ONE_THREAD, STATUS, grid, grid_root, results
+from tests.commands.test_grid_pool import EXPERIMENTS, GRID_ARGS, ONE_THREAD, STATUS, grid_root, results
 from tests.conftest import run_tlbench, tlbench_env
 from tlbench.__main__ import main
 from tlbench.grid import PARENT_ENV
@@ -102,14 +102,6 @@ def cluster() -> Cluster:
             yield Cluster(address, nodes)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def serial(tmp_path_factory) -> Path:
-    root = grid_root(tmp_path_factory, "serial")
-    result = grid(root)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return root
 
 
 def claim(root: Path, experiment: str) -> dict:
