@@ -391,7 +391,8 @@ def test_page_in_headless_chromium_shows_bars(request, with_token, shared_data, 
             page.wait_for_selector("#login:not([hidden])")
             page.fill("#token", TOKEN)
             page.click("#login button")
-        page.wait_for_function("document.getElementById('about')?.textContent.includes('cnn1')")
+        # a selector, not wait_for_function: the page's CSP forbids eval, which a polled JS string needs
+        page.wait_for_selector("#about:has-text('cnn1')")
         page.set_input_files("#file", str(bird))
         page.wait_for_selector(".prediction .fill", timeout=20_000)
         labels = page.locator(".prediction .label").all_text_contents()
