@@ -19,11 +19,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from tlbench.data.datamodule import usable_cores
 from tlbench.data.discover import images_under
 from tlbench.data.images import ImageLoadError, load_rgb
 from tlbench.errors import TLBenchError
 from tlbench.io import write_csv
+from tlbench.machine import usable_cores
 from tlbench.models.engine import EngineName
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import TrainedModel, load_trained

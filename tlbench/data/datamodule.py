@@ -39,6 +39,7 @@ from tlbench.data.split import (
 )
 from tlbench.data.transforms import AugmentPolicy, Preprocessing, loader_transform
 from tlbench.errors import TLBenchError
+from tlbench.machine import usable_cores
 from tlbench.rundir import run_dir
 
 # Streams derived from the run's seed (``derived_seed``): the training loader's, and the process-wide ones that
@@ -172,11 +173,6 @@ class UnlabelledImages(Dataset):
 
 # A warning at fit start for images whose shorter side is below this part of the network's input size.
 SMALL_IMAGE_RATIO = 0.5
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the platform has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def default_num_workers() -> int:
