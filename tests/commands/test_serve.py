@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks.serve_attack import grey16_png  # the attack benchmark's bomb, one builder for both
+from benchmarks.serve_attack import budget_side, grey16_png  # the attack benchmark's bomb, one builder for both
 from tests.conftest import REPO, run_tlbench
 from tests.reliability.test_images import bomb_png
 from tlbench.export import export_bundle
@@ -84,13 +84,21 @@ def served(bundle, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def token_server(bundle, tmp_path_factory):
-    """Base URL of a server whose token comes from TLBENCH_TOKEN and that also answers to Host ``tlbench.test``."""
+def token_served(bundle, tmp_path_factory):
+    """``(base URL, process)`` of a server with the default limits (8 slots) and two decoders (the default on a
+    2-core machine, set so the test does not depend on the cores), whose token comes from TLBENCH_TOKEN and that
+    also answers to Host ``tlbench.test``."""
     log = tmp_path_factory.mktemp("serve-log") / "token.log"
-    url, process = launch(bundle, log, "--allowed_hosts", "tlbench.test", env={"TLBENCH_TOKEN": TOKEN})
-    yield url
+    options = ["--allowed_hosts", "tlbench.test", "--decode_workers", "2"]
+    url, process = launch(bundle, log, *options, env={"TLBENCH_TOKEN": TOKEN})
+    yield url, process
     process.terminate()
     process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def token_server(token_served) -> str:
+    return token_served[0]
 
 
 @pytest.fixture(scope="module")
@@ -477,3 +485,28 @@ def test_network_bind_without_token_refuses_to_start(tmp_path):
         "error: --host 0.0.0.0 opens the server to the network: give it a token (--token, or TLBENCH_TOKEN in the"
         " environment) or run it open to anyone on purpose with --open true"
     ]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="resets and reads peak memory in /proc")
+def test_a_burst_of_in_limit_bombs_decodes_two_at_a_time_within_the_memory_budget(token_served):
+    """Eight of the largest images the default decoding budget accepts, sent at once to a server with the default
+    8 slots (16-bit PNGs of about 4,000 x 4,000 and RGBA PNGs of about 2,000 x 2,000, 48 MiB each to decode): all
+    are classified, while the peak memory grows by about two decodes' worth (140 MiB measured), not eight (300)."""
+    url, process = token_served
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    grey16 = grey16_png(budget_side(3), budget_side(3))  # the budget's bytes a pixel, as the benchmark's bombs
+    rgba = io.BytesIO()
+    Image.new("RGBA", [budget_side(12)] * 2, (10, 200, 30, 128)).save(rgba, "PNG")
+    uploads = [grey16, rgba.getvalue()] * 4
+    httpx.post(f"{url}/predict", files={"file": ("x.png", png_bytes())}, headers=bearer, timeout=30)
+    Path(f"/proc/{process.pid}/clear_refs").write_text("5")  # the peak (VmHWM) restarts from the current size
+    before = memory_mib(process.pid, "VmRSS")
+
+    def upload(data: bytes) -> httpx.Response:
+        return httpx.post(f"{url}/predict", files={"file": ("b.png", data)}, headers=bearer, timeout=60)
+
+    with ThreadPoolExecutor(len(uploads)) as pool:
+        answers = list(pool.map(upload, uploads))
+    assert [answer.status_code for answer in answers] == [200] * len(uploads), answers[0].text
+    growth = memory_mib(process.pid, "VmHWM") - before
+    assert growth < 220, growth

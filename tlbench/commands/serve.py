@@ -36,6 +36,7 @@ def serve(
     max_upload_mb: float = 20,
     max_decode_mb: float = 48,
     max_concurrency: int = 8,
+    decode_workers: int = 0,
     queue_timeout: float = 1.0,
     top_k: int = 5,
     max_batch: int = 8,
@@ -59,7 +60,9 @@ def serve(
         max_decode_mb: pixel memory one image may take to decode (JPEGs are decoded at reduced scale and other
             images reduced right after decoding, to twice the model's resize size); an image that would need
             more, such as a small PNG claiming 9400x9400 16-bit pixels, gets 413 before it is decoded.
-        max_concurrency: images decoded and classified at once; more wait (see queue_timeout).
+        max_concurrency: images read, decoded and classified at once; more wait (see queue_timeout).
+        decode_workers: of those, images decoding at once (0: one per usable core); the rest wait their turn,
+            which bounds a burst's pixel memory to decode_workers * max_decode_mb.
         queue_timeout: seconds a request waits for a free slot before it gets 429 (Retry-After: 1).
         top_k: predictions returned per image.
         max_batch: most concurrent requests sharing one forward pass; 1 turns micro-batching off.
@@ -89,10 +92,12 @@ def serve(
         or batch_window_ms < 0
         or min(header_timeout, body_timeout) <= 0
         or max_connections < 1
+        or decode_workers < 0
     ):
         raise TLBenchError(
             "max_concurrency, max_batch and top_k must be >= 1, max_upload_mb and max_decode_mb > 0,"
-            " queue_timeout and batch_window_ms >= 0, header_timeout and body_timeout > 0, max_connections >= 1"
+            " queue_timeout and batch_window_ms >= 0, header_timeout and body_timeout > 0, max_connections >= 1,"
+            " decode_workers >= 0"
         )
     from tlbench.serve.access import LOOPBACK_HOSTS, is_loopback
 
@@ -115,6 +120,7 @@ def serve(
         max_upload_mb=max_upload_mb,
         max_decode_mb=max_decode_mb,
         max_concurrency=max_concurrency,
+        decode_workers=decode_workers or None,
         queue_timeout=queue_timeout,
         top_k=top_k,
         max_batch=max_batch,

@@ -16,8 +16,10 @@ Safety, in the order a request meets it:
    text, PDF...) is 415; damaged files, decompression bombs and images too small are 422 with its reason.
    It decodes within a ``DecodeBudget`` of ``max_decode_mb`` of pixel memory, keeping twice the model's resize
    size (JPEGs decoded at reduced scale, others box-reduced right after decoding): an image that would need more,
-   such as a 200 KB PNG of 9400x9400 16-bit pixels, is 413 from its header, so ``max_concurrency`` uploads at
-   once stay within ``max_concurrency * max_decode_mb`` of pixels.
+   such as a 200 KB PNG of 9400x9400 16-bit pixels, is 413 from its header. At most ``decode_workers`` uploads
+   (default: one per usable core) decode at once, the others waiting their turn inside their slot: decoding is
+   CPU-bound, so more at once would not finish sooner, and the pixel memory of a burst stays within
+   ``decode_workers * max_decode_mb`` however many slots there are.
 
 Every error is ``{"error": "..."}`` JSON with the right status; unexpected failures are a JSON 500, never a
 traceback; a client that goes away during its upload is one warning line.
@@ -25,6 +27,7 @@ traceback; a client that goes away during its upload is one warning line.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -41,6 +44,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from tlbench.data.images import DecodeBudget, ImageLoadError, ImageTooLargeError, NotAnImageError, load_rgb
+from tlbench.machine import usable_cores
 from tlbench.models.engine import EngineName
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import TrainedModel
@@ -68,6 +72,7 @@ class ServeSettings:
     max_upload_mb: float = 20
     max_decode_mb: float = 48
     max_concurrency: int = 8
+    decode_workers: int | None = None  # None: one per usable core
     queue_timeout: float = 1.0
     top_k: int = 5
     max_batch: int = 8
@@ -153,6 +158,7 @@ def create_app(trained: TrainedModel, settings: ServeSettings = ServeSettings())
     limit = ConcurrencyLimit(settings.max_concurrency, settings.queue_timeout)
     info = model_info(trained)
     budget = DecodeBudget(2 * trained.preprocessing.resize_size, int(settings.max_decode_mb * 2**20))
+    decoding = asyncio.Semaphore(settings.decode_workers or usable_cores())
     page = files("tlbench.serve").joinpath("page.html").read_text()
 
     @asynccontextmanager
@@ -202,7 +208,8 @@ def create_app(trained: TrainedModel, settings: ServeSettings = ServeSettings())
             body = await request.body()
             upload = await run_in_threadpool(read_upload, body, request.headers.get("content-type", ""))
             with batcher.on_its_way() as submit:
-                tensor = await run_in_threadpool(decode, upload, predictor, budget)
+                async with decoding:
+                    tensor = await run_in_threadpool(decode, upload, predictor, budget)
                 probabilities = await submit(tensor)
         predictions = predictor.label_top_k(probabilities[None], settings.top_k)[0]
         return {
