@@ -251,6 +251,46 @@ def test_every_usage_line_names_tlbench_and_the_command(words, capsys):
     assert usage.startswith(expected + " ".join(words) + " "), usage
 
 
+def typed_commands() -> list[list[str]]:
+    from tlbench.__main__ import COMMANDS
+
+    return [words for words in every_command() if words[0] in COMMANDS]
+
+
+@pytest.mark.parametrize("words", typed_commands(), ids=" ".join)
+def test_every_help_names_a_dataset_folder_data_root(words, capsys):
+    """``check --help`` showed ``--data_root`` and ``data info --help`` a positional ``root`` for what fit calls
+    ``--data.root``; every command's help and usage now show fit's name, and only it."""
+    import inspect
+
+    from tlbench.__main__ import _resolve, main
+
+    function = _resolve(words)[0]
+    with pytest.raises(SystemExit):
+        main([*words, "--help"])
+    help_text = capsys.readouterr().out
+    usage = help_text.split("\n\n")[0]
+    takes_a_dataset = bool({"data_root", "root"} & set(inspect.signature(function).parameters))
+    assert ("--data.root" in usage) == takes_a_dataset, usage
+    assert not re.search(r"--data_root|--root\b|^ +root ", help_text, re.MULTILINE), help_text
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["check", "--data_root", "{missing}"], "is not a folder"),
+        (["data", "download", "nosuch", "--root", "{missing}"], "unknown dataset 'nosuch'"),
+    ],
+    ids=["check --data_root", "data download --root"],
+)
+def test_old_spellings_still_parse(argv, expected, tmp_path, capsys):
+    """Help shows one name per thing; scripts written with the old one keep working."""
+    from tlbench.__main__ import main
+
+    assert main([arg.format(missing=tmp_path / "missing") for arg in argv]) == 2
+    assert expected in capsys.readouterr().err
+
+
 def test_version(capsys):
     from tlbench import __version__
     from tlbench.__main__ import main

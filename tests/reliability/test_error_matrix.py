@@ -336,11 +336,11 @@ def cases() -> list[Case]:
     ]
     download = ("data", "download")
     found += [
-        Case("data-download:unknown", (*download, "nosuch", "--root", "{root}"), with_file("x", "", "nosuch")),
-        Case("data-download:root-is-file", (*download, "leaves", "--root", "{file}"), with_file("root", "")),
+        Case("data-download:unknown", (*download, "nosuch", "--data_dir", "{root}"), with_file("x", "", "nosuch")),
+        Case("data-download:root-is-file", (*download, "leaves", "--data_dir", "{file}"), with_file("root", "")),
         Case(
             "data-download:unreachable",
-            (*download, "leaves", "--root", "{root}", "--mirror", "http://127.0.0.1:9/m"),
+            (*download, "leaves", "--data_dir", "{root}", "--mirror", "http://127.0.0.1:9/m"),
             with_file("x", "", "127.0.0.1:9"),
             allowed=("in/data/.downloads",),
         ),

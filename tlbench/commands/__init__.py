@@ -4,6 +4,7 @@
 four conveniences: LightningCLI-style dotted flags (``--data.root``), a trailing list of words for a list
 parameter (``classify RUN a.jpg b.png dir/``), the first parameter as an optional positional word when every
 parameter has a default (``report [RUNS_DIR]``), and fit overrides after ``--`` (``grid ... -- --data.batch_size 16``).
+Help shows a dataset folder as ``--data.root`` whatever the function calls it; renamed flags keep parsing.
 """
 
 from __future__ import annotations
@@ -14,12 +15,21 @@ import sys
 import typing
 from collections.abc import Callable
 
+from jsonargparse import ArgumentParser
+
 from tlbench.errors import TLBenchError, one_line
 
 PASSTHROUGH_PARAMETER = "fit_args"
 # jsonargparse keeps ``--config`` for a YAML of the command's own parameters (and drops a parameter of that name),
 # so a command that reads a *fit* config (``check --config birds_efficientnet_lite0.yaml``) names it ``fit_config``.
 FIT_CONFIG_PARAMETER = "fit_config"
+# Old flag -> the parameter now holding it, still accepted but no longer in --help: ``data download --root``
+# became ``--data_dir``, the name of a folder *of* datasets as in ``grid``, since ``--data.root`` is one dataset.
+RENAMED_FLAGS = {"root": "data_dir"}
+# Parameters holding one dataset folder (``check --data_root``, ``data info ROOT``): help and usage name them
+# ``--data.root``, as fit does; the function's own spelling still parses, undocumented.
+DATA_ROOT_FLAG = "--data.root"
+DATASET_FOLDER_PARAMETERS = ("data_root", "root")
 
 
 def show_progress(progress: bool | None) -> bool:
@@ -43,6 +53,17 @@ def _undot(function: Callable, args: list[str]) -> list[str]:
             match = next((c for c in (f"{group}_{name}", name) if c in parameters), None)
             arg = f"--{match}{equals}{value}" if match else arg
         result.append(arg)
+    return result
+
+
+def _renamed(function: Callable, args: list[str]) -> list[str]:
+    """An old spelling in ``RENAMED_FLAGS`` as the flag of the parameter that replaced it."""
+    parameters = inspect.signature(function).parameters
+    result = []
+    for arg in args:
+        flag, equals, value = arg.partition("=")
+        new = RENAMED_FLAGS.get(flag[2:]) if arg.startswith("--") and flag[2:] not in parameters else None
+        result.append(f"--{new}{equals}{value}" if new in parameters else arg)
     return result
 
 
@@ -132,6 +153,33 @@ def _pass_through(function: Callable, rest: list[str]) -> list[str]:
     return [*rest[:split], f"--{PASSTHROUGH_PARAMETER}", json.dumps(rest[split + 1 :])]
 
 
+class _Parser(ArgumentParser):
+    """jsonargparse's parser, whose help and usage show a dataset folder as ``--data.root`` in every command.
+
+    Only what is shown changes: parsing ``--data.root`` is ``_undot``'s and ``_named_positionals``' job, so the
+    short ``data info DIR`` and the function's own ``--data_root`` keep working.
+    """
+
+    def _show_data_root(self) -> None:
+        for action in self._actions:
+            if action.dest not in DATASET_FOLDER_PARAMETERS:
+                continue
+            if action.option_strings:
+                action.option_strings = [DATA_ROOT_FLAG]
+            elif action in self._positionals._group_actions:
+                action.metavar = f"{DATA_ROOT_FLAG} {action.dest.upper()}"
+                self._positionals._group_actions.remove(action)
+                self._optionals._group_actions.append(action)
+
+    def format_usage(self) -> str:
+        self._show_data_root()
+        return super().format_usage()
+
+    def format_help(self, *args, **kwargs) -> str:
+        self._show_data_root()
+        return super().format_help(*args, **kwargs)
+
+
 def run_command(function: Callable, args: list[str], prog: str = "tlbench") -> int:
     """Parse ``args`` for ``function``, call it, and return its exit status (0 unless it returns an int); ``prog``
     names the command in its usage line (``tlbench grid status``, not ``__main__.py``).
@@ -142,10 +190,11 @@ def run_command(function: Callable, args: list[str], prog: str = "tlbench") -> i
 
     from jsonargparse import auto_cli
 
-    args = _fit_config_flag(function, _named_positionals(function, _undot(function, _pass_through(function, args))))
+    args = _renamed(function, _undot(function, _pass_through(function, args)))
+    args = _fit_config_flag(function, _named_positionals(function, args))
     args = _optional_first_positional(function, _gather_list_positional(function, args))
     try:
-        result = auto_cli(function, args=args, as_positional=True, exit_on_error=False, prog=prog)
+        result = auto_cli(function, args=args, as_positional=True, exit_on_error=False, prog=prog, parser_class=_Parser)
     except ArgumentError as error:
         raise TLBenchError(f"{one_line(str(error))}; --help lists the options") from None
     return result if isinstance(result, int) else 0

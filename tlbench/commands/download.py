@@ -11,7 +11,7 @@ from tlbench.errors import TLBenchError
 
 def download(
     name: str,
-    root: str = "data",
+    data_dir: str = "data",
     mirror: str | None = None,
     per_class: int = 200,
     force: bool = False,
@@ -19,19 +19,20 @@ def download(
     max_extract_gb: float = MAX_EXTRACT_BYTES / 10**9,
     max_extract_ratio: float = MAX_EXTRACT_RATIO,
 ) -> None:
-    """Download dataset NAME (leaves, birds, butterflies, noodles, dogs) into ROOT/NAME/<class>/*.jpg.
+    """Download dataset NAME (leaves, birds, butterflies, noodles, dogs) into DATA_DIR/NAME/<class>/*.jpg.
 
-    Archives are cached in ROOT/.downloads and resumed if interrupted; the dataset folder only appears once
-    it is complete, so a half-finished run never looks like data to training commands. An archive without a
-    published SHA-256 is trusted on first use: its SHA-256 is printed, recorded in ROOT/.downloads/trusted_sha256.json
-    and required of every later download into ROOT.
+    DATA_DIR is a folder of datasets, as ``grid --data_dir``: the dataset itself, DATA_DIR/NAME, is what
+    ``--data.root`` takes elsewhere. Archives are cached in DATA_DIR/.downloads and resumed if interrupted; the
+    dataset folder only appears once it is complete, so a half-finished run never looks like data to training
+    commands. An archive without a published SHA-256 is trusted on first use: its SHA-256 is printed, recorded in
+    DATA_DIR/.downloads/trusted_sha256.json and required of every later download into DATA_DIR.
 
     Args:
         name: leaves, birds, butterflies, noodles or dogs.
-        root: Folder that receives ROOT/NAME.
+        data_dir: folder of datasets that receives DATA_DIR/NAME (not the dataset folder itself).
         mirror: Base URL replacing scheme and host of every download URL (a local copy of the hosts' paths).
         per_class: Open Images datasets only: at most this many images per class.
-        force: Rebuild ROOT/NAME and download again even if it exists.
+        force: Rebuild DATA_DIR/NAME and download again even if it exists.
         progress: Progress bars on stderr (default: only when stderr is a terminal).
         max_extract_gb: Refuse an archive that unpacks to more than this many GB (10^9 bytes).
         max_extract_ratio: Refuse an archive that unpacks to more than this many times its own size (a zip bomb).
@@ -40,7 +41,7 @@ def download(
         raise TLBenchError("--max_extract_gb and --max_extract_ratio must be positive")
     result = download_dataset(
         name,
-        root,
+        data_dir,
         mirror,
         per_class,
         force,

@@ -51,12 +51,13 @@ def grid(
     <datasets>_<backbones>_seed<seeds>). Exit status 1 if any cell failed (see grid_status.csv there).
 
     Args:
-        datasets: comma-separated folder names under DATA_DIR, or paths.
+        datasets: comma-separated dataset folders: names under DATA_DIR, or paths (each one a ``--data.root``).
         backbones: comma-separated backbone names (cnn6, efficientnet_lite0, vgg16, any timm name).
         recipes: comma-separated recipe names (configs/recipes/<name>.yaml, or paths): whole model settings
             compared as candidates; a cell is ``fit --model <recipe file>``, named <dataset>_<recipe>_seed<k>.
         seeds: comma-separated seeds; each sets both the split and the training seed (default 0).
-        data_dir: folder holding the datasets named in DATASETS (default data).
+        data_dir: folder of datasets (default data, where ``data download`` puts them) in which DATASETS names
+            are looked up; not one dataset, so not ``--data.root``, which each cell gets as DATA_DIR/NAME.
         output: folder whose lightning_logs/ (and checkpoints/) receive the runs and the grid's status files.
         grid: a grid YAML (configs/grids/quick.yaml) with datasets, backbones, seeds, data_dir, overrides;
             command-line values win over it.

@@ -843,7 +843,7 @@ def download_dataset(
         raise TLBenchError(f"--per_class must be at least 1, got {per_class}")
     root_path = Path(root).expanduser()
     if root_path.exists() and not root_path.is_dir():
-        raise TLBenchError(f"--root {root_path} is a file, not a folder; pass the folder to download into")
+        raise TLBenchError(f"--data_dir {root_path} is a file, not a folder; pass the folder to download into")
     out = root_path / name
     cache = root_path / ".downloads" / name
     if out.exists() and not force:
