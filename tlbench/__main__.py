@@ -1,7 +1,7 @@
 """``python -m tlbench``: Lightning subcommands go to LightningCLI, every other command to a typed function.
 
-Commands are registered by import path so that ``python -m tlbench fit`` never imports the web server and
-``python -m tlbench data info`` never imports Lightning.
+Commands are registered by import path so that ``tlbench fit`` never imports the web server and
+``tlbench data info`` never imports Lightning.
 """
 
 from __future__ import annotations
@@ -68,8 +68,7 @@ def _resolve(argv: Sequence[str]) -> tuple[Callable, list[str], str] | None:
             rest = ["", *rest]
         if not rest or rest[0] not in target:
             raise TLBenchError(
-                f"'{argv[0]}' needs one of: {', '.join(target)}"
-                f" (e.g. python -m tlbench {argv[0]} {next(iter(target))} --help)"
+                f"'{argv[0]}' needs one of: {', '.join(target)} (e.g. tlbench {argv[0]} {next(iter(target))} --help)"
             )
         words += [rest[0]] if rest[0] else []
         target, rest = target[rest[0]], rest[1:]
@@ -109,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return getattr(importlib.import_module(module_name), function_name)(argv[1:])
         resolved = _resolve(argv)
         if resolved is None:
-            raise TLBenchError(f"unknown command '{argv[0]}'; run 'python -m tlbench --help' for the list")
+            raise TLBenchError(f"unknown command '{argv[0]}'; run 'tlbench --help' for the list")
         function, rest, prog = resolved
         from tlbench.commands import run_command
 

@@ -8,7 +8,7 @@
     for item in model.explain(["a.jpg"]):      # Grad-CAM heatmaps (needs tlbench[explain])
         print(item.label, item.peak)
 
-``fit`` builds the same module, datamodule and trainer as ``python -m tlbench fit`` and writes the same run
+``fit`` builds the same module, datamodule and trainer as ``tlbench fit`` and writes the same run
 directory; every keyword is a ``TransferLearningModule`` or ``ImageFolderDataModule`` argument (the CLI's
 ``--model.*`` / ``--data.*``), and ``trainer`` takes ``pytorch_lightning.Trainer`` arguments (loggers,
 callbacks, accelerator, precision...).

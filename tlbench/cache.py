@@ -278,7 +278,7 @@ class Cache:
 
 
 def cache_info() -> list[CacheInfo]:
-    """Folder, entries, bytes and limit of every kind, for ``python -m tlbench cache info``."""
+    """Folder, entries, bytes and limit of every kind, for ``tlbench cache info``."""
     return [Cache(kind).info() for kind in KINDS]
 
 

@@ -139,8 +139,7 @@ def check_dataset(
     if len(unreadable) == len(results):
         example = f"{unreadable.path.iloc[0]}: {unreadable.error.iloc[0]}"
         raise TLBenchError(
-            f"none of the {len(results)} sampled images could be read (e.g. {example});"
-            f" run 'python -m tlbench data audit {root}'"
+            f"none of the {len(results)} sampled images could be read (e.g. {example}); run 'tlbench data audit {root}'"
         )
     summary = class_summary(results)
     train_per_class = float(table[table.split == "train"].label.value_counts().median())

@@ -1,6 +1,6 @@
 """``TestBestPhases``: after ``fit``, test each phase's best checkpoint and finish the run directory.
 
-It runs on every fit, however the trainer was built (``python -m tlbench fit``, ``tlbench.fit``, or a plain
+It runs on every fit, however the trainer was built (``tlbench fit``, ``tlbench.fit``, or a plain
 ``Trainer().fit(module, datamodule)``): the module adds it through ``configure_callbacks``. Testing the best
 checkpoint, not the last weights, keeps selection on the validation split; the test split is read once per
 phase, after all training. ``RunRecorder`` writes each phase's predictions and reports as it is tested.

@@ -17,7 +17,7 @@ Under DDP each process encodes its share of the images (every ``world_size``-th 
 so every process holds the full cache and Lightning's distributed sampler splits the epochs.
 
 The module adds this callback itself (``TransferLearningModule.configure_callbacks``) when ``cache_features`` is
-on, so ``python -m tlbench fit`` and a plain ``Trainer().fit(module, datamodule)`` behave the same. The datamodule
+on, so ``tlbench fit`` and a plain ``Trainer().fit(module, datamodule)`` behave the same. The datamodule
 asks it for each loader's inputs when Lightning builds that loader (``ImageFolderDataModule.precomputed_inputs``),
 and it tells the module what the batches then hold (``TransferLearningModule.set_batch_inputs``).
 """

@@ -1,4 +1,4 @@
-"""``PredictionCSVWriter``: what ``python -m tlbench predict`` computes, written as ``predictions_predict.csv``.
+"""``PredictionCSVWriter``: what ``tlbench predict`` computes, written as ``predictions_predict.csv``.
 
 The table has the layout of the test's ``predictions_<phase>.csv`` (``recorder.predictions_table``): for the test
 split with its true labels, for ``--data.predict_dir`` images with predictions only. It is written beside the run

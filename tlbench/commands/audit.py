@@ -1,8 +1,8 @@
-"""``python -m tlbench data audit DIR``: find bad files and duplicates before they cost a training run.
+"""``tlbench data audit DIR``: find bad files and duplicates before they cost a training run.
 
 Exit status: 0 when every image decodes and no duplicates were found, 1 when problems were found (listed on
 screen and in ``bad_files.csv`` / ``duplicates.csv``), 2 when the command itself cannot run (no such folder).
-Scripts can therefore gate training on ``python -m tlbench data audit DIR``.
+Scripts can therefore gate training on ``tlbench data audit DIR``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``python -m tlbench cache info`` and ``cache clear [--kind K]``: what tlbench keeps on disk, and getting it back."""
+"""``tlbench cache info`` and ``cache clear [--kind K]``: what tlbench keeps on disk, and getting it back."""
 
 from __future__ import annotations
 

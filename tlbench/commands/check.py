@@ -1,4 +1,4 @@
-"""``python -m tlbench check``: what does the pretrained ImageNet classifier see in my data, and what should I train?"""
+"""``tlbench check``: what does the pretrained ImageNet classifier see in my data, and what should I train?"""
 
 from __future__ import annotations
 

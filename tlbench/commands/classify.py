@@ -1,4 +1,4 @@
-"""``python -m tlbench classify RUN_DIR_OR_CKPT IMAGE_OR_DIR [...]``: label new images with a trained model."""
+"""``tlbench classify RUN_DIR_OR_CKPT IMAGE_OR_DIR [...]``: label new images with a trained model."""
 
 from __future__ import annotations
 

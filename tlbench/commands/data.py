@@ -66,7 +66,7 @@ def image_sizes(root: Path, paths: list[str], allow_external_links: bool = False
         listing = "; ".join(bad[:3]) + (f"; ... ({len(bad) - 3} more)" if len(bad) > 3 else "")
         raise TLBenchError(
             f"{len(bad)} unusable image file(s) under {root}: {listing}; remove or replace them"
-            f" ('python -m tlbench data audit {root}' lists them all; fit skips them with {SKIP_BAD_FLAG})"
+            f" ('tlbench data audit {root}' lists them all; fit skips them with {SKIP_BAD_FLAG})"
         )
     return pd.DataFrame(sizes, columns=["width", "height"])
 

@@ -1,4 +1,4 @@
-"""``python -m tlbench data download NAME``: rebuild one of the 2017 study's datasets from its original source."""
+"""``tlbench data download NAME``: rebuild one of the 2017 study's datasets from its original source."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``python -m tlbench explain RUN IMAGE_OR_DIR [...]``: Grad-CAM overlays of where a trained model looked."""
+"""``tlbench explain RUN IMAGE_OR_DIR [...]``: Grad-CAM overlays of where a trained model looked."""
 
 from __future__ import annotations
 

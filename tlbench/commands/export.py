@@ -1,4 +1,4 @@
-"""``python -m tlbench export RUN_DIR``: a self-contained, parity-checked bundle for serving and deployment."""
+"""``tlbench export RUN_DIR``: a self-contained, parity-checked bundle for serving and deployment."""
 
 from __future__ import annotations
 

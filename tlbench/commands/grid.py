@@ -1,4 +1,4 @@
-"""``python -m tlbench grid``: every dataset x backbone x seed as its own ``fit`` run, resumable."""
+"""``tlbench grid``: every dataset x backbone x seed as its own ``fit`` run, resumable."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def grid(
     Each cell is ``fit --experiment <dataset>_<backbone>_seed<k> --data.split_seed k --seed_everything k``,
     landing in OUTPUT/lightning_logs/<experiment>/version_N like any fit, with configs/<dataset>_<backbone>.yaml
     when the study ships one, else configs/models/<backbone>.yaml. Fit overrides for every cell go after ``--``:
-    ``python -m tlbench grid --datasets birds10 --backbones cnn6 -- --model.finetune_epochs 2``.
+    ``tlbench grid --datasets birds10 --backbones cnn6 -- --model.finetune_epochs 2``.
     The grid's status and cell logs go to OUTPUT/lightning_logs/grids/<name>/ (name: the grid file's, else
     <datasets>_<backbones>_seed<seeds>). Exit status 1 if any cell failed (see grid_status.csv there).
 

@@ -1,4 +1,4 @@
-"""``python -m tlbench lr_find``: suggested learning rates for a fit's two phases (``tlbench/tuning.py``).
+"""``tlbench lr_find``: suggested learning rates for a fit's two phases (``tlbench/tuning.py``).
 
 It takes exactly fit's options (``--config``, ``--data.*``, ``--model.*``, ``--trainer.*``), parsed by the same
 ``TLBenchCLI`` without running a subcommand: LightningCLI's subcommands are ``Trainer`` methods, and a range test

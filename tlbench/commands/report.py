@@ -1,4 +1,4 @@
-"""``python -m tlbench report [RUNS_DIR]``: the study's tables and figures from a folder of finished runs."""
+"""``tlbench report [RUNS_DIR]``: the study's tables and figures from a folder of finished runs."""
 
 from __future__ import annotations
 

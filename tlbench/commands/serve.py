@@ -1,4 +1,4 @@
-"""``python -m tlbench serve MODEL``: a web page and JSON API classifying uploaded images with a trained model."""
+"""``tlbench serve MODEL``: a web page and JSON API classifying uploaded images with a trained model."""
 
 from __future__ import annotations
 

@@ -463,7 +463,7 @@ def preflight(
     scans = scan_files(root, [file.path for file in files], min_side, progress, allow_external_links)
     bad = [(file.path, scans[file.path].reason) for file in files if scans[file.path].reason]
     groups = find_duplicates(files, scans, near_threshold)
-    report = "lightning_logs/audit/<dataset>/bad_files.csv from 'python -m tlbench data audit ROOT'"
+    report = "lightning_logs/audit/<dataset>/bad_files.csv from 'tlbench data audit ROOT'"
     if report_dir is not None:
         report = str(write_bad_files(bad, Path(report_dir) / "bad_files.csv"))
         write_duplicates(groups, Path(report_dir) / "duplicates.csv")

@@ -289,7 +289,7 @@ def refuse_external_links(root: Path, links: list[tuple[str, str]]) -> None:
 def check_root(root: str | Path) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
-        hint = " (download a dataset with 'python -m tlbench data download NAME' or pass --data.root DIR)"
+        hint = " (download a dataset with 'tlbench data download NAME' or pass --data.root DIR)"
         raise TLBenchError(f"data root {root} is not a folder{hint}")
     try:
         os.fsencode(root.absolute()).decode("utf-8")

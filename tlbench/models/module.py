@@ -475,7 +475,7 @@ class TransferLearningModule(pl.LightningModule):
         self.test_outputs.append(outputs)
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        """``python -m tlbench predict``: class probabilities and row indices of the images ``predict_dataloader``
+        """``tlbench predict``: class probabilities and row indices of the images ``predict_dataloader``
         serves (``--data.predict_dir`` or the test split); ``PredictionCSVWriter`` writes them out."""
         return {"probs": self(batch[0]).softmax(dim=1).float(), "rows": batch[2]}
 

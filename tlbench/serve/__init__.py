@@ -1,2 +1,2 @@
-"""The web server of ``python -m tlbench serve`` (optional extra ``tlbench[serve]``: FastAPI, uvicorn,
+"""The web server of ``tlbench serve`` (optional extra ``tlbench[serve]``: FastAPI, uvicorn,
 python-multipart)."""

@@ -79,7 +79,7 @@ class ServeSettings:
     batch_window_ms: float = 5.0
     engine: EngineName = "auto"
     body_timeout: float = 15.0
-    # None: no token needed / any Host (in-process use); ``python -m tlbench serve`` always sets the Host list.
+    # None: no token needed / any Host (in-process use); ``tlbench serve`` always sets the Host list.
     token: str | None = None
     allowed_hosts: tuple[str, ...] | None = None
 
