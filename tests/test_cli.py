@@ -275,6 +275,20 @@ def test_every_help_names_a_dataset_folder_data_root(words, capsys):
     assert not re.search(r"--data_root|--root\b|^ +root ", help_text, re.MULTILINE), help_text
 
 
+@pytest.mark.parametrize("words", [*typed_commands(), ["predict"]], ids=" ".join)
+def test_every_help_says_what_the_command_does_in_whole_sentences(words, capsys):
+    """``classify --help`` and ``export --help`` ended mid-sentence (jsonargparse shows a docstring's first line);
+    ``predict --help`` was Lightning's "Run inference on your data", not what predict is for in tlbench."""
+    from tlbench.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main([*words, "--help"])
+    description = " ".join(capsys.readouterr().out.split("\n\n")[1].split())
+    assert description.endswith(".") and not description.startswith(("usage:", "options:")), description
+    if words == ["predict"]:
+        assert "Lightning's predict" in description and "tlbench classify RUN" in description
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [

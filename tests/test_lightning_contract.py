@@ -156,8 +156,9 @@ def test_configure_ddp_wraps_the_lightning_module_again(one_process_group):
 
 def test_the_private_subcommand_parser_hook_tlbench_overrides_keeps_its_signature():
     """TLBenchCLI overrides the private ``LightningCLI._prepare_subcommand_parser(klass, subcommand, **kwargs)`` to
-    reword ``--ckpt_path``; tests/test_cli.py::test_ckpt_path_help_says_what_tlbench_does_with_last checks the
-    result through the real CLI."""
+    reword ``--ckpt_path`` and, through the ``description`` it passes on, predict's help;
+    tests/test_cli.py::test_ckpt_path_help_says_what_tlbench_does_with_last and
+    ::test_every_help_says_what_the_command_does_in_whole_sentences check the results through the real CLI."""
     import inspect
 
     from pytorch_lightning.cli import LightningCLI

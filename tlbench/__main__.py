@@ -56,6 +56,10 @@ def _usage() -> str:
             lines += [f"  {name} {sub}".rstrip() for sub in target]
         else:
             lines.append(f"  {name}")
+    lines += [
+        "",
+        "Label new images: tlbench classify RUN IMAGE_OR_DIR...  (predict is Lightning's route: config + ckpt)",
+    ]
     return "\n".join(lines)
 
 

@@ -33,7 +33,10 @@ def classify(
     progress: bool | None = None,
     engine: EngineName = "auto",
 ) -> int:
-    """Classify images with a trained model; exit 0 when every file was classified, 1 when some could not be read.
+    """Label new images with a trained model: tlbench's way to use one (``predict`` is Lightning's route).
+
+    Exit status 0 when every file was classified, 1 when some could not be read. Unlike ``predict``, which needs
+    the run's config.yaml and a checkpoint path, it takes the run directory (or a .ckpt) and any images or folders.
 
     Args:
         model: a run directory (lightning_logs/<experiment>/version_N) or a .ckpt file written by tlbench fit.

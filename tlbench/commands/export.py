@@ -13,8 +13,7 @@ def export(
     quantize: str | None = None,
     push: str | None = None,
 ) -> None:
-    """Export RUN's best checkpoint as weights.safetensors + model.json (+ model.onnx, model.standalone.onnx,
-    model.torchscript.pt).
+    """Export RUN's final (or --phase) model as a bundle: weights.safetensors + model.json and the --format files.
 
     Args:
         run: run directory (lightning_logs/<experiment>/version_N).

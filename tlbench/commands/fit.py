@@ -45,6 +45,13 @@ CKPT_PATH_HELP = {
     " (refused if the data changed since; --force resumes anyway)",
     "test": "the checkpoint to test (default, with --config RUN/config.yaml: that run's final model)",
 }
+# ``predict --help``: Lightning's own line ("Run inference on your data") does not say that tlbench has a simpler
+# command for labelling new images.
+PREDICT_DESCRIPTION = (
+    "Lightning's predict: a run's config.yaml (--config) and a checkpoint (--ckpt_path) through the Trainer,"
+    " writing predictions_predict.csv into that run directory (the test split, or --data.predict_dir DIR)."
+    " To label new images, use 'tlbench classify RUN IMAGE_OR_DIR...': it needs only the run directory."
+)
 # ``fit -h``: the options most runs set; ``fit --help`` lists all of them.
 SHORT_FIT_HELP = """usage: tlbench fit [--config NAME|PATH] [--data.root DIR] [OPTIONS]   (fit --help: every option)
 
@@ -107,7 +114,10 @@ class TLBenchCLI(LightningCLI):
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any):
         """Lightning's parser for ``subcommand`` with ``--ckpt_path`` explained as tlbench reads it (Lightning has no
-        public hook for a method argument's help; tests/test_lightning_contract.py guards this one)."""
+        public hook for a method argument's help; tests/test_lightning_contract.py guards this one), and ``predict``
+        described as the Lightning route it is, pointing at ``classify``."""
+        if subcommand == "predict":
+            kwargs["description"] = PREDICT_DESCRIPTION
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand in CKPT_PATH_HELP:
             parser._option_string_actions["--ckpt_path"].help = CKPT_PATH_HELP[subcommand]
