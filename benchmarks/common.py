@@ -1,19 +1,32 @@
-"""Shared pieces of the benchmarks: run ``tlbench fit`` in a fresh process and read what it recorded."""
+"""Shared pieces of the benchmarks: run ``tlbench fit`` in a fresh process and read what it recorded, print a
+table, and keep what a benchmark printed in ``results/`` (``record_results``)."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import io
 import json
 import os
+import platform
+import re
+import shlex
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
+from tlbench.io import write_text
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+RESULTS = REPO / "results"
+NO_RESULTS_FLAG = "--no_results"
 
 
 def run_fit(workdir: Path, experiment: str, *args: str, cache_dir: Path | None = None) -> dict:
@@ -61,3 +74,56 @@ def print_table(
     print(f"\n{title}")
     for row in [header, *rows]:
         print("  " + "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
+
+
+def results_file(benchmark: str, folder: Path = RESULTS, day: datetime.date | None = None) -> Path:
+    """``FOLDER/<YYYY-MM-DD>_<host>_<benchmark>.md``: dated and named after the machine, so that tables from other
+    days and machines sit beside each other instead of replacing one another."""
+    host = re.sub(r"[^A-Za-z0-9.-]+", "-", socket.gethostname()).strip("-") or "unknown-host"
+    return folder / f"{(day or datetime.date.today()).isoformat()}_{host}_{benchmark}.md"
+
+
+class _Tee(io.TextIOBase):
+    """Writes to the terminal and to a buffer: the benchmark prints as before and its output is kept too."""
+
+    def __init__(self, *streams) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
+def machine() -> str:
+    """One line naming where a table was measured: host, OS, CPU cores, Python and, if loaded, torch and its GPU."""
+    parts = [socket.gethostname(), platform.platform(), f"{os.cpu_count()} CPUs", f"Python {platform.python_version()}"]
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+        parts += [f"torch {torch.__version__}", gpu]
+    return ", ".join(parts)
+
+
+def record_results(main: Callable[[], object], folder: Path = RESULTS) -> Path | None:
+    """Run a benchmark's ``main`` and keep what it printed as ``results_file(<script name>)``, with the command and
+    the machine. ``--no_results`` (taken out of ``sys.argv`` before ``main`` parses it) only prints. Nothing is
+    written when ``main`` fails: a half table would read as a result."""
+    keep = NO_RESULTS_FLAG not in sys.argv
+    sys.argv[:] = [arg for arg in sys.argv if arg != NO_RESULTS_FLAG]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(sys.stdout, printed) if keep else sys.stdout):
+        main()
+    if not keep:
+        return None
+    name = Path(sys.argv[0]).stem
+    command = shlex.join(["python", f"benchmarks/{name}.py", *sys.argv[1:]])
+    finished = f"{datetime.datetime.now():%Y-%m-%d %H:%M}"
+    header = f"# {name}\n\n- command: `{command}`\n- machine: {machine()}\n- finished: {finished}\n"
+    path = write_text(results_file(name, folder), f"{header}\n```\n{printed.getvalue().strip()}\n```\n")
+    print(f"results: {path}")
+    return path

@@ -12,7 +12,7 @@ import argparse
 import time
 
 import torch
-from common import print_table
+from common import print_table, record_results
 
 from tlbench.models.module import TransferLearningModule, build_optimizer
 
@@ -65,4 +65,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    record_results(main)

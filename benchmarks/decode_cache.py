@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import SHARED_DATA, print_table, run_fit
+from common import SHARED_DATA, print_table, record_results, run_fit
 from PIL import Image
 
 
@@ -77,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    record_results(main)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import SHARED_DATA, print_table
+from common import SHARED_DATA, print_table, record_results
 from torch.utils.data import DataLoader, Subset
 
 from tlbench.classify import classify_paths
@@ -146,4 +146,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    record_results(main)

@@ -20,7 +20,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
-from common import print_table
+from common import print_table, record_results
 
 from tlbench.export import OPENVINO_CONFIG, OPENVINO_XML, export_bundle, network_input, split_crops
 from tlbench.models.engine import INPUT, ort_session
@@ -94,4 +94,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    record_results(main)

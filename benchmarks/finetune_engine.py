@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from common import SHARED_DATA, print_table, run_fit
+from common import SHARED_DATA, print_table, record_results, run_fit
 
 from tlbench.evaluation.stats import mcnemar_test, wilson_interval
 
@@ -84,4 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    record_results(main)

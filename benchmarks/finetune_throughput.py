@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import REPO, SHARED_DATA, print_table, run_fit
+from common import REPO, SHARED_DATA, print_table, record_results, run_fit
 
 from tlbench.models.module import TransferLearningModule, build_optimizer
 
@@ -161,4 +161,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    record_results(main)

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import REPO, print_table
+from common import REPO, print_table, record_results
 from PIL import Image
 
 from tlbench.grid_ray import CPU_SECONDS, RAY_DIR, local_cluster
@@ -168,4 +168,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    record_results(main)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import SHARED_DATA, print_table, run_fit
+from common import SHARED_DATA, print_table, record_results, run_fit
 from torch.utils.data import DataLoader
 
 from tlbench.data.datamodule import ImageFolderDataModule
@@ -125,4 +125,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    record_results(main)

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from common import REPO, SHARED_DATA, print_table, run_fit
+from common import REPO, SHARED_DATA, print_table, record_results, run_fit
 
 LIMIT_MINUTES = 10
 BUDGETS = ("fast", "default", "thorough")
@@ -70,4 +70,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    record_results(main)

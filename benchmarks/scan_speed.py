@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import print_table
+from common import print_table, record_results
 from PIL import Image
 
 
@@ -71,4 +71,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    record_results(main)

@@ -142,4 +142,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from common import record_results  # here: tests import this module as benchmarks.<name>
+
+    record_results(main)
