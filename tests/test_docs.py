@@ -89,3 +89,57 @@ def test_quickstart_python_blocks_run(tmp_path, monkeypatch, capsys):
     final = namespace["run"].metrics["final"]["phase"]
     assert str(run_dir) in out and (run_dir / f"export_{final}" / "model.json").is_file()
     assert "Prediction(" in out and "'class_0'" in out
+
+
+def test_every_error_message_is_in_the_reference():
+    """docs/reference.md's generated table against the ``TLBenchError`` messages in tlbench/ now, both ways: a
+    message added or reworded in the code without ``python -m tests.error_messages`` fails, and so does a row
+    whose message the code no longer has."""
+    from tests.error_messages import REFERENCE, documented_table, package_messages, render_table, table_row
+
+    documented = documented_table(REFERENCE.read_text())
+    assert documented, "docs/reference.md lost its generated error-message table"
+    messages = package_messages()
+    missing = [f"{m.module} {m.function}: {m.text}" for m in messages if table_row(m) not in documented]
+    rows = {table_row(m) for m in messages}
+    stale = [line for line in documented.splitlines() if line.startswith("| `") and line not in rows]
+    hint = "; run python -m tests.error_messages to regenerate the table"
+    assert not missing, f"messages missing from docs/reference.md{hint}: {missing}"
+    assert not stale, f"rows of docs/reference.md no message in the code has{hint}: {stale}"
+    assert documented == render_table(messages)
+
+
+def test_message_extraction_reads_every_form_a_message_takes():
+    """Literals, f-strings, ``a if c else b``, ``+``, a same-module helper's returns and a subclass's raise."""
+    import ast
+
+    from tests.error_messages import messages_in
+
+    source = """
+class Special(TLBenchError):
+    pass
+
+def _why(name):
+    if name:
+        return f"no {name}; rename it"
+    return "empty name; give one"
+
+def check(path, n):
+    if n:
+        raise TLBenchError(f"{path} has {len(n)} files" + "; remove them" if n > 1 else "one file; remove it")
+    raise Special(_why(path.name))
+"""
+    found = messages_in({Path("tlbench/x.py"): ast.parse(source)})
+    assert [(m.function, m.text) for m in found] == [
+        ("check", "empty name; give one"),
+        ("check", "no {name}; rename it"),
+        ("check", "one file; remove it"),
+        ("check", "{path} has {...} files; remove them"),
+    ]
+
+
+def test_no_message_names_python_m_tlbench():
+    """Hints name the console script, ``tlbench data audit DIR``, as the docs and usage lines do."""
+    from tests.error_messages import package_messages
+
+    assert [m.text for m in package_messages() if "python -m tlbench" in m.text] == []
