@@ -124,6 +124,26 @@ def test_heatmaps_peak_on_the_class_patch_and_not_once_the_weights_are_random(pa
     assert np.mean(random) <= 0.5, f"randomised models' heatmaps still find the patch: {random}"
 
 
+def test_the_servers_explain_endpoint_peaks_on_the_class_patch(patch_run):
+    """``POST /explain`` (the page's "why?") runs the same Grad-CAM: uploads of the held-out images come back
+    with their heatmap's peak on the class patch, in the uploaded image's pixels."""
+    testclient = pytest.importorskip("fastapi.testclient", reason="the serve extra is not installed")
+    from tlbench.models.loading import load_trained
+    from tlbench.serve.app import create_app
+
+    run, held_out = patch_run
+    hits = []
+    with testclient.TestClient(create_app(load_trained(run))) as client:
+        for path, quadrant in held_out.items():
+            response = client.post("/explain", files={"file": (path.name, path.read_bytes(), "image/png")})
+            assert response.status_code == 200, response.text
+            answer = response.json()
+            assert (answer["width"], answer["height"]) == (SIZE, SIZE)
+            peak = answer["peak"]
+            hits.append((int(peak["y"] >= SIZE / 2) * 2 + int(peak["x"] >= SIZE / 2)) == quadrant)
+    assert np.mean(hits) >= 0.9, f"the endpoint's heatmaps peak on the class patch for only {np.mean(hits):.0%}"
+
+
 def test_explain_command_writes_titled_overlays_and_an_index(patch_run, tmp_path, capsys):
     run, held_out = patch_run
     images = sorted(held_out)[:3]

@@ -1,6 +1,7 @@
 """``tlbench serve`` against a real uvicorn process on 127.0.0.1, its limits in isolation, and the page in Chromium."""
 
 import asyncio
+import base64
 import io
 import os
 import shutil
@@ -106,6 +107,19 @@ def server(served) -> str:
     return served[0]
 
 
+@pytest.fixture(scope="module")
+def captumless_server(bundle, tmp_path_factory):
+    """Base URL of a server that cannot import Captum: a ``captum`` package that raises ImportError comes first on
+    its PYTHONPATH, as if the explain extra were not installed."""
+    root = tmp_path_factory.mktemp("no-captum")
+    (root / "captum").mkdir()
+    (root / "captum" / "__init__.py").write_text("raise ImportError('captum is hidden from this test server')\n")
+    url, process = launch(bundle, root / "server.log", env={"PYTHONPATH": f"{root}{os.pathsep}{REPO}"})
+    yield url
+    process.terminate()
+    process.wait(timeout=20)
+
+
 def memory_mib(pid: int, field: str) -> float:
     """``VmRSS`` (now) or ``VmHWM`` (peak so far) of a process, from /proc."""
     status = open(f"/proc/{pid}/status").read()
@@ -121,6 +135,10 @@ def png_bytes(size: int = 40, seed: int = 0, fmt: str = "PNG") -> bytes:
 
 def predict(url: str, data: bytes, filename: str = "image.png", content_type: str = "image/png") -> httpx.Response:
     return httpx.post(f"{url}/predict", files={"file": (filename, data, content_type)}, timeout=30)
+
+
+def explain(url: str, data: bytes, headers: dict | None = None) -> httpx.Response:
+    return httpx.post(f"{url}/explain", files={"file": ("image.png", data, "image/png")}, headers=headers, timeout=60)
 
 
 def test_good_image_gets_top_k_probabilities(server):
@@ -264,17 +282,20 @@ def content_length(received: bytes) -> int:
     return 0
 
 
-def test_stalled_uploads_hold_the_slots_so_a_burst_gets_429(server):
+@pytest.mark.parametrize("path", ["/predict", "/explain"])
+def test_stalled_uploads_hold_the_slots_so_a_burst_gets_429(server, path):
     """The slot is taken before the body is read: two uploads stalled halfway fill both slots, every request of
-    a burst arriving meanwhile gets 429 with Retry-After, and the stalled ones still succeed once they finish."""
+    a burst arriving meanwhile gets 429 with Retry-After, and the stalled ones still succeed once they finish.
+    ``/explain`` shares the slots with ``/predict``."""
     body = multipart(png_bytes(seed=5))
     stalled = [connect(server) for _ in range(2)]
     for connection in stalled:
-        connection.sendall(request_head(len(body)) + body[:100])
+        connection.sendall(request_head(len(body), path) + body[:100])
     time.sleep(1.0)  # both request heads parsed and waiting for their bodies, well inside the 5 s body deadline
     image = png_bytes(size=64)
+    send = {"/predict": predict, "/explain": explain}[path]
     with ThreadPoolExecutor(6) as pool:
-        burst = list(pool.map(lambda _: predict(server, image), range(6)))
+        burst = list(pool.map(lambda _: send(server, image), range(6)))
     for connection in stalled:
         connection.sendall(body[100:])
     finished = [read_response(connection)[0] for connection in stalled]
@@ -418,6 +439,83 @@ def test_page_in_headless_chromium_shows_bars(request, with_token, shared_data, 
     assert screenshot.stat().st_size > 0
 
 
+def test_explain_returns_the_overlay_of_the_predicted_class(server):
+    image = png_bytes(size=48, seed=1)
+    assert httpx.get(f"{server}/model").json()["explain"] is True
+    response = explain(server, image)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    top = predict(server, image).json()["predictions"][0]
+    assert answer["label"] == top["label"] and answer["prob"] == pytest.approx(top["prob"], abs=1e-4)
+    assert answer["layer"] == "stages" and answer["elapsed_ms"] > 0
+    with Image.open(io.BytesIO(base64.b64decode(answer["overlay_png"]))) as overlay:
+        assert overlay.format == "PNG" and overlay.size == (answer["width"], answer["height"]) == (48, 48)
+        assert np.asarray(overlay).shape == (48, 48, 3)
+    assert 0 <= answer["peak"]["x"] < 48 and 0 <= answer["peak"]["y"] < 48
+
+
+def test_explain_refuses_what_predict_refuses(server, tmp_path):
+    assert explain(server, b"just some text").status_code == 415
+    bomb = explain(server, bomb_png(tmp_path / "bomb.png", 100_000, 100_000).read_bytes())
+    assert bomb.status_code == 422 and "decompression bomb" in bomb.json()["error"]
+    too_large = explain(server, png_bytes() + os.urandom(1_200_000))
+    assert too_large.status_code == 413 and "1 MiB" in too_large.json()["error"]
+    unnamed = httpx.post(f"{server}/explain", files={"image": ("x.png", png_bytes())}, timeout=30)
+    assert unnamed.status_code == 400 and "'file'" in unnamed.json()["error"]
+
+
+def test_without_captum_explain_is_501_with_the_pip_command_and_predict_still_works(captumless_server):
+    assert httpx.get(f"{captumless_server}/model").json()["explain"] is False
+    refused = explain(captumless_server, png_bytes())
+    assert refused.status_code == 501 and refused.headers["connection"] == "close"
+    assert refused.json() == {
+        "error": "explanations need Captum, which is not installed; pip install 'tlbench[explain]' (or pip install"
+        " captum)"
+    }
+    assert predict(captumless_server, png_bytes()).status_code == 200
+
+
+def test_page_why_toggle_shows_the_grad_cam_overlay(server, captumless_server, shared_data, tmp_path):
+    """ "why?" swaps the photo for the overlay the server explained (a blob: image, which the page's CSP allows)
+    and back, without a console error; a server without Captum shows no toggle."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium)")
+    bird = next((shared_data / "birds10").glob("*/*.jpg"))
+    screenshot = tmp_path / "serve_page_why.png"
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        errors = []
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server)
+        page.wait_for_selector("#about:has-text('cnn1')")
+        page.set_input_files("#file", str(bird))
+        page.wait_for_selector(".prediction .fill", timeout=20_000)
+        with page.expect_response(f"{server}/explain") as explained:
+            page.check("#why")
+        answer = explained.value.json()
+        page.wait_for_selector("#overlay", state="visible", timeout=20_000)
+        page.wait_for_selector("#status:has-text('why')")
+        overlay = page.locator("#overlay").evaluate("img => [img.complete, img.naturalWidth, img.naturalHeight]")
+        preview_shown = page.locator("#preview").is_visible()
+        page.screenshot(path=str(screenshot), full_page=True)
+        page.uncheck("#why")
+        page.wait_for_selector("#preview", state="visible")
+        overlay_after = page.locator("#overlay").is_visible()
+        page.goto(captumless_server)
+        page.wait_for_selector("#about:has-text('cnn1')")
+        toggle_without_captum = page.locator("#why-toggle").is_visible()
+        browser.close()
+    assert overlay == [True, answer["width"], answer["height"]] and not preview_shown
+    assert not overlay_after and not toggle_without_captum
+    assert not errors, errors
+    if os.environ.get("TLBENCH_ARTIFACTS"):
+        os.makedirs(os.environ["TLBENCH_ARTIFACTS"], exist_ok=True)
+        shutil.copy(screenshot, os.environ["TLBENCH_ARTIFACTS"])
+
+
 def test_micro_batcher_waits_only_for_requests_on_their_way():
     """A lone request runs at once despite a long window; one announced as decoding is waited for and shares the
     pass; one that withdraws (its upload failed to decode) stops being waited for."""
@@ -463,12 +561,14 @@ def test_token_is_required_from_the_environment_and_hosts_are_checked(token_serv
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
         refused = httpx.get(f"{token_server}/model", headers=headers)
         assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer", headers
-        upload = httpx.post(f"{token_server}/predict", files={"file": ("x.png", image)}, headers=headers)
-        assert upload.status_code == 401 and "token" in upload.json()["error"]
+        for path in ("/predict", "/explain"):
+            upload = httpx.post(f"{token_server}{path}", files={"file": ("x.png", image)}, headers=headers)
+            assert upload.status_code == 401 and "token" in upload.json()["error"], path
     bearer = {"Authorization": f"Bearer {TOKEN}"}
     assert httpx.get(f"{token_server}/model", headers=bearer).json()["classes"] == CLASSES
     answer = httpx.post(f"{token_server}/predict", files={"file": ("x.png", image)}, headers=bearer, timeout=30)
     assert answer.status_code == 200 and len(answer.json()["predictions"]) == 3
+    assert explain(token_server, image, headers=bearer).status_code == 200
     for host, status in [("tlbench.test:8000", 200), ("localhost", 200), ("[::1]:1", 200), ("evil.example", 400)]:
         response = httpx.get(f"{token_server}/model", headers={**bearer, "Host": host})
         assert response.status_code == status, host

@@ -49,7 +49,8 @@ def serve(
     open: bool = False,
     allowed_hosts: str = "",
 ) -> None:
-    """Serve MODEL at http://HOST:PORT/ (page), POST /predict (multipart field "file"), GET /model, GET /health.
+    """Serve MODEL at http://HOST:PORT/ (page), POST /predict and POST /explain (multipart field "file"), GET /model,
+    GET /health. /explain (the page's "why?") returns the Grad-CAM overlay and needs tlbench[explain] (else 501).
 
     Args:
         model: a bundle (tlbench export), a run directory or a .ckpt file.
@@ -75,9 +76,9 @@ def serve(
             Uploads need at least max_upload_mb / body_timeout MB/s to always get through.
         max_connections: open connections at most; past it, a new connection closes the one idle the longest, or
             is answered 503 (Retry-After: 1) when all are busy with requests.
-        token: requests to /model and /predict must send "Authorization: Bearer TOKEN" (the page asks for it once);
-            default: the TLBENCH_TOKEN environment variable, which keeps it out of the process list. Required
-            when HOST is not a loopback address.
+        token: requests to /model, /predict and /explain must send "Authorization: Bearer TOKEN" (the page asks
+            for it once); default: the TLBENCH_TOKEN environment variable, which keeps it out of the process list.
+            Required when HOST is not a loopback address.
         open: serve a non-loopback HOST without a token, to anyone who can reach it.
         allowed_hosts: comma-separated names clients may use in the Host header besides localhost, 127.0.0.1,
             ::1 and HOST ("*": any); others get 400, which stops DNS-rebinding pages from reading the server.

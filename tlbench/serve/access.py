@@ -5,7 +5,7 @@ the browser treats the server as that site's origin, read ``/model`` and predict
 machine. Its requests carry the attacker's domain in ``Host``, which is not on the list (loopback names, the
 bound address, and what ``--allowed_hosts`` adds).
 
-The token guards ``/model`` and ``/predict`` on a network: every request there must carry
+The token guards ``/model``, ``/predict`` and ``/explain`` on a network: every request there must carry
 ``Authorization: Bearer TOKEN``. The page (``/``) and ``/health`` stay open, so a browser can load the page that
 asks for the token and a load balancer can probe the server; neither reveals anything about the model.
 """

@@ -1,9 +1,9 @@
-"""The FastAPI application: a one-page UI, ``POST /predict``, ``GET /model`` and ``GET /health``.
+"""The FastAPI application: a one-page UI, ``POST /predict``, ``POST /explain``, ``GET /model`` and ``GET /health``.
 
 Safety, in the order a request meets it:
 
 - ``AccessControl`` (``access.py``) refuses a ``Host`` outside ``allowed_hosts`` (400) and, when a ``token`` is
-  set, requests to ``/model`` and ``/predict`` without ``Authorization: Bearer TOKEN`` (401).
+  set, requests to ``/model``, ``/predict`` and ``/explain`` without ``Authorization: Bearer TOKEN`` (401).
 0. ``GuardedH11Protocol`` (``connections.py``, set up by ``uvicorn_config``) drops connections whose request
    head takes over ``header_timeout`` seconds and keeps at most ``max_connections`` open.
 1. ``BodyLimits`` refuses bodies over ``max_upload_mb`` with 413 (from the Content-Length before a byte is read,
@@ -21,6 +21,9 @@ Safety, in the order a request meets it:
    CPU-bound, so more at once would not finish sooner, and the pixel memory of a burst stays within
    ``decode_workers * max_decode_mb`` however many slots there are.
 
+``POST /explain`` goes through the same steps (slot, body, decoding) and returns the Grad-CAM overlay of the
+predicted class (``explaining.py``); without Captum it is 501 with the pip command, before the body is read.
+
 Every error is ``{"error": "..."}`` JSON with the right status; unexpected failures are a JSON 500, never a
 traceback; a client that goes away during its upload is one warning line.
 """
@@ -36,6 +39,7 @@ from importlib.resources import files
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image
 from python_multipart import create_form_parser
 from python_multipart.exceptions import FormParserError
 from starlette.concurrency import run_in_threadpool
@@ -50,6 +54,7 @@ from tlbench.models.inference import Predictor
 from tlbench.models.loading import TrainedModel
 from tlbench.serve.access import AccessControl
 from tlbench.serve.batching import MicroBatcher
+from tlbench.serve.explaining import UploadExplainer
 from tlbench.serve.limits import BodyLimits, Busy, ConcurrencyLimit
 
 UPLOAD_FIELD = "file"
@@ -139,10 +144,15 @@ def read_upload(body: bytes, content_type: str) -> bytes:
 
 
 def decode(data: bytes, predictor: Predictor, budget: DecodeBudget):
-    """Decoded and preprocessed network input of an upload; 415 for non-images, 413 for images over the decoding
+    """Decoded and preprocessed network input of an upload (see ``open_upload``)."""
+    return predictor.transform(open_upload(data, budget))
+
+
+def open_upload(data: bytes, budget: DecodeBudget) -> Image.Image:
+    """An upload decoded to an RGB image within ``budget``; 415 for non-images, 413 for images over the decoding
     budget, 422 for unusable images."""
     try:
-        return predictor.transform(load_rgb(data, budget=budget))
+        return load_rgb(data, budget=budget)
     except ImageTooLargeError as error:
         raise HTTPException(413, f"image {error}") from None
     except NotAnImageError as error:
@@ -160,6 +170,7 @@ def create_app(trained: TrainedModel, settings: ServeSettings = ServeSettings())
     budget = DecodeBudget(2 * trained.preprocessing.resize_size, int(settings.max_decode_mb * 2**20))
     decoding = asyncio.Semaphore(settings.decode_workers or usable_cores())
     page = files("tlbench.serve").joinpath("page.html").read_text()
+    explainer = UploadExplainer(trained)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -199,7 +210,7 @@ def create_app(trained: TrainedModel, settings: ServeSettings = ServeSettings())
 
     @app.get("/model")
     async def model() -> dict:
-        return info
+        return {**info, "explain": explainer.available}
 
     @app.post("/predict")
     async def predict(request: Request) -> dict:
@@ -217,6 +228,18 @@ def create_app(trained: TrainedModel, settings: ServeSettings = ServeSettings())
             "model": {"backbone": info["backbone"], "phase": info["phase"], "source": info["source"]},
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 2),
         }
+
+    @app.post("/explain")
+    async def explain(request: Request) -> dict:
+        if not explainer.available:  # before the body is read: closing spares draining it
+            raise HTTPException(501, explainer.unavailable, headers={"Connection": "close"})
+        started = time.perf_counter()
+        async with limit.slot():
+            body = await request.body()
+            upload = await run_in_threadpool(read_upload, body, request.headers.get("content-type", ""))
+            image = await run_in_threadpool(open_upload, upload, budget)
+            answer = await run_in_threadpool(explainer.explain, image)
+        return {**answer, "elapsed_ms": round((time.perf_counter() - started) * 1000, 2)}
 
     app.add_middleware(BodyLimits, max_bytes=int(settings.max_upload_mb * 2**20), timeout_s=settings.body_timeout)
     app.add_middleware(AccessControl, token=settings.token, allowed_hosts=settings.allowed_hosts)
