@@ -10,13 +10,21 @@ A bundle is a folder:
   float batch to class probabilities (softmax applied; the preprocessing in ``model.json`` is the caller's job);
 * optionally ``model.openvino.xml`` + ``.bin`` (format ``openvino``, the optional extra ``tlbench[openvino]``):
   OpenVINO IR of the same network as ``model.onnx``, converted from it, checked run in float32 on the CPU;
+* optionally ``model.tflite`` (format ``tflite``, the optional extra ``tlbench[tflite]``): a LiteRT (TensorFlow
+  Lite) flatbuffer of the same network and contract as ``model.onnx``, converted by litert-torch from
+  ``torch.export`` and checked with the LiteRT interpreter;
+* optionally ``model.mlpackage`` (format ``coreml``, the optional extra ``tlbench[coreml]``): a Core ML ML
+  program converted by coremltools from ``torch.export``, a classifier of one normalised ``1 x 3 x S x S`` image
+  (outputs ``classLabel`` and ``classLabel_probs``, the class names inside), computed in float32. It is the one
+  format **not** parity-checked: Core ML predicts only on Apple systems, so here it is converted and its
+  specification (input shape, outputs, class labels) read back, never run;
 * optionally ``model.standalone.onnx`` (format ``onnx-standalone``): a graph that needs nothing else, for users
   without tlbench or torch. It takes ``uint8`` RGB crops ``N x S x S x 3`` (the image's short side resized to
   ``resize_size`` with ``interpolation``, then centre-cropped to ``S``), normalises them and applies the softmax
   inside, and carries the class names and that preprocessing in its ``metadata_props``
   (``docs/deployment.md`` has the ten lines of onnxruntime, Pillow and NumPy that run it).
 
-Every exported form is checked at export time against the PyTorch model on a few real test-split images:
+Every exported form but Core ML is checked at export time against the PyTorch model on a few real test-split images:
 the maximum absolute difference of probabilities must stay within ``PARITY_TOLERANCE`` or the export fails.
 Files are written to a temporary folder beside the output and renamed into place only after every check
 passed, so a failed or killed export never leaves a half-written bundle that ``load_trained`` would accept.
@@ -24,11 +32,13 @@ passed, so a failed or killed export never leaves a half-written bundle that ``l
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import tempfile
 import warnings
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +52,7 @@ from tlbench.errors import TLBenchError
 from tlbench.hub import push as push_folder
 from tlbench.hub import write_hf_folder
 from tlbench.io import fsync_file, fsync_folder, read_csv, umask_mode, write_json
-from tlbench.models.engine import INPUT, PARITY_TOLERANCE, export_onnx, ort_session
+from tlbench.models.engine import INPUT, PARITY_TOLERANCE, export_onnx, ort_session, ort_threads
 from tlbench.models.inference import PROBABILITIES, Predictor, ProbabilityNetwork
 from tlbench.models.loading import (
     ARCHITECTURE_SETTINGS,
@@ -57,10 +67,13 @@ from tlbench.models.loading import (
 from tlbench.quantize import CALIBRATION_IMAGES, INT8_ONNX, check_int8, check_quantization, quantize_int8
 from tlbench.rundir import read_metrics
 
-FORMATS = ("safetensors", "onnx", "onnx-standalone", "torchscript", "openvino", "hf")
+FORMATS = ("safetensors", "onnx", "onnx-standalone", "torchscript", "openvino", "tflite", "coreml", "hf")
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 STANDALONE_ONNX = "model.standalone.onnx"
 OPENVINO_XML = "model.openvino.xml"  # and model.openvino.bin, the weights
+TFLITE_FILE = "model.tflite"
+COREML_PACKAGE = "model.mlpackage"  # a folder
+COREML_UNCHECKED = "converted, not run: Core ML predicts only on macOS/iOS"
 # OpenVINO runs in bfloat16 on CPUs that have it (AVX-512 BF16, AMX) unless told otherwise: float32 keeps the
 # 1e-4 parity check meaningful, and whoever loads the IR should ask for the same.
 OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
@@ -231,6 +244,82 @@ def write_openvino(network: nn.Module, inputs: torch.Tensor, staging: Path) -> t
     return torch.from_numpy(compiled(inputs.numpy())[0])
 
 
+def tflite_interpreter(path: Path, threads: int | None = None):
+    """The LiteRT (TFLite) interpreter of ``path`` on the CPU with ``threads`` threads (default ``ort_threads``,
+    the same as ONNX Runtime's, so the two compare fairly), its tensors allocated for the converted batch size."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=threads or ort_threads())
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def run_tflite(interpreter, inputs: np.ndarray) -> np.ndarray:
+    """``interpreter``'s output for a batch ``inputs`` (its input resized to the batch when that differs)."""
+    (given,) = interpreter.get_input_details()
+    if tuple(given["shape"]) != inputs.shape:
+        interpreter.resize_tensor_input(given["index"], list(inputs.shape))
+        interpreter.allocate_tensors()
+    interpreter.set_tensor(given["index"], np.ascontiguousarray(inputs, dtype=np.float32))
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def write_tflite(network: nn.Module, inputs: torch.Tensor, path: Path) -> torch.Tensor:
+    """A LiteRT (TFLite) flatbuffer of ``network`` with a dynamic batch axis, converted by litert-torch from
+    ``torch.export``; returns the LiteRT interpreter's probabilities for ``inputs``, read back from disk."""
+    try:
+        import ai_edge_litert.interpreter  # noqa: F401
+        import litert_torch
+    except ImportError:
+        raise TLBenchError(
+            "--format tflite needs litert-torch: pip install 'tlbench[tflite]' (or pip install litert-torch)"
+        ) from None
+    example = inputs[:2] if len(inputs) > 1 else torch.cat([inputs, inputs])  # a batch of 2 keeps the axis dynamic
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    # litert-torch draws a progress tree on stdout: export prints one summary of its own.
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        litert_torch.convert(network, (example.clone(),), dynamic_shapes=({0: batch},)).export(str(path))
+    return torch.from_numpy(run_tflite(tflite_interpreter(path), inputs.numpy()))
+
+
+class NamedInput(nn.Module):
+    """``network`` with its input argument named ``images``: ``torch.export`` names a graph's inputs after the
+    ``forward`` arguments, and every other format calls the input ``images``."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(images)
+
+
+def write_coreml(network: nn.Module, example: torch.Tensor, classes: list[str], path: Path) -> None:
+    """A Core ML ML program classifier of ``network`` for one image (``example``'s shape, batch 1), converted by
+    coremltools from ``torch.export`` in float32 and saved as the ``.mlpackage`` folder ``path``. Not run: Core
+    ML predicts only on Apple systems (``COREML_UNCHECKED``)."""
+    try:
+        with redirect_stderr(io.StringIO()):  # its import warns about the prediction library missing on Linux
+            import coremltools
+    except ImportError:
+        raise TLBenchError(
+            "--format coreml needs coremltools: pip install 'tlbench[coreml]' (or pip install coremltools)"
+        ) from None
+    with warnings.catch_warnings(), redirect_stderr(io.StringIO()), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # "torch version not tested", renamed outputs; progress bars go to stderr
+        program = torch.export.export(NamedInput(network).eval(), (example[:1].clone(),)).run_decompositions({})
+        model = coremltools.convert(
+            program,
+            convert_to="mlprogram",
+            classifier_config=coremltools.ClassifierConfig(list(classes)),
+            compute_precision=coremltools.precision.FLOAT32,
+            minimum_deployment_target=coremltools.target.iOS15,
+        )
+    model.save(str(path))
+
+
 def write_torchscript(network: nn.Module, example: torch.Tensor, path: Path) -> torch.Tensor:
     """Trace, save, reload from disk and return the reloaded module's probabilities for ``example``."""
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
@@ -255,11 +344,16 @@ def _publish(staging: Path, destination: Path) -> None:
     """Rename the finished bundle into place so that it survives a power cut once this returns.
 
     Every file gets the mode ``open()`` gives (safetensors writes owner-only files, ``mkdtemp`` an owner-only
-    folder) and is fsynced before the rename; the parent folder is fsynced after it, so the rename itself is on disk.
+    folder) and is fsynced before the rename, and so does every folder in it (the Core ML package is one), deepest
+    first; the parent folder is fsynced after it, so the rename itself is on disk.
     """
-    for file in staging.iterdir():
-        file.chmod(umask_mode())
-        fsync_file(file)
+    for entry in sorted(staging.rglob("*"), key=lambda path: len(path.parts), reverse=True):
+        if entry.is_dir():
+            entry.chmod(umask_mode(0o777))
+            fsync_folder(entry)
+        else:
+            entry.chmod(umask_mode())
+            fsync_file(entry)
     staging.chmod(umask_mode(0o777))
     fsync_folder(staging)
     os.rename(staging, destination)
@@ -327,6 +421,10 @@ def write_bundle(
         )
     if "openvino" in wanted:
         differences["openvino"] = max_abs_diff(expected, write_openvino(network, inputs, staging))
+    if "tflite" in wanted:
+        differences["tflite"] = max_abs_diff(expected, write_tflite(network, inputs, staging / TFLITE_FILE))
+    if "coreml" in wanted:
+        write_coreml(network, inputs, trained.classes, staging / COREML_PACKAGE)
     if "torchscript" in wanted:
         differences["torchscript"] = max_abs_diff(
             expected, write_torchscript(network, inputs, staging / TORCHSCRIPT_FILE)
@@ -339,6 +437,8 @@ def write_bundle(
             f" > {PARITY_TOLERANCE:g}; nothing was written"
         )
     parity = {"inputs": described, "tolerance": PARITY_TOLERANCE, "max_abs_diff": differences}
+    if "coreml" in wanted:
+        parity["unchecked"] = {"coreml": COREML_UNCHECKED}
     if quantize:
         parity["int8"] = write_int8(trained, run_dir, staging)
     write_json(staging / BUNDLE_MANIFEST, {**info, "parity": parity})

@@ -2,6 +2,7 @@
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import tlbench.export
 import tlbench.hub
 import tlbench.quantize
 from tests.conftest import REPO, make_dataset, run_tlbench
+from tlbench.__main__ import main
 from tlbench.data.images import load_rgb
 from tlbench.errors import TLBenchError
 from tlbench.export import PARITY_TOLERANCE, STANDALONE_ONNX, export_bundle
@@ -328,3 +330,62 @@ def test_openvino_ir_matches_pytorch_and_is_refused_without_openvino(tiny_run, t
     with pytest.raises(TLBenchError, match=r"--format openvino needs OpenVINO: pip install 'tlbench\[openvino\]'"):
         export_bundle(tiny_run, formats="openvino", output=tmp_path / "without")
     assert not (tmp_path / "without").exists()
+
+
+@pytest.mark.parametrize("format, module", [("tflite", "litert_torch"), ("coreml", "coremltools")])
+def test_an_edge_format_is_refused_in_one_line_without_its_extra(
+    tiny_run, tmp_path, monkeypatch, capsys, format, module
+):
+    monkeypatch.setitem(sys.modules, module, None)  # as if the extra were not installed
+    assert main(["export", str(tiny_run), "--format", format, "--output", str(tmp_path / "without")]) == 2
+    package = module.replace("_", "-")
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --format {format} needs {package}: pip install 'tlbench[{format}]' (or pip install {package})"
+    ]
+    assert not list(tmp_path.iterdir())  # neither the bundle nor its staging folder
+
+
+def test_tflite_matches_pytorch_through_the_litert_interpreter_at_any_batch_size(tiny_run, tmp_path):
+    pytest.importorskip(
+        "litert_torch",
+        reason="the tflite extra is not installed (pip install 'tlbench[tflite]'; it stays out of dev: litert-torch"
+        " brings JAX, transformers and 1 GB, and pins typing-extensions<4.13, which downgrades pydantic)",
+    )
+    bundle, parity = export_bundle(tiny_run, formats="tflite", output=tmp_path / "bundle")
+    assert sorted(p.name for p in bundle.iterdir()) == ["model.json", "model.tflite", "weights.safetensors"]
+    assert parity["max_abs_diff"]["tflite"] <= PARITY_TOLERANCE
+    # Read back by a fresh interpreter at batch sizes other than the check's, it agrees with the run's model.
+    images = [load_rgb(p) for p in sorted((tiny_run.parents[2] / "tiny").glob("*/*.png"))[::3]]
+    reference = Predictor(load_trained(tiny_run), engine="torch")
+    batch = reference.tensor(images)
+    interpreter = tlbench.export.tflite_interpreter(bundle / "model.tflite", threads=1)
+    for size in (1, len(batch)):
+        tflite = tlbench.export.run_tflite(interpreter, batch[:size].numpy())
+        assert np.abs(tflite - reference.forward(batch[:size]).numpy()).max() <= PARITY_TOLERANCE
+
+
+def test_coreml_package_is_written_with_its_input_outputs_and_class_labels_but_not_run(tiny_run, tmp_path):
+    """Core ML cannot predict on Linux: the package is converted, saved and its specification read back; the
+    parity report says it was not checked."""
+    coremltools = pytest.importorskip("coremltools", reason="the coreml extra is not installed")
+    bundle, parity = export_bundle(tiny_run, formats="coreml", output=tmp_path / "bundle")
+    assert parity["unchecked"] == {"coreml": tlbench.export.COREML_UNCHECKED}
+    assert set(parity["max_abs_diff"]) == {"safetensors"}
+    assert json.loads((bundle / "model.json").read_text())["parity"]["unchecked"] == parity["unchecked"]
+    package = bundle / "model.mlpackage"
+    assert (package / "Manifest.json").is_file() and stat.S_IMODE(package.stat().st_mode) & 0o500 == 0o500
+    spec = coremltools.models.MLModel(str(package), skip_model_load=True).get_spec()
+    (given,) = spec.description.input
+    assert given.name == "images" and list(given.type.multiArrayType.shape) == [1, 3, 32, 32]
+    assert given.type.multiArrayType.dataType == coremltools.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32
+    outputs = {output.name: output.type.WhichOneof("Type") for output in spec.description.output}
+    assert outputs == {"classLabel": "stringType", "classLabel_probs": "dictionaryType"}
+    main_function = spec.mlProgram.functions["main"]
+    (classify,) = [
+        op for op in main_function.block_specializations[main_function.opset].operations if op.type == "classify"
+    ]
+    labels = [
+        value.immediateValue.tensor.strings.values[0]
+        for value in classify.inputs["classes"].arguments[0].value.immediateValue.list.values
+    ]
+    assert labels == ["class_0", "class_1", "class_2"]

@@ -20,9 +20,10 @@ def export(
         phase: head or finetune (default: the final model, metrics.json "final").
         format: comma-separated formats: safetensors (always written), onnx, onnx-standalone (uint8 crops in,
             normalisation, softmax, classes and preprocessing inside: needs only onnxruntime), torchscript, openvino
-            (IR, pip install 'tlbench[openvino]'); or hf
-            alone: a timm folder (config.json, model.safetensors, README.md model card) for runs fitted with
-            --model.head_hidden 0 (default output RUN/hf_<phase>).
+            (IR, pip install 'tlbench[openvino]'), tflite (LiteRT, pip install 'tlbench[tflite]'), coreml
+            (ML program classifier, pip install 'tlbench[coreml]'; converted but NOT parity-checked: Core ML runs
+            only on Apple systems); or hf alone: a timm folder (config.json, model.safetensors, README.md model
+            card) for runs fitted with --model.head_hidden 0 (default output RUN/hf_<phase>).
         output: bundle folder to create (default: RUN/export_<phase>); must not exist yet.
         quantize: int8: also model.int8.onnx (and model.onnx), onnxruntime static quantisation calibrated on the
             run's training images; refused unless it agrees with fp32 on >= 99% of the test images and McNemar
@@ -36,6 +37,8 @@ def export(
         f"parity on {parity['inputs']}: max abs probability difference {differences}"
         f" (tolerance {parity['tolerance']:g})"
     )
+    for name, why in parity.get("unchecked", {}).items():
+        print(f"{name}: not parity-checked ({why})")
     if "int8" in parity:
         check, sizes = parity["int8"], parity["int8"]["size_bytes"]
         print(
