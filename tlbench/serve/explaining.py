@@ -48,8 +48,8 @@ class UploadExplainer:
     def explain(self, image: Image.Image) -> dict:
         """The predicted class, its probability, the heatmap's peak and the overlay as a base64 PNG, all over
         ``image`` as decoded (uploads are reduced to twice the model's resize size before they get here)."""
-        if self._explainer is None:
-            raise TLBenchError(self.unavailable or "explanations are not available")
+        if self._explainer is None:  # the server answers 501 before it gets here
+            raise RuntimeError(f"no explanations here: {self.unavailable}")
         with self._lock:
             item = self._explainer.explain([image], ["upload"])[0]
         buffer = io.BytesIO()
