@@ -21,8 +21,9 @@ Safety, in the order a request meets it:
    CPU-bound, so more at once would not finish sooner, and the pixel memory of a burst stays within
    ``decode_workers * max_decode_mb`` however many slots there are.
 
-``POST /explain`` goes through the same steps (slot, body, decoding) and returns the Grad-CAM overlay of the
-predicted class (``explaining.py``); without Captum it is 501 with the pip command, before the body is read.
+``POST /explain`` goes through the same steps (slot, body, decoding among the ``decode_workers``) and returns
+the Grad-CAM overlay of the predicted class (``explaining.py``); without Captum it is 501 with the pip command,
+before the body is read.
 
 Every error is ``{"error": "..."}`` JSON with the right status; unexpected failures are a JSON 500, never a
 traceback; a client that goes away during its upload is one warning line.
@@ -237,7 +238,8 @@ def create_app(trained: TrainedModel, settings: ServeSettings = ServeSettings())
         async with limit.slot():
             body = await request.body()
             upload = await run_in_threadpool(read_upload, body, request.headers.get("content-type", ""))
-            image = await run_in_threadpool(open_upload, upload, budget)
+            async with decoding:
+                image = await run_in_threadpool(open_upload, upload, budget)
             answer = await run_in_threadpool(explainer.explain, image)
         return {**answer, "elapsed_ms": round((time.perf_counter() - started) * 1000, 2)}
 
