@@ -305,6 +305,16 @@ def test_old_spellings_still_parse(argv, expected, tmp_path, capsys):
     assert expected in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("words", [["data", "info"], ["data", "audit"], ["data", "split"]], ids=" ".join)
+def test_a_missing_dataset_folder_is_named_data_root(words, capsys):
+    """``data info`` with no folder said "required: root", jsonargparse's key, not the flag the user types."""
+    from tlbench.__main__ import main
+
+    assert main(words) == 2
+    err = capsys.readouterr().err
+    assert f"required: --data.root; run 'tlbench {' '.join(words)} --help' for the options" in err, err
+
+
 def test_version(capsys):
     from tlbench import __version__
     from tlbench.__main__ import main

@@ -30,6 +30,7 @@ RENAMED_FLAGS = {"root": "data_dir"}
 # ``--data.root``, as fit does; the function's own spelling still parses, undocumented.
 DATA_ROOT_FLAG = "--data.root"
 DATASET_FOLDER_PARAMETERS = ("data_root", "root")
+MISSING = "the following arguments are required: "  # jsonargparse's words for missing required arguments
 
 
 def show_progress(progress: bool | None) -> bool:
@@ -143,12 +144,12 @@ def _gather_list_positional(function: Callable, args: list[str]) -> list[str]:
     return [arg for i, arg in enumerate(args) if i not in items] + [json.dumps([args[i] for i in items])]
 
 
-def _pass_through(function: Callable, rest: list[str]) -> list[str]:
+def _pass_through(function: Callable, rest: list[str], prog: str) -> list[str]:
     """``A -- B`` -> ``A --fit_args <B as a JSON list>``, so B's values stay strings (``"2"`` not ``2``)."""
     if "--" not in rest:
         return rest
     if PASSTHROUGH_PARAMETER not in inspect.signature(function).parameters:
-        raise TLBenchError("this command takes no arguments after '--'")
+        raise TLBenchError(f"{prog} takes no arguments after '--'; remove '--' and what follows it")
     split = rest.index("--")
     return [*rest[:split], f"--{PASSTHROUGH_PARAMETER}", json.dumps(rest[split + 1 :])]
 
@@ -171,6 +172,15 @@ class _Parser(ArgumentParser):
                 self._positionals._group_actions.remove(action)
                 self._optionals._group_actions.append(action)
 
+    def error(self, message: str, *args, **kwargs):
+        """jsonargparse names a missing argument by its key; a dataset folder is the ``--data.root`` the user types."""
+        if message.startswith(MISSING):
+            names = message.removeprefix(MISSING).split(", ")
+            message = MISSING + ", ".join(
+                DATA_ROOT_FLAG if name in DATASET_FOLDER_PARAMETERS else name for name in names
+            )
+        return super().error(message, *args, **kwargs)
+
     def format_usage(self) -> str:
         self._show_data_root()
         return super().format_usage()
@@ -190,11 +200,11 @@ def run_command(function: Callable, args: list[str], prog: str = "tlbench") -> i
 
     from jsonargparse import auto_cli
 
-    args = _renamed(function, _undot(function, _pass_through(function, args)))
+    args = _renamed(function, _undot(function, _pass_through(function, args, prog)))
     args = _fit_config_flag(function, _named_positionals(function, args))
     args = _optional_first_positional(function, _gather_list_positional(function, args))
     try:
         result = auto_cli(function, args=args, as_positional=True, exit_on_error=False, prog=prog, parser_class=_Parser)
     except ArgumentError as error:
-        raise TLBenchError(f"{one_line(str(error))}; --help lists the options") from None
+        raise TLBenchError(f"{one_line(str(error))}; run '{prog} --help' for the options") from None
     return result if isinstance(result, int) else 0
