@@ -400,7 +400,8 @@ def audit_dataset(
     result = audit(root_path, table, near_threshold, min_side, progress, labels_csv is not None, allow_external_links)
     if not result.files:
         raise TLBenchError(
-            f"no image files under {root_path}; expected {root_path}/<class>/<image>.jpg (jpg, png, bmp, webp, tif)"
+            f"no image files under {root_path}; put them in class folders, {root_path}/<class>/<image>.jpg"
+            " (jpg, png, bmp, webp, tif), or pass the folder that holds them"
         )
     out = Path(output) if output else default_output("audit", dataset_name(root_path))
     return DatasetAudit(
@@ -486,7 +487,8 @@ def preflight(
     lost = set(table.label[table.split == "train"]) - set(kept.label[kept.split == "train"])
     if lost:
         raise TLBenchError(
-            f"classes {sorted(lost)} have no usable training image left after skipping {len(skipped)} file(s)"
+            f"classes {sorted(lost)} have no usable training image left after skipping {len(skipped)} file(s);"
+            f" replace those files ('tlbench data audit {root}' lists them) or remove those classes"
         )
     problems = [f"duplicate images, {group.describe()}" for group in groups if group not in leaks]
     return PreflightResult(kept, skipped, problems, {path: scans[path].size for path in kept.path}, len(dropped))

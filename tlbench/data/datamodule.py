@@ -465,7 +465,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 warn(f"{folder / path}: skipped, {reason}")
             usable = [str((folder / path).resolve()) for path, scan in scans.items() if not scan.reason]
             if not usable:
-                raise TLBenchError(f"--data.predict_dir {folder} holds no usable image (.jpg, .png, .bmp, .webp, .tif)")
+                raise TLBenchError(
+                    f"--data.predict_dir {folder} holds no usable image; put .jpg, .png, .bmp, .webp or .tif files"
+                    " there, or pass the folder that holds them"
+                )
             self._predict_rows = pd.DataFrame({"path": usable})
         return self._predict_rows
 

@@ -263,7 +263,7 @@ def apply_mirror(url: str, mirror: str | None) -> str:
         return url
     target = urllib.parse.urlsplit(mirror)
     if target.scheme not in ("http", "https") or not target.netloc:
-        raise TLBenchError(f"--mirror {mirror} is not an http(s) URL such as http://127.0.0.1:8000/prefix")
+        raise TLBenchError(f"--mirror {mirror} is not an http(s) URL; pass one such as http://127.0.0.1:8000/prefix")
     original = urllib.parse.urlsplit(url)
     path = target.path.rstrip("/") + original.path
     return urllib.parse.urlunsplit((target.scheme, target.netloc, path, original.query, ""))
@@ -282,14 +282,24 @@ def _hashes(path: Path) -> tuple[str, str]:
 
 
 def verify(path: Path, url: str, sha256: str | None = None, md5: str | None = None, size: int | None = None) -> str:
-    """Check size and checksums of a finished download; returns the observed SHA-256 to record in SOURCE.md."""
+    """Check size and checksums of a finished download; returns the observed SHA-256 to record in SOURCE.md.
+
+    A mismatching file is deleted before the error, because resuming onto corrupt bytes can never succeed."""
     observed_size = path.stat().st_size
     if size is not None and observed_size != size:
-        raise TLBenchError(f"{url}: downloaded {observed_size} bytes but expected {size}")
+        path.unlink()
+        raise TLBenchError(
+            f"{url}: downloaded {observed_size} bytes but expected {size}; deleted the download, nothing was"
+            " extracted: rerun, or check --mirror"
+        )
     observed_sha256, observed_md5 = _hashes(path)
     for kind, expected, observed in (("SHA-256", sha256, observed_sha256), ("MD5", md5, observed_md5)):
         if expected is not None and expected.lower() != observed:
-            raise TLBenchError(f"{url}: {kind} is {observed}, expected {expected}")
+            path.unlink()
+            raise TLBenchError(
+                f"{url}: {kind} is {observed}, expected {expected}; deleted the download, nothing was extracted:"
+                " rerun, or check --mirror"
+            )
     return observed_sha256
 
 
@@ -352,16 +362,16 @@ def fetch(
 ) -> str:
     """Download ``url`` to ``dest`` (resuming ``dest.part``), verify it, and return its SHA-256.
 
-    ``dest`` only appears once the checksums match, so a file at ``dest`` is always a verified download. A
-    mismatching file is deleted, because resuming onto corrupt bytes can never succeed. Connection failures and
-    5xx answers are retried ``retries`` times, continuing where the previous try stopped.
+    ``dest`` only appears once the checksums match, so a file at ``dest`` is always a verified download; ``verify``
+    deletes a mismatching one. Connection failures and 5xx answers are retried ``retries`` times, continuing where
+    the previous try stopped.
     """
     dest = Path(dest)
     if dest.exists():
         try:
             return verify(dest, url, sha256, md5, size)
         except TLBenchError:
-            dest.unlink()  # a cached file damaged since it was verified: download it again
+            pass  # a cached file damaged since it was verified, now deleted: download it again
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     for attempt in range(retries + 1):
@@ -380,11 +390,7 @@ def fetch(
                 reason = getattr(error, "reason", error)
                 raise TLBenchError(f"{url}: {reason}; rerun the command to resume {part}") from None
         time.sleep(backoff * (attempt + 1))
-    try:
-        observed = verify(part, url, sha256, md5, size)
-    except TLBenchError as error:
-        part.unlink()
-        raise TLBenchError(f"{error}; deleted the download, nothing was extracted (rerun, or check --mirror)") from None
+    observed = verify(part, url, sha256, md5, size)
     part.replace(dest)
     return observed
 
@@ -395,24 +401,34 @@ def fetch(
 def _check_member_path(name: str, archive: Path) -> PurePosixPath:
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or re.match(r"^[A-Za-z]:", name) or ".." in path.parts:
-        raise TLBenchError(f"{archive}: refusing unsafe member path '{name}' (absolute or leaving the folder)")
+        raise TLBenchError(
+            f"{archive}: refusing unsafe member path '{name}' (absolute or leaving the folder); nothing was"
+            " extracted: delete the archive and check --mirror"
+        )
     return path
 
 
 def _check_tar_member(member: tarfile.TarInfo, archive: Path) -> None:
     path = _check_member_path(member.name, archive)
     if member.isdev() or member.isfifo():
-        raise TLBenchError(f"{archive}: refusing device or pipe member '{member.name}'")
+        raise TLBenchError(
+            f"{archive}: refusing device or pipe member '{member.name}'; nothing was extracted: delete the archive"
+            " and check --mirror"
+        )
     if member.issym() or member.islnk():
         # A symlink's target is relative to its own folder; a hard link's target is relative to the archive root.
         base = path.parent if member.issym() else PurePosixPath()
         target = member.linkname.replace("\\", "/")
         if target.startswith("/") or _escapes(base / target):
             raise TLBenchError(
-                f"{archive}: refusing link '{member.name}' -> '{member.linkname}' pointing outside the archive"
+                f"{archive}: refusing link '{member.name}' -> '{member.linkname}' pointing outside the archive;"
+                " nothing was extracted: delete the archive and check --mirror"
             )
     elif not (member.isfile() or member.isdir()):
-        raise TLBenchError(f"{archive}: refusing special member '{member.name}'")
+        raise TLBenchError(
+            f"{archive}: refusing special member '{member.name}'; nothing was extracted: delete the archive and"
+            " check --mirror"
+        )
 
 
 def _escapes(path: PurePosixPath) -> bool:
@@ -840,7 +856,7 @@ def download_dataset(
     """
     source = get_source(name)
     if per_class < 1:
-        raise TLBenchError(f"--per_class must be at least 1, got {per_class}")
+        raise TLBenchError(f"--per_class {per_class} is below 1; pass --per_class 1 or more")
     root_path = Path(root).expanduser()
     if root_path.exists() and not root_path.is_dir():
         raise TLBenchError(f"--data_dir {root_path} is a file, not a folder; pass the folder to download into")

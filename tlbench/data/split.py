@@ -105,7 +105,10 @@ def check_class_sizes(counts: dict[str, int]) -> None:
     """Refuse data that cannot give every class a train, a val and a test image."""
     if len(counts) < 2:
         found = f"only class '{next(iter(counts))}'" if counts else "no class folders with images"
-        raise UnsplittableError(f"need at least 2 classes (one sub-folder of images per class), found {found}")
+        raise UnsplittableError(
+            f"need at least 2 classes (one sub-folder of images per class), found {found}; add a folder of images"
+            " per class"
+        )
     small = {label: n for label, n in counts.items() if n < MIN_IMAGES_PER_CLASS}
     if small:
         listing = ", ".join(f"'{label}' ({n})" for label, n in sorted(small.items()))
@@ -119,7 +122,9 @@ def check_presplit(table: pd.DataFrame, where: str) -> None:
     """Refuse split data whose train split cannot teach every class that val and test ask about."""
     train_classes = set(table.loc[table.split == "train", "label"])
     if len(train_classes) < 2:
-        raise UnsplittableError(f"{where}: the train split needs at least 2 classes with images")
+        raise UnsplittableError(
+            f"{where}: the train split needs at least 2 classes with images; add training images of each class"
+        )
     unknown = set(table.label) - train_classes
     if unknown:
         raise UnsplittableError(
@@ -168,7 +173,8 @@ def complete_split(
         samples = [Sample(path, label) for path, label in zip(given.path, given.label)]
         if not samples:
             raise UnsplittableError(
-                f"no images found under {where}; expected {where}/<class>/<image>.jpg (jpg, png, bmp, webp, tif)"
+                f"no images found under {where}; put them in class folders, {where}/<class>/<image>.jpg"
+                " (jpg, png, bmp, webp, tif)"
             )
         return stratified_split(samples, seed), f"split 70/20/10 stratified, seed {seed}"
     check_presplit(given, where)
@@ -367,5 +373,8 @@ def read_split(path: str | Path) -> pd.DataFrame:
     table = read_csv(path, dtype=str, keep_default_na=False)
     missing = {"path", "label", "split"} - set(table.columns)
     if missing:
-        raise TLBenchError(f"{path} is not a split file: missing columns {sorted(missing)}")
+        raise TLBenchError(
+            f"{path} is not a split file: missing columns {sorted(missing)}; pass the split.csv of a run or one"
+            " written by 'tlbench data split'"
+        )
     return table
