@@ -42,7 +42,8 @@ def resolve_config_path(value: str) -> str:
     if found is None:
         available = sorted(p.stem for p in CONFIGS.glob("*.yaml")) if CONFIGS.is_dir() else []
         raise TLBenchError(
-            f"config '{value}' not found (looked in ./ and configs/); available: {', '.join(available) or 'none'}"
+            f"config '{value}' not found (looked in ./ and configs/); pass a YAML file's path or one of:"
+            f" {', '.join(available) or 'none'}"
         )
     read_yaml_mapping(found)
     return str(found)
@@ -82,11 +83,15 @@ def load_grid_file(path: str | Path) -> dict:
     """The keys of a grid YAML (a path, or a name in ``configs/grids/``); unknown keys are an error, not ignored."""
     found = _find(str(path), "grids")
     if found is None:
-        raise TLBenchError(f"grid file '{path}' not found (also looked in {CONFIGS / 'grids'})")
+        raise TLBenchError(
+            f"grid file '{path}' not found (also looked in {CONFIGS / 'grids'}); pass --grid PATH to a grid YAML"
+        )
     content = read_yaml_mapping(found)
     unknown = sorted(set(content) - set(GRID_KEYS))
     if unknown:
-        raise TLBenchError(f"{found}: unknown grid keys {unknown}; allowed: {', '.join(GRID_KEYS)}")
+        raise TLBenchError(
+            f"{found}: unknown grid keys {unknown}; rename or remove them (keys: {', '.join(GRID_KEYS)})"
+        )
     return content
 
 
@@ -111,6 +116,6 @@ def recipe_file(name: str) -> Path:
     if found is None:
         available = sorted(p.stem for p in (CONFIGS / "recipes").glob("*.yaml"))
         raise TLBenchError(
-            f"recipe '{name}' not found in configs/recipes/; available: {', '.join(available) or 'none'}"
+            f"recipe '{name}' not found in configs/recipes/; choose --recipes from: {', '.join(available) or 'none'}"
         )
     return found

@@ -153,11 +153,14 @@ def build_spec(file_values: dict, cli_values: dict) -> GridSpec:
     """Merge a grid file with command-line values; a value given on the command line wins."""
     merged = {**file_values, **{key: value for key, value in cli_values.items() if value not in (None, [])}}
     if not merged.get("datasets") or not (merged.get("backbones") or merged.get("recipes")):
-        raise TLBenchError("the grid needs --datasets and --backbones or --recipes (or a --grid file listing them)")
+        raise TLBenchError(
+            "the grid needs datasets and models: pass --datasets and --backbones or --recipes, or a --grid file"
+            " listing them"
+        )
     try:
         seeds = [int(seed) for seed in parse_list(merged.get("seeds", 0))]
     except ValueError:
-        raise TLBenchError(f"seeds must be integers, got {merged['seeds']!r}") from None
+        raise TLBenchError(f"seeds must be integers, got {merged['seeds']!r}; give e.g. --seeds 0,1,2") from None
     overrides = [str(arg) for arg in merged.get("overrides") or []]
     reserved = sorted({arg.split("=", 1)[0] for arg in overrides} & set(RESERVED_OPTIONS))
     if reserved:
@@ -180,11 +183,13 @@ def resolve_dataset(name: str, data_dir: str) -> Path:
     if not path.is_dir():
         available = sorted(p.name for p in Path(data_dir).iterdir() if p.is_dir()) if Path(data_dir).is_dir() else []
         raise TLBenchError(
-            f"dataset '{name}': {path} is not a folder (in {data_dir}: {', '.join(available) or 'nothing'})"
+            f"dataset '{name}': {path} is not a folder; pass a dataset folder in --data_dir {data_dir}"
+            f" ({', '.join(available) or 'it holds none'}) or a path, or download one with 'tlbench data download'"
         )
     if not images_under(path):
         raise TLBenchError(
-            f"dataset '{name}': no images under {path}; expected {path}/<class>/<image>.jpg (jpg, png, bmp, webp, tif)"
+            f"dataset '{name}': no images under {path}; put them in class folders, {path}/<class>/<image>.jpg"
+            " (jpg, png, bmp, webp, tif)"
         )
     return path
 
@@ -195,7 +200,10 @@ def plan_cells(spec: GridSpec) -> list[Cell]:
     for name in spec.datasets:
         path = resolve_dataset(name, spec.data_dir)
         if path.resolve().name in roots:
-            raise TLBenchError(f"two datasets are named '{path.resolve().name}'; run names would collide")
+            raise TLBenchError(
+                f"two datasets are named '{path.resolve().name}', so their runs would share a folder; rename one"
+                " of the dataset folders"
+            )
         roots[path.resolve().name] = path
     cells = []
     for seed in spec.seeds:
@@ -523,7 +531,7 @@ class Pool:
 
     def __init__(self, jobs: int, budget: int | None = None, gpus: list[str] | None = None) -> None:
         if jobs < 1:
-            raise TLBenchError(f"--jobs must be at least 1, got {jobs}")
+            raise TLBenchError(f"--jobs {jobs} is below 1; pass --jobs 1 or more")
         self.jobs = jobs
         self.threads = max(1, (budget or thread_budget()) // jobs)
         self.gpus = (visible_gpus() if jobs > 1 else []) if gpus is None else gpus
@@ -731,7 +739,9 @@ def run_grid(
 def check_cell(cell: int | None, cells: list[Cell]) -> None:
     """A ``--cell`` number out of range is a typing mistake: say which numbers exist rather than run nothing."""
     if cell is not None and not 1 <= cell <= len(cells):
-        raise TLBenchError(f"--cell {cell}: the grid has cells 1 to {len(cells)} (see --list)")
+        raise TLBenchError(
+            f"--cell {cell}: the grid has cells 1 to {len(cells)}; pass one of those (--list shows them)"
+        )
 
 
 def summarise(chosen: list[Cell], status: Path, echo: Callable[[str], None]) -> None:
@@ -855,7 +865,10 @@ def read_grid(folder: str | Path) -> list[tuple[Path, list[Cell]]]:
     folder = Path(folder)
     plans = sorted(folder.glob(PLAN_FILE)) or sorted(folder.glob(f"{LOGS}/grids/*/{PLAN_FILE}"))
     if not plans:
-        raise TLBenchError(f"no grid under {folder}: expected {folder}/{LOGS}/grids/<grid>/{PLAN_FILE}")
+        raise TLBenchError(
+            f"no grid under {folder}: expected {folder}/{LOGS}/grids/<grid>/{PLAN_FILE}; pass the --output folder"
+            " the grid ran with (tlbench grid status OUTPUT)"
+        )
     grids = []
     for plan in plans:
         cells = [Cell.from_row(row) for row in read_json(plan)["cells"]]

@@ -132,7 +132,10 @@ def connect(ray: ModuleType, address: str) -> list[dict]:
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except ConnectionError as error:
-        raise TLBenchError(f"--address {address}: {error}") from None
+        raise TLBenchError(
+            f"--address {address}: {error}; pass the HOST:PORT of a running Ray cluster ('ray status' on its head"
+            " node shows it)"
+        ) from None
     return [node for node in ray.nodes() if node["Alive"]]
 
 
@@ -142,7 +145,8 @@ def check_fits(nodes: list[dict], resources: Resources) -> None:
         most = max((node["Resources"].get(name, 0) for node in nodes), default=0)
         if need > most:
             raise TLBenchError(
-                f"{option} {need}: no node of the Ray cluster has {need} {name}s (the largest has {most:g})"
+                f"{option} {need}: no node of the Ray cluster has {need} {name}s (the largest has {most:g});"
+                f" lower {option} or add a larger node"
             )
 
 

@@ -208,7 +208,8 @@ def test_a_cell_bigger_than_every_node_is_refused_in_one_line(cluster, tmp_path_
     result = run_tlbench("grid", *ray, *GRID_ARGS, cwd=grid_root(tmp_path_factory, "big"), env=NO_STATS)
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.splitlines()[-1] == (
-        "error: --cpus_per_cell 2: no node of the Ray cluster has 2 CPUs (the largest has 1)"
+        "error: --cpus_per_cell 2: no node of the Ray cluster has 2 CPUs (the largest has 1);"
+        " lower --cpus_per_cell or add a larger node"
     )
 
 
