@@ -114,7 +114,7 @@ def explain_files(
     """
     require_captum()
     if batch_size < 1:
-        raise TLBenchError(f"--batch_size must be at least 1 (got {batch_size})")
+        raise TLBenchError(f"--batch_size {batch_size} is below 1; pass --batch_size 1 or more")
     paths = expand_inputs(inputs)
     trained = load_trained(model, phase)
     check_images(paths)

@@ -72,7 +72,9 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[Run], list[Path]]:
     """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
-        raise TLBenchError(f"{runs_dir} is not a folder")
+        raise TLBenchError(
+            f"{runs_dir} is not a folder; pass the folder fit wrote its runs to (tlbench report RUNS_DIR)"
+        )
     newest: dict[tuple, Run] = {}
     left_out = []
     for path in sorted(runs_dir.rglob("metrics.json")):
@@ -88,7 +90,10 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[Run], list[Path]]:
             left_out.append(previous.path)
         newest[run.key] = run
     if not newest:
-        raise TLBenchError(f"no finished run (metrics.json with test results) under {runs_dir}")
+        raise TLBenchError(
+            f"no finished run (metrics.json with test results) under {runs_dir}; pass the folder fit wrote its runs"
+            " to, or let a fit finish its test"
+        )
     return sorted(newest.values(), key=lambda run: run.key), left_out
 
 
@@ -244,7 +249,8 @@ def compare_candidates(runs: list[Run], final: pd.DataFrame, reference: str | No
     """
     if reference is not None and reference not in set(final.backbone):
         raise TLBenchError(
-            f"--reference {reference}: no finished run of that model (have: {', '.join(dict.fromkeys(final.backbone))})"
+            f"--reference {reference}: no finished run of that model; choose one of:"
+            f" {', '.join(dict.fromkeys(final.backbone))}"
         )
     by_key = {run.key: run for run in runs}
     datasets = list(dict.fromkeys(final.dataset))
