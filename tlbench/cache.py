@@ -228,7 +228,10 @@ class Cache:
             except FileNotFoundError:
                 pass
             except OSError as error:
-                raise TLBenchError(f"could not delete {path}: {error.strerror or error}") from None
+                raise TLBenchError(
+                    f"could not delete {path}: {error.strerror or error}; give this user write access to"
+                    f" {path.parent} or delete it by hand"
+                ) from None
         return deleted
 
     def _files(self) -> list[tuple[float, int, Path]]:

@@ -155,7 +155,7 @@ def write_hf_folder(
         raise TLBenchError(
             f"--format hf: timm's {architecture} built from the folder differs from the run's model by"
             f" {difference:.2e} > {PARITY_TOLERANCE:g} (its head does more than tlbench's pooling and Linear);"
-            " nothing was written"
+            " nothing was written: use the default bundle format (leave out --format hf)"
         )
     return {"hf": difference}
 

@@ -38,7 +38,9 @@ def download(
         max_extract_ratio: Refuse an archive that unpacks to more than this many times its own size (a zip bomb).
     """
     if not (max_extract_gb > 0 and max_extract_ratio > 0):
-        raise TLBenchError("--max_extract_gb and --max_extract_ratio must be positive")
+        raise TLBenchError(
+            f"--max_extract_gb {max_extract_gb} and --max_extract_ratio {max_extract_ratio}: pass numbers above 0"
+        )
     result = download_dataset(
         name,
         data_dir,

@@ -232,6 +232,6 @@ def run_lightning_cli(argv: list[str]) -> TLBenchCLI | None:
     try:
         return TLBenchCLI()
     except ArgumentError as error:
-        raise TLBenchError(f"{one_line(str(error))}; 'tlbench {argv[0]} --help' lists the options") from None
+        raise TLBenchError(f"{one_line(str(error))}; run 'tlbench {argv[0]} --help' for the options") from None
     finally:
         sys.argv = saved
