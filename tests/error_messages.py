@@ -3,7 +3,8 @@
 A ``TLBenchError`` (or a subclass) is what the command line prints as ``error: <message>`` with exit status 2, so
 the messages are the arguments of every ``TLBenchError(...)`` call: string literals and f-strings, whose
 ``{value}`` parts are shown as placeholders, and the returns of a same-module helper that builds one
-(``TLBenchError(_fetch_failure(name, error))``). ``python -m tests.error_messages`` rewrites the table in
+(``TLBenchError(_fetch_failure(name, error))``), with a same-function variable holding a string (``fix = "..."``)
+read as its text. ``python -m tests.error_messages`` rewrites the table in
 docs/reference.md; tests/test_docs.py fails when a message in the code is missing there.
 """
 
@@ -36,20 +37,53 @@ def _placeholder(node: ast.expr) -> str:
     return "{" + (source if re.fullmatch(r"[\w.\[\]'\"]+", source) else "...") + "}"
 
 
-def _texts(node: ast.expr, helpers: dict[str, ast.FunctionDef]) -> list[str]:
-    """The messages an expression can produce: each alternative of an ``x if c else y`` and of a helper's returns."""
+def _is_text(node: ast.expr) -> bool:
+    """A string literal or f-string, or a ``+`` or ``x if c else y`` of them: what a message variable holds."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return _is_text(node.left) and _is_text(node.right)
+    if isinstance(node, ast.IfExp):
+        return _is_text(node.body) and _is_text(node.orelse)
+    return isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str))
+
+
+def _text_variables(function: ast.FunctionDef | ast.AsyncFunctionDef) -> dict[str, list[ast.expr]]:
+    """``fix = "pass a CSV ..."`` in ``function``: each name assigned only text, with every value it is given."""
+    values: dict[str, list[ast.expr]] = {}
+    for node in ast.walk(function):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            values.setdefault(node.targets[0].id, []).append(node.value)
+    return {name: found for name, found in values.items() if all(map(_is_text, found))}
+
+
+def _part_texts(part: ast.expr, local: dict[str, list[ast.expr]]) -> list[str]:
+    """One piece of an f-string: its text, a text variable's values, or a ``{value}`` placeholder."""
+    if isinstance(part, ast.Constant):
+        return [part.value]
+    value = part.value  # an ast.FormattedValue
+    if isinstance(value, ast.Name) and value.id in local:
+        return [text for choice in local[value.id] for text in _texts(choice, {}, {})]
+    return [_placeholder(value)]
+
+
+def _texts(node: ast.expr, helpers: dict[str, ast.FunctionDef], local: dict[str, list[ast.expr]]) -> list[str]:
+    """The messages an expression can produce: each alternative of an ``x if c else y``, of a helper's returns and
+    of the values of a text variable (``local``, from ``_text_variables``)."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return [node.value]
     if isinstance(node, ast.JoinedStr):
-        return ["".join(p.value if isinstance(p, ast.Constant) else _placeholder(p.value) for p in node.values)]
+        parts = [_part_texts(p, local) for p in node.values]
+        return ["".join(choice) for choice in itertools.product(*parts)]
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-        pairs = itertools.product(_texts(node.left, helpers), _texts(node.right, helpers))
+        pairs = itertools.product(_texts(node.left, helpers, local), _texts(node.right, helpers, local))
         return [left + right for left, right in pairs]
     if isinstance(node, ast.IfExp):
-        return _texts(node.body, helpers) + _texts(node.orelse, helpers)
+        return _texts(node.body, helpers, local) + _texts(node.orelse, helpers, local)
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in helpers:
-        returns = [n.value for n in ast.walk(helpers[node.func.id]) if isinstance(n, ast.Return) and n.value]
-        return [text for value in returns for text in _texts(value, helpers)]
+        helper = helpers[node.func.id]
+        returns = [n.value for n in ast.walk(helper) if isinstance(n, ast.Return) and n.value]
+        return [text for value in returns for text in _texts(value, helpers, _text_variables(helper))]
+    if isinstance(node, ast.Name) and node.id in local:
+        return [text for value in local[node.id] for text in _texts(value, {}, {})]
     return [_placeholder(node)]
 
 
@@ -70,12 +104,29 @@ def messages_in(trees: dict[Path, ast.Module]) -> list[Message]:
     for path, tree in trees.items():
         helpers = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
         functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
-        owner = {id(inner): f.name for f in functions for inner in ast.walk(f)}  # innermost function wins
+        owner = {id(inner): f for f in functions for inner in ast.walk(f)}  # innermost function wins
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in classes and node.args:
-                for text in _texts(node.args[0], helpers):
-                    found.add(Message(str(path), owner.get(id(node), "<module>"), text))
+                function = owner.get(id(node))
+                local = _text_variables(function) if function else {}
+                for text in _texts(node.args[0], helpers, local):
+                    found.add(Message(str(path), function.name if function else "<module>", text))
     return sorted(found)
+
+
+# What a message tells the user to do: an imperative verb (or ``pip install``) opening a clause. A heuristic: it
+# cannot judge whether the fix is right, only that the message offers one ("{runs_dir} is not a folder" does not).
+ACTION_WORDS = (
+    "add choose check delete drop explain export fill finish fit fix free give install keep leave let lower merge"
+    " move pass put raise re-export remove rename replace rerun restore resume retry run see set sort start update"
+    " upload use write"
+).split() + ["pip install"]
+ACTION = re.compile(rf"(?:[;:?(]\s*|,\s+|\b(?:or|and|else|then|e\.g\.)\s+)(?:{'|'.join(ACTION_WORDS)})\b")
+
+
+def names_an_action(text: str) -> bool:
+    """Whether ``text`` opens a clause with an action word: "...; pass --data.root DIR", "(rerun, or check ...)"."""
+    return bool(ACTION.search(text))
 
 
 def package_messages() -> list[Message]:
