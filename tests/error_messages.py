@@ -3,9 +3,10 @@
 A ``TLBenchError`` (or a subclass) is what the command line prints as ``error: <message>`` with exit status 2, so
 the messages are the arguments of every ``TLBenchError(...)`` call: string literals and f-strings, whose
 ``{value}`` parts are shown as placeholders, and the returns of a same-module helper that builds one
-(``TLBenchError(_fetch_failure(name, error))``), with a same-function variable holding a string (``fix = "..."``)
-read as its text. ``python -m tests.error_messages`` rewrites the table in
-docs/reference.md; tests/test_docs.py fails when a message in the code is missing there.
+(``TLBenchError(_fetch_failure(name, error))``), with a variable holding a string, the function's
+(``fix = "..."``) or the module's (``INSTALL_HINT = "pip install ..."``), read as its text.
+``python -m tests.error_messages`` rewrites the table in docs/reference.md; tests/test_docs.py fails when a message
+in the code is missing there.
 """
 
 from __future__ import annotations
@@ -46,10 +47,11 @@ def _is_text(node: ast.expr) -> bool:
     return isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str))
 
 
-def _text_variables(function: ast.FunctionDef | ast.AsyncFunctionDef) -> dict[str, list[ast.expr]]:
-    """``fix = "pass a CSV ..."`` in ``function``: each name assigned only text, with every value it is given."""
+def _text_variables(scope: ast.AST, nodes: list[ast.AST] | None = None) -> dict[str, list[ast.expr]]:
+    """``fix = "pass a CSV ..."`` in ``scope`` (a function, or ``nodes``: a module's own statements): each name
+    assigned only text, with every value it is given."""
     values: dict[str, list[ast.expr]] = {}
-    for node in ast.walk(function):
+    for node in ast.walk(scope) if nodes is None else nodes:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             values.setdefault(node.targets[0].id, []).append(node.value)
     return {name: found for name, found in values.items() if all(map(_is_text, found))}
@@ -105,10 +107,11 @@ def messages_in(trees: dict[Path, ast.Module]) -> list[Message]:
         helpers = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
         functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
         owner = {id(inner): f for f in functions for inner in ast.walk(f)}  # innermost function wins
+        constants = _text_variables(tree, tree.body)  # INSTALL_HINT = "pip install ..."
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in classes and node.args:
                 function = owner.get(id(node))
-                local = _text_variables(function) if function else {}
+                local = {**constants, **(_text_variables(function) if function else {})}
                 for text in _texts(node.args[0], helpers, local):
                     found.add(Message(str(path), function.name if function else "<module>", text))
     return sorted(found)

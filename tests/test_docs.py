@@ -111,12 +111,14 @@ def test_every_error_message_is_in_the_reference():
 
 def test_message_extraction_reads_every_form_a_message_takes():
     """Literals, f-strings, ``a if c else b``, ``+``, a same-module helper's returns, a text variable of the
-    function (each of its values) and a subclass's raise."""
+    function (each of its values) or of the module, and a subclass's raise."""
     import ast
 
     from tests.error_messages import messages_in
 
     source = """
+HINT = "pip install x"
+
 class Special(TLBenchError):
     pass
 
@@ -130,6 +132,9 @@ def check(path, n):
     if n:
         raise TLBenchError(f"{path} has {len(n)} files" + "; remove them" if n > 1 else f"one file; {fix}")
     raise Special(_why(path.name))
+
+def need():
+    raise TLBenchError(f"x is missing; {HINT}")
 """
     found = messages_in({Path("tlbench/x.py"): ast.parse(source)})
     assert [(m.function, m.text) for m in found] == [
@@ -138,6 +143,7 @@ def check(path, n):
         ("check", "one file; add one"),
         ("check", "one file; remove it"),
         ("check", "{path} has {...} files; remove them"),
+        ("need", "x is missing; pip install x"),
     ]
 
 
@@ -170,7 +176,6 @@ PENDING = {
     "backbone '{name}': {arch} has no pretrained tag '{tag}'; it has no pretrained tags",
     "backbone '{name}': {arch} has no pretrained tag '{tag}'; its tags: {...}",
     "backbone '{name}': {error}",
-    "explanations need Captum, which is not installed; {INSTALL_HINT}",
     "{run_dir} has no '{chosen}' phase; available: {...}",
     "{bundle} is bundle format {...}; this tlbench reads format {BUNDLE_FORMAT}",
     "{source} has no class names; it was not written by tlbench fit",
