@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import warnings
 
 
@@ -35,8 +36,12 @@ LIGHTNING_INFO_NOISE = re.compile(
 
 
 def warn(message: str) -> None:
-    """A tlbench warning, on rank zero only (a DDP run prints it once)."""
-    from pytorch_lightning.utilities import rank_zero_warn  # here: commands that never train never import Lightning
+    """A tlbench warning, on rank zero only (a DDP run prints it once). A process that has not imported Lightning
+    (classify, serve, export: inference never does) is no Lightning DDP rank, and warns without importing it."""
+    if "pytorch_lightning" not in sys.modules:
+        warnings.warn(message, TLBenchWarning, stacklevel=2)
+        return
+    from pytorch_lightning.utilities import rank_zero_warn
 
     rank_zero_warn(message, category=TLBenchWarning)
 

@@ -2,7 +2,7 @@
 
 A bundle is a folder:
 
-* ``weights.safetensors``: the whole ``TransferLearningModule`` state dict (backbone and head);
+* ``weights.safetensors``: the whole ``Network`` state dict (backbone and head), a checkpoint's as it is;
 * ``model.json``: format version, backbone, the constructor settings that shape the network, classes in label
   order, the preprocessing (input size, resize size, crop, interpolation, mean/std), phase, source checkpoint,
   test metrics, and the parity check's results;
@@ -185,7 +185,7 @@ def manifest(trained: TrainedModel, run_dir: Path) -> dict:
     return {
         "format_version": BUNDLE_FORMAT,
         "backbone": trained.backbone,
-        "model": {name: trained.model.hparams[name] for name in ARCHITECTURE_SETTINGS},
+        "model": {name: trained.model.architecture[name] for name in ARCHITECTURE_SETTINGS},
         "classes": trained.classes,
         "preprocessing": trained.preprocessing.to_dict(),
         "phase": trained.phase,

@@ -12,20 +12,20 @@ from torch import nn
 from tlbench.data.transforms import eval_transform
 from tlbench.models.engine import Engine, EngineName
 from tlbench.models.loading import BUNDLE_ONNX, TrainedModel
-from tlbench.models.module import TransferLearningModule
+from tlbench.models.network import Network
 
 PROBABILITIES = "probabilities"
 
 
 class ProbabilityNetwork(nn.Module):
     """Network and softmax as a plain module: what ONNX and TorchScript consumers get, from a normalised
-    ``N x 3 x S x S`` float batch to class probabilities. A ``TransferLearningModule`` contributes its backbone
-    and head: the LightningModule itself cannot be traced (tracing probes its ``trainer`` property, which raises);
-    any other classifier (``check``'s ImageNet model) is used whole."""
+    ``N x 3 x S x S`` float batch to class probabilities. A ``Network`` contributes its backbone and head (its
+    own ``forward`` also takes uint8 images; a ``TransferLearningModule`` cannot be traced: tracing probes its
+    ``trainer`` property, which raises); any other classifier (``check``'s ImageNet model) is used whole."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.network = nn.Sequential(model.backbone, model.head) if isinstance(model, TransferLearningModule) else model
+        self.network = nn.Sequential(model.backbone, model.head) if isinstance(model, Network) else model
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.network(batch).softmax(dim=1)

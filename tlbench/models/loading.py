@@ -4,6 +4,10 @@ Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain c
 carrying a pickled code payload is refused before anything in it runs. Bundles (``tlbench export``) are read
 with safetensors and JSON only, never unpickled. The backbone is rebuilt without downloading weights (the
 checkpoint or bundle has them) and with the preprocessing stored at training time.
+
+The model is a plain ``Network`` (backbone and head), built from the run's few shape-defining settings, not the
+LightningModule that trained it: nothing here imports Lightning, so a server or a one-image ``classify`` starts
+seconds sooner and hundreds of MiB smaller (docs/speed.md). The checkpoint's state dict loads as it is.
 """
 
 from __future__ import annotations
@@ -19,13 +23,13 @@ from tlbench.data.transforms import Preprocessing
 from tlbench.errors import TLBenchError
 from tlbench.evaluation.final import final_phase
 from tlbench.io import read_json
-from tlbench.models.module import TransferLearningModule
+from tlbench.models.network import ARCHITECTURE_SETTINGS, Network
 from tlbench.rundir import METRICS, read_metrics
 
 # A timm folder (``export --format hf``, tlbench.hub writes it): what timm.models.save_for_hf writes.
 HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"
-# tlbench's module keeps the timm model under backbone.model and the head's Linear at head.1 (after its Dropout).
+# tlbench's network keeps the timm model under backbone.model and the head's Linear at head.1 (after its Dropout).
 BACKBONE_PREFIX = "backbone.model."
 HEAD_LINEAR = "head.1."
 
@@ -33,13 +37,11 @@ BUNDLE_FORMAT = 1
 BUNDLE_MANIFEST = "model.json"
 BUNDLE_WEIGHTS = "weights.safetensors"
 BUNDLE_ONNX = "model.onnx"
-# Constructor arguments that shape the network; the others only steer training and do not matter for inference.
-ARCHITECTURE_SETTINGS = ("backbone", "input_size", "head_hidden", "head_dropout", "classes")
 
 
 @dataclass
 class TrainedModel:
-    model: TransferLearningModule
+    model: nn.Module  # a Network; check's ImageNet classifier is a timm model
     classes: list[str]
     preprocessing: Preprocessing
     backbone: str
@@ -83,22 +85,21 @@ def model_from_checkpoint(checkpoint: dict, source: Path) -> TrainedModel:
     settings = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
     if not settings.get("classes"):
         raise TLBenchError(f"{source} has no class names; it was not written by tlbench fit")
-    model = build_model(settings, checkpoint.get("tlbench_phase"), checkpoint.get("tlbench_preprocessing"))
+    model = build_model(settings, checkpoint.get("tlbench_preprocessing"))
     model.load_state_dict(checkpoint["state_dict"])
     model.weights_source = checkpoint.get("tlbench_weights", model.weights_source)
-    return TrainedModel(
-        model.eval(), list(settings["classes"]), model.preprocessing, settings["backbone"], model.phase, source
-    )
+    phase = checkpoint.get("tlbench_phase") or ("head" if settings.get("head_epochs", 1) > 0 else "finetune")
+    return TrainedModel(model.eval(), model.classes, model.preprocessing, settings["backbone"], phase, source)
 
 
-def build_model(settings: dict, phase: str | None, preprocessing: dict | None) -> TransferLearningModule:
-    """An untrained module with the architecture of ``settings``, built without fetching any weights; ``None``
-    keeps the module's own default phase and preprocessing. The module runs in torch: inference picks its engine
-    itself (``Predictor``), and its torch path must be plain torch."""
-    model = TransferLearningModule(**{**settings, "pretrained": False, "weights": None, "engine": "torch"})
+def build_model(settings: dict, preprocessing: dict | None) -> Network:
+    """An untrained network with the architecture of ``settings`` (a run's hyperparameters or a bundle's
+    ``ARCHITECTURE_SETTINGS``; the others are ignored), built without fetching any weights; ``None`` keeps the
+    backbone's own preprocessing."""
+    shape = {name: settings[name] for name in ARCHITECTURE_SETTINGS if name in settings}
+    model = Network(**shape, pretrained=False, weights=None, channels_last=settings.get("channels_last", True))
     if preprocessing is not None:
         model.preprocessing = Preprocessing.from_dict(preprocessing)
-    model.apply_phase(phase or model.phase)
     return model
 
 
@@ -118,7 +119,7 @@ def load_bundle(bundle: Path, phase: str | None = None) -> TrainedModel:
                 f"{bundle} holds the '{manifest['phase']}' phase, not '{phase}';"
                 " export that phase from the run directory"
             )
-        model = build_model(manifest["model"], manifest["phase"], manifest["preprocessing"])
+        model = build_model(manifest["model"], manifest["preprocessing"])
         load_model(model, str(bundle / BUNDLE_WEIGHTS))
     except (
         KeyError,
@@ -161,7 +162,7 @@ def load_hf_folder(folder: Path) -> TrainedModel:
             )
         info = config.get("tlbench", {})
         settings = {"backbone": f"local-dir:{folder}", "head_hidden": 0, "head_dropout": 0.0, "classes": classes}
-        model = build_model(settings, info.get("phase"), None)
+        model = build_model(settings, None)
         tensors = load_file(str(folder / HF_WEIGHTS))
         head = classifier_name(model.backbone.model) + "."
         state = {
@@ -179,7 +180,7 @@ def load_hf_folder(folder: Path) -> TrainedModel:
         classes,
         model.preprocessing,
         info.get("backbone", config["architecture"]),
-        model.phase,
+        info.get("phase") or "head",
         folder,
     )
 

@@ -23,9 +23,9 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from tlbench.errors import TLBenchError
-from tlbench.models.backbones import DEFAULT_BACKBONE, create_backbone
+from tlbench.models.backbones import DEFAULT_BACKBONE
 from tlbench.models.engine import Engine, EngineName, resolve_engine
-from tlbench.models.heads import ClassifierHead
+from tlbench.models.network import Network
 
 Phase = Literal["head", "finetune"]
 # What a batch's inputs are: uint8 "images", the backbone's "pooled" features, or (an int d) the activations after
@@ -100,7 +100,11 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
     return MetricCollection(metrics, prefix=prefix)
 
 
-class TransferLearningModule(pl.LightningModule):
+class TransferLearningModule(Network, pl.LightningModule):
+    """A ``Network`` (backbone and head) with its training recipe: the two phases, their optimizers, schedules,
+    metrics and callbacks. Its state dict is the network's, so inference loads a checkpoint into a plain
+    ``Network`` without Lightning."""
+
     def __init__(
         self,
         backbone: str = DEFAULT_BACKBONE,
@@ -211,19 +215,13 @@ class TransferLearningModule(pl.LightningModule):
             recipe: the name of the settings this run uses (configs/recipes/<name>.yaml sets it), recorded in
                 metrics.json; ``report`` compares runs by it (default: the backbone name).
         """
-        super().__init__()
         epochs = (head_epochs, 1 if finetune_epochs is None else finetune_epochs)  # None: at least 2, by the rule
         if min(epochs) < 0 or sum(epochs) == 0:
             raise ValueError("head_epochs and finetune_epochs must be >= 0 and not both 0")
         check_recipe_options(locals())
+        # The head comes last (``set_classes``), once the phase and metrics it needs exist.
+        super().__init__(backbone, pretrained, weights, input_size, head_hidden, head_dropout, None, channels_last)
         self.save_hyperparameters()
-        built = create_backbone(backbone, pretrained, weights, input_size)
-        self.backbone = built.extractor
-        if channels_last:
-            self.backbone.to(memory_format=torch.channels_last)
-        self.preprocessing = built.preprocessing
-        self.weights_source = built.weights
-        self.head: nn.Module | None = None
         self.phase: Phase = "head" if head_epochs > 0 else "finetune"
         # The first fine-tune epoch: ``head_epochs`` unless ``head_patience`` ends the head phase earlier. The one
         # source of truth for the phase boundary (PhaseSchedule, FeatureCaching, PhaseCheckpoint), kept in checkpoints.
@@ -243,9 +241,7 @@ class TransferLearningModule(pl.LightningModule):
     def set_classes(self, classes: list[str]) -> None:
         """Build the head and metrics for ``classes``; called once the data is known."""
         self.hparams.classes = list(classes)
-        self.head = ClassifierHead(
-            self.backbone.num_features, len(classes), self.hparams.head_hidden, self.hparams.head_dropout
-        )
+        self.build_head(classes)
         self.train_metrics = classification_metrics(len(classes), "train_")
         self.val_metrics = classification_metrics(len(classes), "val_")
         self.test_metrics = classification_metrics(len(classes), "test_")
@@ -266,10 +262,6 @@ class TransferLearningModule(pl.LightningModule):
         counts = torch.tensor(counts, dtype=torch.float32)
         weights = torch.where(counts > 0, counts.sum() / (len(counts) * counts.clamp(min=1)), 0.0)
         self.loss_fn.register_buffer("weight", weights.to(self.device), persistent=False)
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.hparams.classes or [])
 
     def plan_finetune(self, train_images: int) -> int:
         """Fix ``finetune_epochs`` once the training split's size is known: the budget rule's choice when it was left
@@ -344,13 +336,6 @@ class TransferLearningModule(pl.LightningModule):
         self.finetune_start = checkpoint.get("tlbench_finetune_start", self.finetune_start)
 
     # -- forward and steps ----------------------------------------------------------------------------------------
-    def _network_input(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Normalise ``uint8`` images from the loaders on this device; channels-last layout when enabled (set on
-        the uint8 batch, before normalising, so the one layout copy moves a quarter of the bytes)."""
-        if self.hparams.channels_last and inputs.ndim == 4:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        return self.preprocessing.normalize(inputs) if inputs.dtype == torch.uint8 else inputs
-
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features of ``uint8`` or normalised float images; no autograd graph while the whole
         backbone is frozen. Frozen parts run through the ``engine``: the whole backbone while it is frozen, else
@@ -404,9 +389,6 @@ class TransferLearningModule(pl.LightningModule):
     def __getstate__(self) -> dict:
         """Pickling (DDP spawn, deep copies) leaves the ONNX Runtime sessions behind; they are rebuilt on use."""
         return {**super().__getstate__(), "_engines": {}}
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encode(images))
 
     def _logits(self, inputs: torch.Tensor, stage: str) -> torch.Tensor:
         """Logits of a ``stage`` batch, from whatever ``set_batch_inputs`` declared its inputs to be."""
