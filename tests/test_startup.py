@@ -1,0 +1,92 @@
+"""Inference starts without Lightning: classify, serve, export, check and ``tlbench.load(...).predict`` run a plain
+``Network`` (models/network.py), so none of them imports pytorch_lightning, torchmetrics or TensorBoard (seconds
+of start-up and about 240 MiB of a server's memory; docs/speed.md "Start-up"). Only a fresh interpreter can tell
+what a command imports, so one child process runs them all, in turn, and reports what each step brought in."""
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import make_dataset, tlbench_env
+
+# Modules only training needs; an inference path that imports one of them has regressed.
+TRAINING_ONLY = ("pytorch_lightning", "lightning", "torchmetrics", "tensorboard")
+
+CHILD = """
+import json, sys
+from pathlib import Path
+
+run, data, out = (Path(arg) for arg in sys.argv[1:4])
+image = next(iter(sorted(data.rglob("*.png"))))
+steps = {}
+
+
+def step(name, action):
+    code = action()
+    assert code in (0, None), f"{name} exited {code}"
+    steps[name] = sorted(module for module in TRAINING_ONLY if module in sys.modules)
+
+
+TRAINING_ONLY = %r
+import tlbench
+from tlbench.__main__ import main
+
+step("import tlbench", lambda: None)
+def predict(model):
+    assert tlbench.load(model).predict([image])[0].label.startswith("class_")
+
+
+step("tlbench.load().predict", lambda: predict(run))
+step("classify", lambda: main(["classify", str(run), str(image)]))
+bundle = out / "bundle"
+step("export", lambda: main(["export", str(run), "--format", "safetensors,onnx", "--output", str(bundle)]))
+step("tlbench.load(bundle).predict", lambda: predict(bundle))
+
+
+def serve():
+    from starlette.testclient import TestClient
+
+    import tlbench.commands.serve  # what the command imports before uvicorn runs the app it builds
+    import uvicorn  # noqa: F401
+    from tlbench.serve.app import ServeSettings, create_app
+    from tlbench.serve.connections import uvicorn_config  # noqa: F401
+
+    app = create_app(tlbench.commands.serve.load_trained(str(bundle)), ServeSettings())
+    with TestClient(app) as client:
+        assert client.get("/health").status_code == 200
+        with open(image, "rb") as upload:
+            assert client.post("/predict", files={"file": upload}).status_code == 200
+
+
+step("serve", serve)
+step("check", lambda: main(
+    ["check", "--data.root", str(data), "--model.backbone", "efficientnet_lite0", "--per_class", "1",
+     "--output", str(out / "check")]
+))
+print(json.dumps(steps))
+""" % (TRAINING_ONLY,)
+
+
+def test_inference_commands_never_import_lightning(tiny_run, tmp_path):
+    data = make_dataset(tmp_path / "images")
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tiny_run), str(data), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=tlbench_env(),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = json.loads(result.stdout.strip().splitlines()[-1])
+    assert list(steps) == [
+        "import tlbench",
+        "tlbench.load().predict",
+        "classify",
+        "export",
+        "tlbench.load(bundle).predict",
+        "serve",
+        "check",
+    ]
+    imported = {name: modules for name, modules in steps.items() if modules}
+    assert not imported, f"imported by (first at): {imported}"
+    assert (tmp_path / "bundle" / "model.onnx").is_file() and (tmp_path / "check" / "check.csv").is_file()
