@@ -1,1 +1,1 @@
-"""Models: backbones and their weights, heads, from-scratch baselines, and the LightningModule."""
+"""Models: backbones and their weights, heads, from-scratch baselines, the plain Network and the LightningModule."""

@@ -132,7 +132,8 @@ class Explanation:
 
 
 class Explainer:
-    """Grad-CAM of a backbone and head (a ``TransferLearningModule``'s, or a loaded model's) on PIL images.
+    """Grad-CAM of a backbone and head (a ``Network``'s: a loaded model's, or a ``TransferLearningModule``'s) on PIL
+    images.
 
     The network runs in torch whatever engine predicts: Grad-CAM needs gradients, which ONNX Runtime has not.
     Gradients flow even through frozen weights (Captum asks for them on the target layer's output), and no
@@ -154,7 +155,7 @@ class Explainer:
 
     @classmethod
     def of(cls, model: nn.Module) -> Explainer:
-        """The explainer of a ``TransferLearningModule`` (trained, loaded or being tested)."""
+        """The explainer of a ``Network``: one loaded for inference, or a ``TransferLearningModule`` being tested."""
         return cls(model.backbone, model.head, list(model.classes), model.preprocessing)
 
     def explain(self, images: list[Image.Image], names: list[str], batch_size: int = 16) -> list[Explanation]:
