@@ -41,8 +41,13 @@ def photo(path: Path) -> Path:
 
 
 def tlbench_code(argv: list[str], preamble: str = "") -> list[str]:
-    """``tlbench ARGV`` as the console script runs it, optionally after ``preamble`` (Python run first)."""
-    return [sys.executable, "-c", f"{preamble}import sys; from tlbench.__main__ import main; sys.exit(main({argv!r}))"]
+    """``tlbench ARGV`` as the console script runs it, optionally after ``preamble`` (Python run first). ``-P``: the
+    tlbench imported is the one on PYTHONPATH, never the current folder's."""
+    return python(f"{preamble}import sys; from tlbench.__main__ import main; sys.exit(main({argv!r}))")
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-P", "-c", code]
 
 
 def timed(command: list[str], env: dict) -> tuple[float, float, float]:
@@ -119,7 +124,7 @@ def main() -> None:
             ),
             "tlbench fit -h": lambda variant: timed(tlbench_code(["fit", "-h"], variant[2]), variant[1]),
             "classify RUN one.jpg": lambda variant: timed(tlbench_code(classify, variant[2]), variant[1]),
-            "tlbench.load(RUN).predict": lambda variant: timed([sys.executable, "-c", variant[2] + api], variant[1]),
+            "tlbench.load(RUN).predict": lambda variant: timed(python(variant[2] + api), variant[1]),
             "serve RUN: /health answered": lambda variant: served(args.run, variant[2], variant[1]),
         }
         variants = (now, reference)
