@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from tlbench.data.discover import images_under
-from tlbench.data.images import ImageLoadError, load_rgb, usable_cores
+from tlbench.data.images import ImageLoadError, load_rgb
 from tlbench.errors import TLBenchError
 from tlbench.io import write_csv
 from tlbench.machine import usable_cores

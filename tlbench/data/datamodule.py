@@ -27,7 +27,7 @@ from tlbench.console import warn
 from tlbench.data.audit import preflight, scan_files
 from tlbench.data.decode_cache import DecodedImageCache
 from tlbench.data.discover import check_root, files_under
-from tlbench.data.images import is_image_file, load_rgb, usable_cores
+from tlbench.data.images import is_image_file, load_rgb
 from tlbench.data.split import (
     DEFAULT_SELECT_FRACTION,
     DEFAULT_VAL_FRACTION,

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import struct
 import warnings
 from collections.abc import Iterator
@@ -54,12 +53,6 @@ MIN_SIDE = 16
 # What PIL raises for damaged files besides OSError: plugins parse headers with struct and raise SyntaxError,
 # ValueError or EOFError on nonsense.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the platform has one): how many threads or loader
-    workers decode images. Here, not in the datamodule, so that ``classify`` sizes its decoders without Lightning."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class ImageLoadError(Exception):
