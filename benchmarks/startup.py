@@ -148,8 +148,12 @@ def main() -> None:
         for label, (wall, cpu, rss) in medians.items():
             base = medians[now[0]]
             ratio = "" if label == now[0] else f"{wall / base[0]:.2f}x, {cpu / base[1]:.2f}x"
-            print(f"{name if label == now[0] else '':28} {label:10} {wall:7.2f} {cpu:7.2f} {rss:8.0f}  {ratio}")
+            print(
+                f"{name if label == now[0] else '':28} {label:10} {wall:7.2f} {cpu:7.2f} {rss:8.0f}  {ratio}".rstrip()
+            )
 
 
 if __name__ == "__main__":
-    main()
+    from common import record_results  # here: tests import this module as benchmarks.<name>
+
+    record_results(main)
