@@ -6,8 +6,8 @@ with safetensors and JSON only, never unpickled. The backbone is rebuilt without
 checkpoint or bundle has them) and with the preprocessing stored at training time.
 
 The model is a plain ``Network`` (backbone and head), built from the run's few shape-defining settings, not the
-LightningModule that trained it: nothing here imports Lightning, so a server or a one-image ``classify`` starts
-seconds sooner and hundreds of MiB smaller (docs/speed.md). The checkpoint's state dict loads as it is.
+LightningModule that trained it: nothing here imports Lightning or torchmetrics, so a server or a one-image
+``classify`` never pays for them (docs/speed.md "Start-up"). The checkpoint's state dict loads as it is.
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ def model_from_checkpoint(checkpoint: dict, source: Path) -> TrainedModel:
     model = build_model(settings, checkpoint.get("tlbench_preprocessing"))
     model.load_state_dict(checkpoint["state_dict"])
     model.weights_source = checkpoint.get("tlbench_weights", model.weights_source)
+    # Every tlbench checkpoint records its phase; without it, the phase a fit starts in (head unless it has none).
     phase = checkpoint.get("tlbench_phase") or ("head" if settings.get("head_epochs", 1) > 0 else "finetune")
     return TrainedModel(model.eval(), model.classes, model.preprocessing, settings["backbone"], phase, source)
 

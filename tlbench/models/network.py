@@ -1,10 +1,11 @@
 """``Network``: what a trained run is, a timm backbone without its classifier and tlbench's head, as a plain module.
 
 It is built from the few settings that shape it (``ARCHITECTURE_SETTINGS``), so inference (``loading.py``:
-classify, serve, export, check, ``tlbench.load``) needs neither Lightning nor torchmetrics: importing them costs
-seconds and about 240 MiB of a server's memory. ``TransferLearningModule`` is a ``Network`` that also knows how to
-train, not a copy of it: the one definition gives both the same state-dict keys (``backbone.*``, ``head.*``), so a
-checkpoint's ``state_dict`` or a bundle's weights load into either as they are.
+classify, serve, export, check, ``tlbench.load``) needs neither Lightning nor torchmetrics, which cost a one-image
+classify a fifth of its CPU time and an idle server 44 MiB (docs/speed.md "Start-up"). ``TransferLearningModule``
+is a ``Network`` that also knows how to train, not a copy of it: the one definition gives both the same
+state-dict keys (``backbone.*``, ``head.*``), so a checkpoint's ``state_dict`` or a bundle's weights load into
+either as they are.
 """
 
 from __future__ import annotations
