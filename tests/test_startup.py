@@ -1,8 +1,7 @@
 """Inference starts without Lightning: classify, serve, export, check and ``tlbench.load(...).predict`` run a plain
-``Network`` (models/network.py), so none of them imports pytorch_lightning, torchmetrics or TensorBoard (a fifth
-of a one-image classify's CPU time, 44 MiB of an idle server; docs/speed.md "Start-up"). Only a fresh interpreter
-can tell what a command imports, so one child process runs them all, in turn, and reports what each step brought
-in."""
+``Network`` (models/network.py), so none of them imports pytorch_lightning, torchmetrics or TensorBoard
+(docs/speed.md "Start-up"). Only a fresh interpreter can tell what a command imports, so one child process runs
+them all, in turn, and reports what each step brought in."""
 
 import json
 import subprocess

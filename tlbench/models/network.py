@@ -1,8 +1,8 @@
 """``Network``: what a trained run is, a timm backbone without its classifier and tlbench's head, as a plain module.
 
 It is built from the few settings that shape it (``ARCHITECTURE_SETTINGS``), so inference (``loading.py``:
-classify, serve, export, check, ``tlbench.load``) needs neither Lightning nor torchmetrics, which cost a one-image
-classify a fifth of its CPU time and an idle server 44 MiB (docs/speed.md "Start-up"). ``TransferLearningModule``
+classify, serve, export, check, ``tlbench.load``) imports neither Lightning nor torchmetrics (docs/speed.md
+"Start-up" measures what that saves). ``TransferLearningModule``
 is a ``Network`` that also knows how to train, not a copy of it: the one definition gives both the same
 state-dict keys (``backbone.*``, ``head.*``), so a checkpoint's ``state_dict`` or a bundle's weights load into
 either as they are.
