@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import traceback
+import warnings
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -111,12 +116,78 @@ def run_tlbench(*args: str, cwd: Path, timeout: float = 600, env: dict | None = 
     )
 
 
+# Python's own warning filters (no -W, no PYTHONWARNINGS): what a ``python -m tlbench`` process starts with,
+# instead of the "always" filters pytest installs around each test.
+PYTHON_DEFAULT_WARNINGS = [
+    ("default", DeprecationWarning, "__main__"),
+    ("ignore", DeprecationWarning, None),
+    ("ignore", PendingDeprecationWarning, None),
+    ("ignore", ImportWarning, None),
+    ("ignore", ResourceWarning, None),
+]
+# Lightning's loggers: in a fresh process each gets its own stderr handler and stops propagating (their packages'
+# ``__init__`` do that when the root logger has no handler, as in a command-line process but not under pytest).
+LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning_fabric")
+
+
+def run_cli(
+    *args: str, cwd: Path, env: dict | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m tlbench ARGS`` in this process: ``tlbench.__main__.main(args)`` with ``cwd`` as working
+    directory, ``env`` added to the environment, stdout and stderr captured (Lightning's log lines and warnings
+    included, printed as a fresh process prints them), and the exit status a process would have (an escaping
+    exception prints its traceback and gives 1). The working directory, environment (Lightning sets
+    ``PL_GLOBAL_SEED``), warning filters and Lightning's log handlers are restored afterwards.
+
+    A process costs seconds of imports per command; use ``run_tlbench`` only where the process boundary is the
+    point (a kill, Ctrl-C, DDP, the console script, a fresh interpreter's imports). ``timeout`` is accepted for
+    the same call signature and not enforced: a hung command fails the test run either way."""
+    import lightning_fabric  # noqa: F401  (imported before its logger is swapped: its __init__ configures it once)
+    import pytorch_lightning  # noqa: F401
+
+    from tlbench.__main__ import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved_cwd, saved_env, saved_argv = Path.cwd(), dict(os.environ), list(sys.argv)
+    loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
+    saved_loggers = [(logger.handlers[:], logger.propagate, logger.level) for logger in loggers]
+    handler = logging.StreamHandler(stderr)
+    os.environ.update(env or {})
+    os.chdir(cwd)
+    try:
+        for logger in loggers:
+            logger.handlers, logger.propagate = [handler], False
+            logger.setLevel(logging.INFO)
+        with redirect_stdout(stdout), redirect_stderr(stderr), warnings.catch_warnings():
+            warnings.resetwarnings()
+            for action, category, module in PYTHON_DEFAULT_WARNINGS:
+                warnings.filterwarnings(action, category=category, module=module or "")
+            try:
+                status = main(list(args))
+            except SystemExit as exit:
+                status = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+                if not isinstance(exit.code, int | None):
+                    print(exit.code, file=sys.stderr)
+            except BaseException:  # a KeyboardInterrupt main does not handle ends the process the same way
+                traceback.print_exc()
+                status = 1
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.argv[:] = saved_argv
+        for logger, (handlers, propagate, level) in zip(loggers, saved_loggers):
+            logger.handlers, logger.propagate = handlers, propagate
+            logger.setLevel(level)
+    return subprocess.CompletedProcess(["tlbench", *args], status, stdout.getvalue(), stderr.getvalue())
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """``lightning_logs/tiny_cnn1/version_0`` of a cnn1 fit on generated data, through the real CLI: the one trained
     run the command and reliability tests share (copy it before damaging it)."""
     root = tmp_path_factory.mktemp("tiny_run")
     data = make_dataset(root / "tiny")
-    result = run_tlbench("fit", "--data.root", str(data), *TINY_FIT_ARGS, cwd=root)
+    result = run_cli("fit", "--data.root", str(data), *TINY_FIT_ARGS, cwd=root)
     assert result.returncode == 0, result.stderr[-2000:]
     return root / "lightning_logs" / "tiny_cnn1" / "version_0"

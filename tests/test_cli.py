@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import REPO, TINY_FIT_ARGS, run_tlbench
+from tests.conftest import REPO, TINY_FIT_ARGS, run_cli, run_tlbench
 
 
-def fit(data: Path, cwd: Path, *extra: str, env: dict | None = None):
-    return run_tlbench("fit", "--data.root", str(data), *TINY_FIT_ARGS, *extra, cwd=cwd, env=env)
+def fit(data: Path, cwd: Path, *extra: str, run=run_cli):
+    """A tiny fit, in this process unless ``run`` is ``run_tlbench`` (a test that kills the process)."""
+    return run("fit", "--data.root", str(data), *TINY_FIT_ARGS, *extra, cwd=cwd)
 
 
 def test_fit_writes_the_run_contract_and_prints_a_summary(tiny_dataset, tmp_path):
@@ -52,7 +53,7 @@ def test_fit_writes_the_run_contract_and_prints_a_summary(tiny_dataset, tmp_path
     assert predictions.filter(like="prob_class").sum(axis=1).round(4).eq(1).all()
     assert "head" in result.stdout and "finetune" in result.stdout and "95% CI" in result.stdout
 
-    tested = run_tlbench("test", "--config", str(run / "config.yaml"), "--ckpt_path", values["best_ckpt"], cwd=tmp_path)
+    tested = run_cli("test", "--config", str(run / "config.yaml"), "--ckpt_path", values["best_ckpt"], cwd=tmp_path)
     assert tested.returncode == 0, tested.stderr[-3000:]
     retest = json.loads((tmp_path / "lightning_logs" / "tiny_cnn1" / "version_1" / "metrics.json").read_text())
     assert retest["phases"]["finetune"]["test_acc"] == metrics["phases"]["finetune"]["test_acc"]
@@ -107,6 +108,7 @@ def test_resume_after_kill_continues_in_the_right_phase(tiny_dataset, tmp_path, 
         *args,
         "--trainer.callbacks+=tests.helpers.KillAtEpochStart",
         f"--trainer.callbacks.epoch={kill_epoch}",
+        run=run_tlbench,
     )
     assert killed.returncode == -9
     last = tmp_path / "checkpoints" / "tiny_cnn1" / "version_0" / "last.ckpt"
@@ -127,7 +129,7 @@ def test_resume_after_kill_continues_in_the_right_phase(tiny_dataset, tmp_path, 
 
 
 def test_bare_config_names_resolve_in_configs(tmp_path):
-    result = run_tlbench("fit", "--config", "dogs_vgg19.yaml", "--print_config", cwd=tmp_path)
+    result = run_cli("fit", "--config", "dogs_vgg19.yaml", "--print_config", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (
         "backbone: vgg19" in result.stdout
@@ -135,7 +137,7 @@ def test_bare_config_names_resolve_in_configs(tmp_path):
         and "finetune_optimizer: sgd" in result.stdout
     )
     assert "\noptimizer:" not in result.stdout, "a top-level optimizer would replace the per-phase optimizers"
-    missing = run_tlbench("fit", "--config", "nope_nothing.yaml", cwd=tmp_path)
+    missing = run_cli("fit", "--config", "nope_nothing.yaml", cwd=tmp_path)
     assert missing.returncode == 2 and missing.stderr.strip().startswith("error: config 'nope_nothing.yaml' not found")
 
 
@@ -172,13 +174,17 @@ def test_user_errors_are_one_line_without_traceback(tiny_dataset, tmp_path):
 
 
 def test_hub_weights_without_network_give_one_clear_line(tiny_dataset, tmp_path):
-    result = fit(
-        tiny_dataset,
-        tmp_path,
+    """A process: the Hugging Face hub reads ``HF_HUB_OFFLINE`` once, when it is first imported."""
+    result = run_tlbench(
+        "fit",
+        "--data.root",
+        str(tiny_dataset),
+        *TINY_FIT_ARGS,
         "--model.backbone",
         "resnet18",
         "--model.pretrained",
         "true",
+        cwd=tmp_path,
         env={"HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
