@@ -6,6 +6,7 @@ import io
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -130,30 +131,45 @@ PYTHON_DEFAULT_WARNINGS = [
 LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning_fabric")
 
 
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python's own display of a warning (through ``warnings.formatwarning``, which tlbench sets) on stderr."""
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def run_cli(
     *args: str, cwd: Path, env: dict | None = None, timeout: float | None = None
 ) -> subprocess.CompletedProcess:
     """``python -m tlbench ARGS`` in this process: ``tlbench.__main__.main(args)`` with ``cwd`` as working
     directory, ``env`` added to the environment, stdout and stderr captured (Lightning's log lines and warnings
     included, printed as a fresh process prints them), and the exit status a process would have (an escaping
-    exception prints its traceback and gives 1). The working directory, environment (Lightning sets
-    ``PL_GLOBAL_SEED``), warning filters and Lightning's log handlers are restored afterwards.
+    exception prints its traceback and gives 1). Afterwards the working directory, the environment (Lightning
+    sets ``PL_GLOBAL_SEED``), torch's thread count (set as a child's), the warning filters, the signal handlers
+    and Lightning's log handlers are as they were.
 
     A process costs seconds of imports per command; use ``run_tlbench`` only where the process boundary is the
     point (a kill, Ctrl-C, DDP, the console script, a fresh interpreter's imports). ``timeout`` is accepted for
     the same call signature and not enforced: a hung command fails the test run either way."""
     import lightning_fabric  # noqa: F401  (imported before its logger is swapped: its __init__ configures it once)
     import pytorch_lightning  # noqa: F401
+    import torch
 
     from tlbench.__main__ import main
 
-    stdout, stderr = io.StringIO(), io.StringIO()
+    # What a process writing to pipes has: UTF-8 text, strict on stdout (``main`` relaxes it, as it does there),
+    # a file name that is not UTF-8 escaped on stderr.
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict", write_through=True)
+    stderr = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace", write_through=True)
     saved_cwd, saved_env, saved_argv = Path.cwd(), dict(os.environ), list(sys.argv)
+    saved_threads = torch.get_num_threads()
+    # Lightning ignores SIGINT after a Ctrl-C (for its graceful shutdown) and never puts it back; grid cells and
+    # SLURM runs set SIGTERM and SIGUSR1 handlers.
+    saved_signals = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
     saved_loggers = [(logger.handlers[:], logger.propagate, logger.level) for logger in loggers]
     handler = logging.StreamHandler(stderr)
     os.environ.update(env or {})
     os.chdir(cwd)
+    torch.set_num_threads(int(tlbench_env(env)["OMP_NUM_THREADS"]))  # a child's threads: the same numbers
     try:
         for logger in loggers:
             logger.handlers, logger.propagate = [handler], False
@@ -162,6 +178,7 @@ def run_cli(
             warnings.resetwarnings()
             for action, category, module in PYTHON_DEFAULT_WARNINGS:
                 warnings.filterwarnings(action, category=category, module=module or "")
+            warnings.showwarning = _print_warning  # not pytest's recorder: printed where the process prints it
             try:
                 status = main(list(args))
             except SystemExit as exit:
@@ -176,10 +193,14 @@ def run_cli(
         os.environ.clear()
         os.environ.update(saved_env)
         sys.argv[:] = saved_argv
+        torch.set_num_threads(saved_threads)
+        for number, action in saved_signals.items():
+            signal.signal(number, action)
         for logger, (handlers, propagate, level) in zip(loggers, saved_loggers):
             logger.handlers, logger.propagate = handlers, propagate
             logger.setLevel(level)
-    return subprocess.CompletedProcess(["tlbench", *args], status, stdout.getvalue(), stderr.getvalue())
+    output, errors = (stream.buffer.getvalue().decode("utf-8", "surrogateescape") for stream in (stdout, stderr))
+    return subprocess.CompletedProcess(["tlbench", *args], status, output, errors)
 
 
 @pytest.fixture(scope="session")
