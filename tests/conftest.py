@@ -204,11 +204,34 @@ def run_cli(
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """``lightning_logs/tiny_cnn1/version_0`` of a cnn1 fit on generated data, through the real CLI: the one trained
-    run the command and reliability tests share (copy it before damaging it)."""
+def tiny_fit(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """``lightning_logs/tiny_cnn1/version_0`` of a cnn1 fit on generated data through the real CLI, and what the
+    fit printed: the one trained run the command and reliability tests share (through ``tiny_run``)."""
     root = tmp_path_factory.mktemp("tiny_run")
     data = make_dataset(root / "tiny")
     result = run_cli("fit", "--data.root", str(data), *TINY_FIT_ARGS, cwd=root)
     assert result.returncode == 0, result.stderr[-2000:]
-    return root / "lightning_logs" / "tiny_cnn1" / "version_0"
+    return root / "lightning_logs" / "tiny_cnn1" / "version_0", result
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_fit) -> Path:
+    """``tiny_fit``'s run directory, read-only: a test that writes into a run (predict's CSV, a damaged
+    checkpoint) works on ``copy_run``'s copy. Its data is ``tiny_run.parents[2] / "tiny"``."""
+    return tiny_fit[0]
+
+
+def copy_run(run: Path, base: Path) -> Path:
+    """``base/lightning_logs/E/version_0`` and its checkpoints, a copy of ``run`` whose metrics.json and
+    config.yaml point at the copied checkpoints and run folder, and at the run's data by absolute path."""
+    source_root = run.parents[2]
+    for part in ("lightning_logs", "checkpoints"):
+        relative = Path(part, run.parent.name, run.name)
+        shutil.copytree(source_root / relative, base / relative)
+    copy = base / "lightning_logs" / run.parent.name / run.name
+    for name in ("metrics.json", "config.yaml"):
+        text = (copy / name).read_text()
+        for part in ("lightning_logs", "checkpoints"):
+            text = text.replace(str(source_root / part), str(base / part))
+        (copy / name).write_text(text.replace("root: tiny\n", f"root: {source_root / 'tiny'}\n"))
+    return copy

@@ -12,36 +12,30 @@ for them the error is the last line and the only ``error:`` line (a bad data roo
 before the Trainer exists, so only the seed line precedes it). Every other command prints the error line alone.
 
 Each case gets its own folder (inputs under ``in/``, the command's working directory ``cwd/``). The cases run in
-one module fixture. Lightning's commands (whose seed line and device report go through logging handlers bound to
-the real stderr) and the unreadable-file cases (which need a process without root's file-mode override) run as
-``python -m tlbench`` processes, a few at a time; every other case calls ``tlbench.__main__.main`` in this process,
-its stdout, stderr and warnings captured, an escaping exception recorded as the traceback a user would see: a
-process costs seconds of imports, the errors themselves milliseconds.
+one module fixture. The unreadable-file cases (which need a process without root's file-mode override) run as
+``python -m tlbench`` processes, a few at a time; every other case runs ``tests.conftest.run_cli`` (the command in
+this process, its stdout, stderr, Lightning's log lines and warnings captured as a process prints them, an escaping
+exception recorded as the traceback a user would see): a process costs seconds of imports, the errors themselves
+milliseconds.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
 import tempfile
-import traceback
-import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_FIT_ARGS, make_dataset, make_image, tlbench_env
-from tlbench.__main__ import main
+from tests.conftest import TINY_FIT_ARGS, copy_run, make_dataset, make_image, run_cli, tlbench_env
 
 LIGHTNING = ("fit", "test", "predict")
 # Root reads a chmod 000 file through CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH; CI runs as root, so the commands
@@ -143,22 +137,6 @@ def unreadable_root(base: Path) -> Path:
 
 
 # --- damaged copies of a trained run ----------------------------------------------------------------------------
-
-
-def copy_run(run: Path, base: Path) -> Path:
-    """``base/lightning_logs/E/version_0`` and its checkpoints, a copy of ``run`` whose metrics.json and
-    config.yaml point at the copied checkpoints and run folder, and at the run's data by absolute path."""
-    source_root = run.parents[2]
-    for part in ("lightning_logs", "checkpoints"):
-        relative = Path(part, run.parent.name, run.name)
-        shutil.copytree(source_root / relative, base / relative)
-    copy = base / "lightning_logs" / run.parent.name / run.name
-    for name in ("metrics.json", "config.yaml"):
-        text = (copy / name).read_text()
-        for part in ("lightning_logs", "checkpoints"):
-            text = text.replace(str(source_root / part), str(base / part))
-        (copy / name).write_text(text.replace("root: tiny\n", f"root: {source_root / 'tiny'}\n"))
-    return copy
 
 
 def best_checkpoints(run: Path) -> list[Path]:
@@ -389,37 +367,18 @@ class Outcome:
 
 
 def in_a_process(case: Case) -> bool:
-    return case.args[0] in LIGHTNING or case.unreadable
+    return case.unreadable
 
 
-def _run_in_process(args: list[str], folder: Path) -> subprocess.CompletedProcess:
-    """``main(args)`` in ``folder`` as the command line would run it; warnings printed after its output."""
-    stdout, stderr, previous = io.StringIO(), io.StringIO(), Path.cwd()
-    os.chdir(folder)
-    try:
-        with redirect_stdout(stdout), redirect_stderr(stderr), warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("default")
-            try:
-                status = main(args)
-            except SystemExit as exit:
-                status = exit.code if isinstance(exit.code, int) else 1
-            except BaseException:
-                traceback.print_exc()
-                status = 1
-    finally:
-        os.chdir(previous)
-    shown = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught)
-    return subprocess.CompletedProcess(args, status, stdout.getvalue(), stderr.getvalue() + shown)
-
-
-def _run(case: Case, folder: Path, trained: Path) -> Outcome:
+def _run(case: Case, folder: Path, trained: Path, env: dict) -> Outcome:
+    """One case; ``env`` is the environment of a case run as a process."""
     inputs = folder / "in"
     inputs.mkdir(parents=True)
     placeholders = case.build(inputs, trained)
     args = [arg.format(**{k: str(v) for k, v in placeholders.items()}) for arg in case.args]
     before = files_below(folder)
     if not in_a_process(case):
-        result = _run_in_process(args, folder)
+        result = run_cli(*args, cwd=folder)
     else:
         result = subprocess.run(
             without_file_permission_override([sys.executable, "-m", "tlbench", *args]),
@@ -427,7 +386,7 @@ def _run(case: Case, folder: Path, trained: Path) -> Outcome:
             capture_output=True,
             text=True,
             timeout=180,
-            env=tlbench_env({"OMP_NUM_THREADS": "1"}),
+            env=env,
         )
     for path in folder.rglob("*"):  # let the fixture's cleanup remove what the case made unreadable
         path.chmod(path.stat().st_mode | stat.S_IRWXU)
@@ -440,11 +399,13 @@ def outcomes(tiny_run, tmp_path_factory) -> dict[str, Outcome]:
     base = tmp_path_factory.mktemp("matrix")
     runnable = [case for case in CASES if MODES_BIND or not case.unreadable]
     folder = {case.id: base / case.id.replace(":", "_") for case in runnable}
+    # Taken before any in-process case runs: those change os.environ for a while (Lightning's PL_GLOBAL_SEED).
+    env = tlbench_env({"OMP_NUM_THREADS": "1"})
     with ThreadPoolExecutor(PARALLEL) as pool:
         futures = {
-            case.id: pool.submit(_run, case, folder[case.id], tiny_run) for case in runnable if in_a_process(case)
+            case.id: pool.submit(_run, case, folder[case.id], tiny_run, env) for case in runnable if in_a_process(case)
         }
-        done = {case.id: _run(case, folder[case.id], tiny_run) for case in runnable if not in_a_process(case)}
+        done = {case.id: _run(case, folder[case.id], tiny_run, env) for case in runnable if not in_a_process(case)}
     return {**done, **{name: future.result() for name, future in futures.items()}}
 
 
