@@ -8,23 +8,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY_FIT_ARGS, make_dataset, make_image, run_tlbench
+from tests.conftest import copy_run, make_image, run_cli
 
 CLASSES = ["class_0", "class_1", "class_2"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """``lightning_logs/tiny_cnn1/version_0`` of a tiny fit, with its own directory for the predictions to land in."""
-    root = tmp_path_factory.mktemp("predict")
-    result = run_tlbench("fit", "--data.root", str(make_dataset(root / "tiny")), *TINY_FIT_ARGS, cwd=root)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root / "lightning_logs" / "tiny_cnn1" / "version_0"
+def trained(tiny_run, tmp_path_factory) -> Path:
+    """A copy of the session's tiny run, with its own directory for the predictions to land in."""
+    return copy_run(tiny_run, tmp_path_factory.mktemp("predict"))
 
 
 def predict(run: Path, ckpt: Path, *extra: str):
     args = ["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(ckpt), *extra]
-    return run_tlbench(*args, cwd=run.parents[2])
+    return run_cli(*args, cwd=run.parents[2])
 
 
 def written_csv(stdout: str) -> Path:

@@ -7,22 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_FIT_ARGS, make_dataset, run_tlbench
+from tests.conftest import copy_run, run_cli
 from tlbench import load
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("final")
-    data = make_dataset(root / "tiny")
-    result = run_tlbench("fit", "--data.root", str(data), *TINY_FIT_ARGS, cwd=root)
-    assert result.returncode == 0, result.stderr[-2000:]
-    run = root / "lightning_logs" / "tiny_cnn1" / "version_0"
+def fitted(tiny_fit, tmp_path_factory) -> Path:
+    """A copy of the session's tiny run (``test`` adds a version beside it), after checking what its fit printed."""
+    run, result = tiny_fit
     assert f"final model: {json.loads((run / 'metrics.json').read_text())['final']['phase']} (" in result.stdout
-    return run
+    return copy_run(run, tmp_path_factory.mktemp("final"))
 
 
-def test_fit_records_the_phase_with_the_lower_val_loss_and_load_classify_test_use_it(fitted):
+def test_fit_records_the_phase_with_the_lower_val_loss_and_load_classify_test_use_it(fitted, tiny_run):
     metrics = json.loads((fitted / "metrics.json").read_text())
     head, finetune = (metrics["phases"][phase]["val_loss"] for phase in ("head", "finetune"))
     final = metrics["final"]["phase"]
@@ -33,12 +30,12 @@ def test_fit_records_the_phase_with_the_lower_val_loss_and_load_classify_test_us
     other = "finetune" if final == "head" else "head"
     assert str(load(fitted, phase=other).trained.source) == metrics["phases"][other]["best_ckpt"]
 
-    images = sorted((fitted.parents[2] / "tiny").glob("class_0/*.png"))[:2]
-    classified = run_tlbench("classify", str(fitted), *map(str, images), cwd=fitted.parents[2])
+    images = sorted((tiny_run.parents[2] / "tiny").glob("class_0/*.png"))[:2]
+    classified = run_cli("classify", str(fitted), *map(str, images), cwd=fitted.parents[2])
     assert classified.returncode == 0, classified.stderr[-2000:]
     assert f"cnn1 ({final}) from {best}" in classified.stdout
 
-    tested = run_tlbench(
+    tested = run_cli(
         "test", "--config", str(fitted / "config.yaml"), "--trainer.enable_progress_bar", "false",
         cwd=fitted.parents[2],
     )  # fmt: skip
