@@ -6,19 +6,18 @@ import csv
 import hashlib
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from PIL import Image
 
+from tests.conftest import run_cli
 from tests.reliability.conftest import smooth_image
 from tlbench.data import audit as audit_module
 from tlbench.data.audit import AuditResult, audit, cache_path, preflight
 from tlbench.errors import TLBenchError
 
-REPO = Path(__file__).resolve().parents[2]
 LEAVES = Path("/work/shared/data/leaves3")
 
 
@@ -187,16 +186,9 @@ def test_same_size_overwrite_with_mtime_restored_is_scanned_again(dataset, photo
     assert after.phash != before.phash
 
 
-def run_cli(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TLBENCH_CACHE_DIR": str(cache)}
-    return subprocess.run(
-        [sys.executable, "-m", "tlbench", "data", "audit", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def run_audit(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
+    """``python -m tlbench data audit ARGS`` with its own cache folder, in this process."""
+    return run_cli("data", "audit", *args, cwd=cwd, env={"TLBENCH_CACHE_DIR": str(cache)})
 
 
 def read_rows(path: Path) -> list[list[str]]:
@@ -207,7 +199,7 @@ def read_rows(path: Path) -> list[list[str]]:
 def test_cli_exit_codes_and_csvs(dataset, tmp_path, cache_dir, photo):
     for index in range(6, 9):  # a third image per class in the stratified split needs three per class
         photo(dataset / ("cat" if index < 8 else "dog") / f"{index}.jpg", seed=index)
-    clean = run_cli(str(dataset), cwd=tmp_path, cache=cache_dir)
+    clean = run_audit(str(dataset), cwd=tmp_path, cache=cache_dir)
     assert clean.returncode == 0, clean.stderr
     assert read_rows(tmp_path / "lightning_logs" / "audit" / "data" / "bad_files.csv") == [["path", "reason"]]
     assert read_rows(tmp_path / "lightning_logs" / "audit" / "data" / "duplicates.csv") == [
@@ -216,7 +208,7 @@ def test_cli_exit_codes_and_csvs(dataset, tmp_path, cache_dir, photo):
 
     (dataset / "cat" / "empty.jpg").touch()
     (dataset / "dog" / "copy.jpg").write_bytes((dataset / "cat" / "0.jpg").read_bytes())
-    dirty = run_cli(
+    dirty = run_audit(
         str(dataset), "--output", str(tmp_path / "report"), "--near_threshold", "0", cwd=tmp_path, cache=cache_dir
     )
     assert dirty.returncode == 1, dirty.stderr
@@ -229,7 +221,7 @@ def test_cli_exit_codes_and_csvs(dataset, tmp_path, cache_dir, photo):
     ]
     assert duplicates[0][1].startswith("across-classes")
 
-    missing = run_cli(str(tmp_path / "nowhere"), cwd=tmp_path, cache=cache_dir)
+    missing = run_audit(str(tmp_path / "nowhere"), cwd=tmp_path, cache=cache_dir)
     assert missing.returncode == 2 and missing.stderr.startswith("error: data root")
 
 
@@ -298,9 +290,9 @@ def test_audit_command_refuses_a_folder_without_images(tmp_path):
 def test_audit_shows_a_scan_bar_on_stderr_only_when_asked(dataset, tmp_path, cache_dir, photo):
     for index in range(6, 9):
         photo(dataset / ("cat" if index < 8 else "dog") / f"{index}.jpg", seed=index)
-    quiet = run_cli(str(dataset), "--output", "quiet", cwd=tmp_path, cache=cache_dir)
+    quiet = run_audit(str(dataset), "--output", "quiet", cwd=tmp_path, cache=cache_dir)
     assert quiet.returncode == 0 and quiet.stderr == ""  # captured, not a terminal: no bar in logs
-    shown = run_cli(str(dataset), "--output", "shown", "--progress", "true", cwd=tmp_path, cache=tmp_path / "fresh")
+    shown = run_audit(str(dataset), "--output", "shown", "--progress", "true", cwd=tmp_path, cache=tmp_path / "fresh")
     assert shown.returncode == 0, shown.stderr
     assert "scanning data: 100%" in shown.stderr and "9/9" in shown.stderr and "scanning" not in shown.stdout
 
