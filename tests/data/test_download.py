@@ -13,7 +13,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import tarfile
 import threading
 import urllib.parse
@@ -24,12 +23,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.conftest import run_cli
 from tlbench.commands import download as command
 from tlbench.data import download as dl
 from tlbench.errors import TLBenchError
-
-REPO = Path(__file__).resolve().parents[2]
-
 
 # --------------------------------------------------------------------------------------------------- server
 
@@ -130,15 +127,9 @@ def fake_leeds() -> bytes:
     return buffer.getvalue()
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "tlbench", "data", "download", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+def run_download(*args: str) -> subprocess.CompletedProcess:
+    """``python -m tlbench data download ARGS``, in this process."""
+    return run_cli("data", "download", *args, cwd=Path.cwd())
 
 
 def jpgs(folder: Path) -> list[str]:
@@ -151,7 +142,7 @@ def jpgs(folder: Path) -> list[str]:
 def test_cli_butterflies_converts_pngs_to_jpeg_class_folders(server, tmp_path):
     archive = fake_leeds()
     serve(server, dl.SOURCES["butterflies"].archive.url, archive)
-    result = run_cli("butterflies", "--data_dir", str(tmp_path), "--mirror", server.url)
+    result = run_download("butterflies", "--data_dir", str(tmp_path), "--mirror", server.url)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "butterflies"
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["danaus_plexippus", "vanessa_cardui"]
@@ -172,7 +163,7 @@ def test_cli_resumes_truncated_part_with_range(server, tmp_path):
     part = tmp_path / ".downloads" / "leaves" / "leaves.tar.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(data[:5000])
-    result = run_cli("leaves", "--data_dir", str(tmp_path), "--mirror", server.url)
+    result = run_download("leaves", "--data_dir", str(tmp_path), "--mirror", server.url)
     assert result.returncode == 0, result.stderr
     assert (path, "bytes=5000-") in server.log
     assert server.sent[path] == len(data) - 5000
@@ -183,7 +174,7 @@ def test_cli_resumes_truncated_part_with_range(server, tmp_path):
 
 def test_cli_wrong_checksum_refused_before_extraction(server, tmp_path):
     serve(server, dl.SOURCES["birds"].archive.url, fake_cub())  # a fake can never match the pinned CUB MD5
-    result = run_cli("birds", "--data_dir", str(tmp_path), "--mirror", server.url)
+    result = run_download("birds", "--data_dir", str(tmp_path), "--mirror", server.url)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and errors[0] == result.stderr.strip().splitlines()[-1]  # after the progress lines
@@ -351,7 +342,7 @@ def serve_open_images(server, extra_rows: tuple[tuple[str, str, int], ...] = ())
 
 def test_cli_open_images_cap_and_failure_report(server, tmp_path):
     serve_open_images(server)
-    result = run_cli("noodles", "--data_dir", str(tmp_path), "--mirror", server.url, "--per_class", "3")
+    result = run_download("noodles", "--data_dir", str(tmp_path), "--mirror", server.url, "--per_class", "3")
     assert result.returncode == 0, result.stderr
     out = tmp_path / "noodles"
     assert jpgs(out / "fried_noodles") == [f"{oid(t)}.jpg" for t in ("a0", "a1", "a3")]  # a2 failed, next taken
@@ -385,9 +376,9 @@ def test_fetch_replaces_damaged_cached_file(server, tmp_path):
 def test_cli_download_bar_on_stderr_only_when_asked(server, tmp_path):
     data = fake_leaves()
     serve(server, dl.SOURCES["leaves"].archive.url, data)
-    quiet = run_cli("leaves", "--data_dir", str(tmp_path / "quiet"), "--mirror", server.url)
+    quiet = run_download("leaves", "--data_dir", str(tmp_path / "quiet"), "--mirror", server.url)
     assert quiet.returncode == 0 and quiet.stderr == ""  # captured, not a terminal: no bar in logs
-    shown = run_cli("leaves", "--data_dir", str(tmp_path / "shown"), "--mirror", server.url, "--progress", "true")
+    shown = run_download("leaves", "--data_dir", str(tmp_path / "shown"), "--mirror", server.url, "--progress", "true")
     assert shown.returncode == 0, shown.stderr
     assert "leaves.tar: 100%" in shown.stderr and "%|" not in shown.stdout
 
@@ -415,7 +406,7 @@ def test_cli_traversal_image_id_refused_nothing_outside_root_written_or_deleted(
     serve(server, dl.OPEN_IMAGES_FILES.image_url.format(image_id="../../../../outside/x"), b"<html>no</html>")
     serve(server, dl.OPEN_IMAGES_FILES.image_url.format(image_id="../../../../outside/new"), image_bytes())
     before = files_under(tmp_path)
-    result = run_cli("noodles", "--data_dir", str(root), "--mirror", server.url, "--per_class", "10")
+    result = run_download("noodles", "--data_dir", str(root), "--mirror", server.url, "--per_class", "10")
     assert result.returncode == 2, result.stdout + result.stderr
     [line] = error_lines(result)
     assert "oidv6-train-annotations-human-imagelabels.csv" in line and "'../../../../outside/x'" in line
@@ -466,7 +457,7 @@ def leeds_with(extra: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED)
 def test_cli_archive_over_the_extraction_cap_is_refused(server, tmp_path, payload, options, limit):
     archive = leeds_with({"leedsbutterfly/padding.bin": payload})
     serve(server, dl.SOURCES["butterflies"].archive.url, archive)
-    result = run_cli("butterflies", "--data_dir", str(tmp_path), "--mirror", server.url, *options)
+    result = run_download("butterflies", "--data_dir", str(tmp_path), "--mirror", server.url, *options)
     assert result.returncode == 2, result.stdout + result.stderr
     [line] = error_lines(result)
     assert "leedsbutterfly_dataset_v1.0.zip: would unpack to" in line and "--max_extract_ratio" in line
@@ -493,7 +484,7 @@ def test_cli_first_download_is_trusted_and_a_changed_archive_refused(server, tmp
     first = fake_leaves()
     url = dl.SOURCES["leaves"].archive.url
     serve(server, url, first)
-    result = run_cli("leaves", "--data_dir", str(tmp_path), "--mirror", server.url)
+    result = run_download("leaves", "--data_dir", str(tmp_path), "--mirror", server.url)
     assert result.returncode == 0, result.stderr
     digest = hashlib.sha256(first).hexdigest()
     assert f"trusted on first use: sha256 {digest}" in result.stdout
@@ -502,7 +493,7 @@ def test_cli_first_download_is_trusted_and_a_changed_archive_refused(server, tmp
     kept = files_under(tmp_path / "leaves")
 
     serve(server, url, make_tar({f"leaves/species_{s}/evil_{s}.jpg": image_bytes() for s in "abc"}))  # changed
-    result = run_cli("leaves", "--data_dir", str(tmp_path), "--mirror", server.url, "--force", "true")
+    result = run_download("leaves", "--data_dir", str(tmp_path), "--mirror", server.url, "--force", "true")
     assert result.returncode == 2, result.stdout + result.stderr
     [line] = error_lines(result)
     assert "leaves.tar: SHA-256 is" in line and f"recorded {digest} in {trust_file}" in line
