@@ -1,8 +1,9 @@
 """``grid --launcher submitit_local``: the grid's cells as one submitit job array of ``grid --cell K`` processes.
 
-Two tiny cnn1 cells (alpha and beta, seed 0) run serially (the reference) and as a submitit array on this machine
-(the local executor: no SLURM here). Each array task is an ordinary ``--cell K`` grid process with one CPU thread,
-so every cell must run once and learn exactly what the serial run learned (cnn1 on one thread is deterministic).
+Two tiny cnn1 cells (alpha and beta, seed 0) run as a submitit array on this machine (the local executor: no SLURM
+here) and must match the same two cells of the session's serial grid (``serial``, tests/commands/conftest.py). Each
+array task is an ordinary ``--cell K`` grid process with one CPU thread, so every cell must run once and learn
+exactly what the serial run learned (cnn1 on one thread is deterministic).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 
 from tests.commands.conftest import CELL_OVERRIDES
 from tests.commands.test_grid_pool import results
-from tests.conftest import make_dataset, run_tlbench
+from tests.conftest import make_dataset, run_cli
 from tlbench.__main__ import main
 
 GRID_ARGS = ["--datasets", "alpha,beta", "--data_dir", "data", "--backbones", "cnn1", "--output", "runs"]
@@ -26,7 +27,7 @@ SUBMITIT = ["--launcher", "submitit_local", "--cpus_per_cell", "1", "--timeout_m
 
 def grid(root: Path, *extra: str):
     """``python -m tlbench grid EXTRA <the two cells>`` in ``root`` with one CPU thread, as the array tasks get."""
-    return run_tlbench("grid", *extra, *GRID_ARGS, "--", *CELL_OVERRIDES, cwd=root, env={"OMP_NUM_THREADS": "1"})
+    return run_cli("grid", *extra, *GRID_ARGS, "--", *CELL_OVERRIDES, cwd=root, env={"OMP_NUM_THREADS": "1"})
 
 
 def grid_root(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
@@ -36,10 +37,7 @@ def grid_root(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     return root
 
 
-def test_a_submitit_array_runs_every_cell_once_with_the_serial_results(tmp_path_factory):
-    serial = grid_root(tmp_path_factory, "serial")
-    reference = grid(serial)
-    assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
+def test_a_submitit_array_runs_every_cell_once_with_the_serial_results(tmp_path_factory, serial):
     root = grid_root(tmp_path_factory, "array")
     result = grid(root, *SUBMITIT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
