@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from tests.commands.conftest import CELL_OVERRIDES
-from tests.conftest import make_dataset, run_tlbench, tlbench_env
+from tests.conftest import make_dataset, run_cli, tlbench_env
 from tlbench.errors import TLBenchError
 from tlbench.grid import Cell, Claims, GridRun, Pool
 from tlbench.rundir import finished_metrics
@@ -37,8 +37,9 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def grid(root: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m tlbench grid EXTRA <the four cells>`` in ``root``, one CPU thread unless ``env`` says otherwise."""
-    return run_tlbench("grid", *extra, *GRID_ARGS, "--", *CELL_OVERRIDES, cwd=root, env=env or ONE_THREAD)
+    """``python -m tlbench grid EXTRA <the four cells>`` in ``root`` (in this process; the cells are processes of
+    their own), one CPU thread unless ``env`` says otherwise."""
+    return run_cli("grid", *extra, *GRID_ARGS, "--", *CELL_OVERRIDES, cwd=root, env=env or ONE_THREAD)
 
 
 def grid_root(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
@@ -138,12 +139,12 @@ def test_a_pool_splits_threads_workers_and_gpus_between_cells():
 
 
 def test_grid_status_summarises_a_finished_grid(serial):
-    result = run_tlbench("grid", "status", "runs", cwd=serial)
+    result = run_cli("grid", "status", "runs", cwd=serial)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "4 cells, 4 done" in result.stdout
     for index, experiment in enumerate(EXPERIMENTS, 1):
         assert f"{index:>4}  {experiment}  done in 0:" in result.stdout
-    one_grid = run_tlbench("grid", "status", str(STATUS), cwd=serial)
+    one_grid = run_cli("grid", "status", str(STATUS), cwd=serial)
     assert one_grid.stdout == result.stdout
 
 
@@ -163,7 +164,7 @@ def test_cell_runs_one_cell_and_list_and_status_show_a_half_done_grid(tmp_path_f
     assert lines[1].startswith("   2  beta_cnn1_seed0  done in 0:")
     assert lines[2] == f"   3  alpha_cnn1_seed1  interrupted ({host} pid {dead} gone; resumes from its last.ckpt)"
     assert lines[3].startswith(f"   4  beta_cnn1_seed1  running on {host} pid {os.getpid()} since")
-    status = run_tlbench("grid", "status", "runs", cwd=root)
+    status = run_cli("grid", "status", "runs", cwd=root)
     assert "4 cells, 1 pending, 1 done, 1 interrupted, 1 running" in status.stdout
     assert status.stdout.splitlines()[1:] == lines
     out_of_range = grid(root, "--cell", "5")
