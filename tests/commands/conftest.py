@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, TINY_FIT_ARGS, make_dataset, run_tlbench
+from tests.conftest import REPO, TINY_FIT_ARGS, make_dataset, run_cli
 from tlbench.rundir import is_finished
 
 # TINY_FIT_ARGS for every cell, minus the backbone the grid sets per cell.
@@ -84,7 +84,7 @@ def grid_study(tmp_path_factory) -> GridStudy:
         process.wait()
     killed_after = finished_cells(runs)
     assert 0 < len(killed_after) < len(EXPERIMENTS), "the kill must land mid-grid"
-    return GridStudy(root, runs, killed_after, run_tlbench(*args, cwd=root, env={"OMP_NUM_THREADS": "1"}))
+    return GridStudy(root, runs, killed_after, run_cli(*args, cwd=root, env={"OMP_NUM_THREADS": "1"}))
 
 
 def cell_metrics(study: GridStudy) -> pd.Series:

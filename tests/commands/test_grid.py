@@ -19,7 +19,7 @@ from tests.commands.conftest import (
     cell_metrics,
     finished_cells,
 )
-from tests.conftest import make_dataset, make_image, run_tlbench
+from tests.conftest import make_dataset, make_image, run_cli
 from tlbench.__main__ import main
 from tlbench.configs import CONFIGS, load_grid_file, recipe_args
 from tlbench.grid import build_spec, run_cell
@@ -68,9 +68,7 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tmp_path):
         f"datasets: [{tmp_path / 'single'}, {tmp_path / 'alpha'}]\nbackbones: [cnn1]\nseeds: [3]\n"
         f"overrides: [{', '.join(repr(arg) for arg in CELL_OVERRIDES)}]\n"
     )
-    result = run_tlbench(
-        "grid", "--grid", str(grid_file), "--output", "runs", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"}
-    )
+    result = run_cli("grid", "--grid", str(grid_file), "--output", "runs", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 1, result.stderr[-2000:]
     status_file = tmp_path / "runs" / "lightning_logs" / "grids" / "grid" / "grid_status.csv"  # named by grid.yaml
     status = pd.read_csv(status_file).set_index("experiment")
