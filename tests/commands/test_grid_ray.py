@@ -27,7 +27,7 @@ import pytest
 
 from tests.commands.conftest import CELL_OVERRIDES
 from tests.commands.test_grid_pool import EXPERIMENTS, GRID_ARGS, ONE_THREAD, STATUS, grid_root, results
-from tests.conftest import run_tlbench, tlbench_env
+from tests.conftest import run_cli, run_tlbench, tlbench_env
 from tlbench.__main__ import main
 from tlbench.grid import PARENT_ENV
 from tlbench.grid_ray import free_port, local_cluster, stop_nodes
@@ -175,7 +175,7 @@ def test_a_ray_grid_runs_on_both_nodes_survives_killed_workers_and_learns_what_t
     nodes = {name: f"ray node {node_id[:8]} " for name, node_id in cluster.nodes.items()}
     for name, worker_name in nodes.items():
         assert status.worker.str.startswith(worker_name).any(), f"no cell ran on the {name} node: {list(status.worker)}"
-    shown = run_tlbench("grid", "status", "runs", cwd=root)
+    shown = run_cli("grid", "status", "runs", cwd=root)
     assert "4 cells, 4 done" in shown.stdout and "(ray node " in shown.stdout, shown.stdout + shown.stderr
 
 
