@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from tests.commands.conftest import BACKBONES, DATASETS, SEEDS, cell_metrics
-from tests.conftest import run_tlbench
+from tests.conftest import run_cli
 from tlbench.evaluation.final import final_phase
 from tlbench.evaluation.stats import t_quantile
 from tlbench.report import accuracy_interval, write_report
@@ -20,7 +20,7 @@ T_975 = {1: 12.7062, 2: 4.3027, 4: 2.7764, 9: 2.2622, 30: 2.0423}  # published t
 
 @pytest.fixture(scope="module")
 def report_dir(grid_study) -> Path:
-    result = run_tlbench("report", "runs", "--output", "report", cwd=grid_study.root)
+    result = run_cli("report", "runs", "--output", "report", cwd=grid_study.root)
     assert result.returncode == 0, result.stderr[-2000:]
     return grid_study.root / "report"
 
@@ -150,7 +150,7 @@ def test_report_reference_is_chosen_by_name_and_an_unknown_name_is_one_line(grid
     candidates = pd.read_csv(tmp_path / "ref" / "candidates.csv")
     assert set(candidates.reference) == {"cnn1"}
     assert candidates[candidates.backbone == "cnn6"].vs_reference_pooled_p.notna().all()
-    result = run_tlbench("report", "runs", "--output", str(tmp_path / "bad"), "--reference", "vit", cwd=grid_study.root)
+    result = run_cli("report", "runs", "--output", str(tmp_path / "bad"), "--reference", "vit", cwd=grid_study.root)
     assert result.returncode == 2 and "--reference vit: no finished run of that model" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "bad" / "report.md").exists()
 
