@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from timm.data import ImageNetInfo
 
-from tests.conftest import run_tlbench
+from tests.conftest import run_cli
 from tlbench.check import config_values
 from tlbench.commands import run_command
 from tlbench.commands.check import check
@@ -17,7 +17,7 @@ BIRD_INDICES = [*range(7, 25), *range(80, 101), *range(127, 147)]
 
 
 def test_check_on_tiny_data_writes_csv_sheet_and_advice(tiny_dataset, tmp_path):
-    result = run_tlbench(
+    result = run_cli(
         "check",
         "--data.root",
         str(tiny_dataset),
@@ -57,13 +57,13 @@ def test_check_reads_the_fit_config_given_as_config(tmp_path):
 
 
 def test_check_refuses_a_backbone_without_imagenet_weights(tiny_dataset, tmp_path):
-    result = run_tlbench("check", "--data.root", str(tiny_dataset), "--model.backbone", "cnn1", cwd=tmp_path)
+    result = run_cli("check", "--data.root", str(tiny_dataset), "--model.backbone", "cnn1", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "ImageNet-1k weights" in result.stderr.strip().splitlines()[-1]
 
 
 def test_check_sees_birds_in_birds10_and_advises_differently_for_leaves(shared_data, tmp_path):
-    birds = run_tlbench(
+    birds = run_cli(
         "check",
         "--config",
         "birds_efficientnet_lite0.yaml",
@@ -82,7 +82,7 @@ def test_check_sees_birds_in_birds10_and_advises_differently_for_leaves(shared_d
     assert len(table) == 20 and has_bird.mean() >= 0.8, table.top1_label.tolist()
     assert "recommendation: head only" in birds.stdout and "reason: data is small" in birds.stdout
 
-    leaves = run_tlbench(
+    leaves = run_cli(
         "check", "--data.root", str(shared_data / "leaves3"), "--per_class", "1", "--output", "leaves", cwd=tmp_path
     )
     assert leaves.returncode == 0, leaves.stderr[-3000:]
