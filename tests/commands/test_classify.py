@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import SHARED_DATA, make_image, run_tlbench
+from tests.conftest import SHARED_DATA, make_image, run_cli
 from tlbench.commands.classify import classify
 from tlbench.errors import TLBenchError
 
@@ -20,7 +20,7 @@ def leaves_run(tmp_path_factory) -> Path:
     if not (SHARED_DATA / "leaves3").is_dir():
         pytest.skip("../shared/data/leaves3 is not present")
     cwd = tmp_path_factory.mktemp("leaves")
-    result = run_tlbench(
+    result = run_cli(
         "fit",
         "--config",
         "leaves_efficientnet_lite0.yaml",
@@ -45,7 +45,7 @@ def leaves_run(tmp_path_factory) -> Path:
 def test_classify_held_out_images_matches_the_runs_own_test_predictions(leaves_run, tmp_path):
     predictions = pd.read_csv(leaves_run / "predictions_head.csv")
     images = [str(SHARED_DATA / "leaves3" / path) for path in predictions.path]
-    result = run_tlbench("classify", str(leaves_run), *images, "--top_k", "2", "--output", "preds.csv", cwd=tmp_path)
+    result = run_cli("classify", str(leaves_run), *images, "--top_k", "2", "--output", "preds.csv", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(tmp_path / "preds.csv")
     assert list(table.columns) == ["path", "top1_label", "top1_prob", "top2_label", "top2_prob", "error"]
@@ -66,7 +66,7 @@ def test_classify_folders_mixed_formats_and_bad_files_from_a_checkpoint(leaves_r
     make_image(folder / ".hidden.png", (30, 200, 30), seed=3)
     (folder / "notes.txt").write_text("not an image")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
-    result = run_tlbench(
+    result = run_cli(
         "classify", metrics["phases"]["head"]["best_ckpt"], "in", "broken.jpg", "--output", "out.csv", cwd=tmp_path
     )
     assert result.returncode == 1, result.stderr[-3000:]
@@ -86,7 +86,7 @@ def test_classify_without_images_names_the_inputs(tmp_path):
 
 def test_classify_bar_on_stderr_only_when_asked(leaves_run, tmp_path):
     images = [str(path) for path in sorted((SHARED_DATA / "leaves3").glob("*/*"))[:3]]
-    quiet = run_tlbench("classify", str(leaves_run), *images, cwd=tmp_path)
+    quiet = run_cli("classify", str(leaves_run), *images, cwd=tmp_path)
     assert quiet.returncode == 0 and "classifying" not in quiet.stderr
-    shown = run_tlbench("classify", str(leaves_run), *images, "--progress", "true", cwd=tmp_path)
+    shown = run_cli("classify", str(leaves_run), *images, "--progress", "true", cwd=tmp_path)
     assert shown.returncode == 0 and "classifying: 100%" in shown.stderr and "3/3" in shown.stderr
