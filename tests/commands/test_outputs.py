@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.commands.conftest import CELL_OVERRIDES
-from tests.conftest import make_dataset, run_tlbench
+from tests.conftest import make_dataset, run_cli
 from tlbench.models.backbones import DEFAULT_BACKBONE
 
 
@@ -26,7 +26,7 @@ def test_commands_with_defaults_write_only_under_lightning_logs(tiny_run, tmp_pa
         ("classify", str(tiny_run), str(data / "class_0")),
     ]
     for command in commands:
-        result = run_tlbench(*command, cwd=cwd, env=env)
+        result = run_cli(*command, cwd=cwd, env=env)
         assert result.returncode == 0, (command, result.stderr[-2000:])
     assert written(cwd) == {
         "lightning_logs/audit/tiny/bad_files.csv",
@@ -37,10 +37,10 @@ def test_commands_with_defaults_write_only_under_lightning_logs(tiny_run, tmp_pa
     }
 
     # A grid's runs sit beside hand-typed ones, its status in grids/<name>/; report and export read and write there.
-    grid = run_tlbench("grid", "--datasets", str(data), "--backbones", "cnn1", "--", *CELL_OVERRIDES, cwd=cwd, env=env)
+    grid = run_cli("grid", "--datasets", str(data), "--backbones", "cnn1", "--", *CELL_OVERRIDES, cwd=cwd, env=env)
     assert grid.returncode == 0, grid.stdout[-2000:] + grid.stderr[-2000:]
     for command in (("report",), ("export", "lightning_logs/tiny_cnn1_seed0/version_0")):
-        result = run_tlbench(*command, cwd=cwd, env=env)
+        result = run_cli(*command, cwd=cwd, env=env)
         assert result.returncode == 0, (command, result.stderr[-2000:])
     files = written(cwd)
     outside = {path for path in files if not path.startswith("lightning_logs/")}
