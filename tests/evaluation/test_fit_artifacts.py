@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import TINY_FIT_ARGS, make_dataset, run_tlbench
+from tests.conftest import TINY_FIT_ARGS, make_dataset, run_cli
 from tlbench.evaluation.artifacts import compare_phases, evaluate_predictions
 
 PHASE_FILES = (
@@ -27,7 +27,7 @@ def tta_run(tmp_path_factory) -> tuple[Path, dict, str]:
     """One tiny two-phase fit with TTA: (run dir, metrics.json, stdout)."""
     cwd = tmp_path_factory.mktemp("fit")
     data = make_dataset(cwd / "tiny", classes=4, per_class=10)
-    result = run_tlbench("fit", "--data.root", str(data), *TINY_FIT_ARGS, "--model.tta", "true", cwd=cwd)
+    result = run_cli("fit", "--data.root", str(data), *TINY_FIT_ARGS, "--model.tta", "true", cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     run = cwd / "lightning_logs" / "tiny_cnn1" / "version_0"
     return run, json.loads((run / "metrics.json").read_text()), result.stdout
@@ -104,7 +104,7 @@ def test_test_command_writes_the_same_reports_in_its_own_run(tta_run):
     run, metrics, _ = tta_run
     cwd = run.parents[2]
     best = metrics["phases"]["finetune"]["best_ckpt"]
-    result = run_tlbench("test", "--config", str(run / "config.yaml"), "--ckpt_path", best, cwd=cwd)
+    result = run_cli("test", "--config", str(run / "config.yaml"), "--ckpt_path", best, cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     retest_dir = run.parent / "version_1"
     retest = json.loads((retest_dir / "metrics.json").read_text())["phases"]["finetune"]
