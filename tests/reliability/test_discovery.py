@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import COLOURS, TINY_FIT_ARGS, make_dataset, make_image, run_tlbench
+from tests.conftest import COLOURS, TINY_FIT_ARGS, make_dataset, make_image, run_cli
 from tlbench.__main__ import main
 from tlbench.data.audit import audit
 from tlbench.data.split import read_split, split_dataset
@@ -62,7 +62,7 @@ def test_csv_round_trips_a_file_name_that_is_not_utf8(tmp_path):
 def test_fit_trains_on_a_file_name_that_is_not_utf8_and_its_csvs_give_the_path_back(tmp_path):
     root = split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
     (root / "test" / "c0" / "0.png").rename(root / "test" / "c0" / NOT_UTF8)
-    result = run_tlbench("fit", "--data.root", str(root), *TINY_FIT_ARGS, cwd=tmp_path)
+    result = run_cli("fit", "--data.root", str(root), *TINY_FIT_ARGS, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     run = tmp_path / "lightning_logs" / "d_cnn1" / "version_0"
     split = read_split(run / "split.csv")
@@ -74,7 +74,7 @@ def test_fit_trains_on_a_file_name_that_is_not_utf8_and_its_csvs_give_the_path_b
 def test_data_audit_lists_a_bad_file_that_is_not_utf8_on_a_strict_utf8_terminal(tmp_path):
     root = split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
     (root / "train" / "c0" / NOT_UTF8).write_text("not a picture")
-    result = run_tlbench(
+    result = run_cli(
         "data", "audit", str(root), "--output", str(tmp_path / "audit"), cwd=tmp_path, env={"PYTHONIOENCODING": "utf-8"}
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
@@ -93,14 +93,14 @@ def test_fit_stops_on_the_entries_audit_reports_and_skips_and_lists_them_on_requ
     root = troubled_dataset(tmp_path / "d")
     for folder in ("stop", "skip"):
         (tmp_path / folder).mkdir()
-    stopped = run_tlbench("fit", "--data.root", str(root), *TINY_FIT_ARGS, cwd=tmp_path / "stop")
+    stopped = run_cli("fit", "--data.root", str(root), *TINY_FIT_ARGS, cwd=tmp_path / "stop")
     assert stopped.returncode == 2 and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
     line = stopped.stderr.strip().splitlines()[-1]
     assert line.startswith("error: 4 unusable image file(s)") and "--data.skip_bad_images true" in line
     reasons = dict(read_csv((tmp_path / "stop").joinpath(*RUN, "bad_files.csv")).values)
     assert set(reasons) == set(BAD) and all(reasons[path].startswith(BAD[path]) for path in BAD)
 
-    skipped = run_tlbench(
+    skipped = run_cli(
         "fit", "--data.root", str(root), *TINY_FIT_ARGS, "--data.skip_bad_images", "true", cwd=tmp_path / "skip"
     )
     assert skipped.returncode == 0, skipped.stderr[-2000:]
@@ -156,7 +156,7 @@ def test_a_data_root_named_in_bytes_that_are_not_utf8_is_refused_in_one_line(tmp
     crashed fit inside TensorBoard), where names inside the root train."""
     root = make_dataset(Path(os.fsdecode(os.fsencode(tmp_path) + b"/data_\xff")), classes=2, per_class=4)
     for command in (["data", "info", str(root)], ["fit", "--data.root", str(root), *TINY_FIT_ARGS]):
-        result = run_tlbench(*command, cwd=tmp_path)
+        result = run_cli(*command, cwd=tmp_path)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
         last = result.stderr.strip().splitlines()[-1]
         assert last.endswith(
