@@ -6,14 +6,15 @@ import json
 import pandas as pd
 import torch
 
-from tests.conftest import TINY_FIT_ARGS, make_image, run_tlbench
+from tests.conftest import TINY_FIT_ARGS, make_image, run_cli, run_tlbench
 
 RUN = ("lightning_logs", "tiny_cnn1", "version_0")
 
 
-def fit(data, cwd, *extra):
+def fit(data, cwd, *extra, run=run_cli):
+    """A tiny fit, in this process unless ``run`` is ``run_tlbench`` (a fit that gets killed)."""
     cwd.mkdir(parents=True, exist_ok=True)
-    return run_tlbench("fit", "--data.root", str(data), *TINY_FIT_ARGS, *extra, cwd=cwd)
+    return run("fit", "--data.root", str(data), *TINY_FIT_ARGS, *extra, cwd=cwd)
 
 
 def last_line(result) -> str:
@@ -61,7 +62,7 @@ def test_duplicates_across_splits_refused_unless_dedupe(tiny_dataset, tmp_path):
 def test_resume_on_changed_data_refuses_unless_forced(tiny_dataset, tmp_path):
     args = ["--model.head_epochs", "2", "--model.finetune_epochs", "1"]
     kill = ["--trainer.callbacks+=tests.helpers.KillAtEpochStart", "--trainer.callbacks.epoch=2"]
-    assert fit(tiny_dataset, tmp_path, *args, *kill).returncode == -9
+    assert fit(tiny_dataset, tmp_path, *args, *kill, run=run_tlbench).returncode == -9
     run = tmp_path.joinpath(*RUN)
     last = tmp_path.joinpath("checkpoints", *RUN[1:], "last.ckpt")
     checkpoint_before = last.read_bytes()
