@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_FIT_ARGS, make_dataset, run_tlbench
+from tests.conftest import TINY_FIT_ARGS, make_dataset, run_cli
 from tlbench.errors import TLBenchError
 from tlbench.rundir import install_run_logger
 
 
 def fit(data: Path, cwd: Path, *extra: str):
     cwd.mkdir(parents=True, exist_ok=True)
-    return run_tlbench("fit", "--data.root", str(data), *TINY_FIT_ARGS, *extra, cwd=cwd)
+    return run_cli("fit", "--data.root", str(data), *TINY_FIT_ARGS, *extra, cwd=cwd)
 
 
 def error_line(result) -> str:
