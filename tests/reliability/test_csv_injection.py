@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 
-from tests.conftest import TINY_FIT_ARGS, make_dataset, run_tlbench
+from tests.conftest import TINY_FIT_ARGS, make_dataset, run_cli
 from tlbench.data.split import read_split
 from tlbench.io import neutralise_csv_cell, read_csv, restore_csv_cell, write_csv
 
@@ -25,7 +25,7 @@ def test_fit_test_and_report_read_formula_named_classes_back(tmp_path):
     data = make_dataset(tmp_path / "tiny")
     for old, new in (("class_0", "=cmd"), ("class_1", "@a")):
         (data / old).rename(data / new)
-    fitted = run_tlbench("fit", "--data.root", str(data), *TINY_FIT_ARGS, cwd=tmp_path)
+    fitted = run_cli("fit", "--data.root", str(data), *TINY_FIT_ARGS, cwd=tmp_path)
     assert fitted.returncode == 0, fitted.stderr[-3000:]
     run = tmp_path / "lightning_logs" / "tiny_cnn1" / "version_0"
     for name in ("split.csv", "predictions_finetune.csv"):
@@ -36,8 +36,8 @@ def test_fit_test_and_report_read_formula_named_classes_back(tmp_path):
     assert all((data / path).is_file() for path in split.path)
     predictions = read_csv(run / "predictions_finetune.csv")
     assert set(predictions.path) == set(split[split.split == "test"].path)
-    reported = run_tlbench("report", "lightning_logs", "--output", "report", cwd=tmp_path)
+    reported = run_cli("report", "lightning_logs", "--output", "report", cwd=tmp_path)
     assert reported.returncode == 0, reported.stderr[-3000:]
     best = json.loads((run / "metrics.json").read_text())["phases"]["finetune"]["best_ckpt"]
-    tested = run_tlbench("test", "--config", str(run / "config.yaml"), "--ckpt_path", best, cwd=tmp_path)
+    tested = run_cli("test", "--config", str(run / "config.yaml"), "--ckpt_path", best, cwd=tmp_path)
     assert tested.returncode == 0, tested.stderr[-3000:]
