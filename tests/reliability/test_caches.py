@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY_FIT_ARGS, make_dataset, make_image, run_tlbench
+from tests.conftest import TINY_FIT_ARGS, make_dataset, make_image, run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -148,7 +148,7 @@ COMPARED = ("best_epoch", "val_acc", "val_loss", "test_acc", "test_ece", "test_m
 def head_fit(data: Path, cwd: Path, cache: Path) -> tuple[dict, str]:
     """A head-only tiny fit through the CLI: the head phase's numbers (no timings, no paths) and stderr."""
     cwd.mkdir(parents=True)
-    result = run_tlbench("fit", "--data.root", str(data), *HEAD_ONLY, cwd=cwd, env={"TLBENCH_CACHE_DIR": str(cache)})
+    result = run_cli("fit", "--data.root", str(data), *HEAD_ONLY, cwd=cwd, env={"TLBENCH_CACHE_DIR": str(cache)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     head = json.loads((cwd / "lightning_logs" / "tiny_cnn1" / "version_0" / "metrics.json").read_text())["phases"]
@@ -270,22 +270,22 @@ def test_cache_info_and_clear_through_the_cli(tmp_path, own_cache):
     for kind in ("features", "decoded", "audit", "onnx"):
         for key in ("one", "two"):
             Cache(kind).put(key, b"payload")
-    shown = run_tlbench("cache", "info", cwd=tmp_path)
+    shown = run_cli("cache", "info", cwd=tmp_path)
     assert shown.returncode == 0 and shown.stderr == ""
     lines = {line.split()[0]: line for line in shown.stdout.splitlines()}
     assert set(lines) == {"features", "decoded", "audit", "onnx"}
     assert all(" 2 entries " in line and str(own_cache / kind) in line for kind, line in lines.items())
     assert "of   4.0 GiB" in lines["decoded"]
-    cleared = run_tlbench("cache", "clear", "--kind", "decoded", cwd=tmp_path)
+    cleared = run_cli("cache", "clear", "--kind", "decoded", cwd=tmp_path)
     assert cleared.returncode == 0 and cleared.stdout == "decoded: deleted 2 entries\n"
     assert entries(own_cache, "decoded") == [] and len(entries(own_cache, "features")) == 2
-    assert run_tlbench("cache", "clear", cwd=tmp_path).returncode == 0
+    assert run_cli("cache", "clear", cwd=tmp_path).returncode == 0
     assert all(entries(own_cache, kind) == [] for kind in ("features", "audit", "onnx"))
-    unknown = run_tlbench("cache", "clear", "--kind", "pictures", cwd=tmp_path)
+    unknown = run_cli("cache", "clear", "--kind", "pictures", cwd=tmp_path)
     assert (unknown.returncode, unknown.stderr) == (
         2,
         "error: unknown cache kind 'pictures'; choose from features, decoded, audit, onnx\n",
     )
-    bad_limit = run_tlbench("cache", "info", cwd=tmp_path, env={"TLBENCH_CACHE_AUDIT_LIMIT": "lots"})
+    bad_limit = run_cli("cache", "info", cwd=tmp_path, env={"TLBENCH_CACHE_AUDIT_LIMIT": "lots"})
     assert bad_limit.returncode == 2 and len(bad_limit.stderr.splitlines()) == 1
     assert "TLBENCH_CACHE_AUDIT_LIMIT='lots' is not a size" in bad_limit.stderr
