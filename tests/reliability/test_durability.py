@@ -17,7 +17,7 @@ import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 from safetensors.torch import save_file
 
-from tests.conftest import run_tlbench
+from tests.conftest import run_cli
 from tlbench.callbacks.checkpoint_io import CrashSafeCheckpointIO
 from tlbench.errors import TLBenchError
 from tlbench.export import export_bundle
@@ -107,7 +107,7 @@ def test_atomic_write_mode_follows_the_umask_even_when_the_writer_replaces_the_f
 def test_cli_export_under_a_file_is_one_line_and_writes_nothing(tiny_run, tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the output folder should be")
-    result = run_tlbench("export", str(tiny_run), "--output", str(blocker / "bundle"), cwd=tmp_path)
+    result = run_cli("export", str(tiny_run), "--output", str(blocker / "bundle"), cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
