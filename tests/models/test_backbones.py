@@ -11,7 +11,7 @@ import timm
 import torch
 from timm.models import save_for_hf
 
-from tests.conftest import TINY_FIT_ARGS, run_tlbench
+from tests.conftest import TINY_FIT_ARGS, run_cli
 from tlbench.errors import TLBenchError
 from tlbench.models.backbones import create_backbone, create_classifier, resolve_name
 from tlbench.rundir import experiment_name
@@ -108,10 +108,10 @@ def test_embedded_weights_serve_the_untagged_name_only(offline):
 def test_fit_from_a_local_dir_backbone_and_one_line_name_errors(tiny_dataset, tmp_path):
     folder, _ = saved_model_folder(tmp_path / "my_resnet")
     fit = ["fit", "--data.root", str(tiny_dataset), *TINY_FIT_ARGS]
-    result = run_tlbench(*fit, "--model.backbone", f"local-dir:{folder}", "--model.pretrained", "true", cwd=tmp_path)
+    result = run_cli(*fit, "--model.backbone", f"local-dir:{folder}", "--model.pretrained", "true", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "lightning_logs" / "tiny_my_resnet" / "version_0" / "metrics.json").read_text())
     assert metrics["weights"] == f"local-dir:{folder}" and metrics["backbone"] == f"local-dir:{folder}"
-    unknown = run_tlbench(*fit, "--model.backbone", "resnt18", cwd=tmp_path)
+    unknown = run_cli(*fit, "--model.backbone", "resnt18", cwd=tmp_path)
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
     assert "did you mean resnet18" in unknown.stderr.strip().splitlines()[-1]
