@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import TensorDataset
 
-from tests.conftest import TINY_FIT_ARGS, make_image, run_tlbench
+from tests.conftest import TINY_FIT_ARGS, make_image, run_cli
 from tlbench.callbacks.feature_cache import FeatureCaching
 from tlbench.data.datamodule import ImageFolderDataModule
 from tlbench.data.images import load_rgb
@@ -49,7 +49,7 @@ def head_only(data, cwd, cache: str, *extra: str):
         "--model.cache_features",
         cache,
     ]
-    result = run_tlbench(
+    result = run_cli(
         "fit",
         "--data.root",
         str(data),
@@ -103,7 +103,7 @@ def test_fine_tune_validation_runs_the_fine_tuned_backbone_not_the_head_phase_ca
         "--model.label_smoothing",
         "0",  # the recorded val_loss is then the plain negative log-likelihood recomputed below
     ]
-    result = run_tlbench(
+    result = run_cli(
         "fit",
         "--data.root",
         str(tiny_dataset),
@@ -139,7 +139,7 @@ def fine_tune_history(data, cwd, cache: str) -> pd.DataFrame:
         "--model.cache_features",
         cache,
     ]
-    result = run_tlbench(
+    result = run_cli(
         "fit", "--data.root", str(data), *TINY_FIT_ARGS, *args, cwd=cwd, env={"TLBENCH_CACHE_DIR": str(cwd / "cache")}
     )
     assert result.returncode == 0, result.stderr[-2000:]
