@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from tests.conftest import TINY_FIT_ARGS, run_tlbench
+from tests.conftest import TINY_FIT_ARGS, run_cli
 from tlbench.data.images import load_rgb
 from tlbench.errors import TLBenchError
 from tlbench.models.inference import Predictor
@@ -18,7 +18,7 @@ def trained_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("loading")
     data = make_dataset(root / "tiny")
-    result = run_tlbench("fit", "--data.root", str(data), *TINY_FIT_ARGS, "--model.finetune_epochs", "2", cwd=root)
+    result = run_cli("fit", "--data.root", str(data), *TINY_FIT_ARGS, "--model.finetune_epochs", "2", cwd=root)
     assert result.returncode == 0, result.stderr[-2000:]
     return root, data
 
