@@ -2,14 +2,15 @@
 
 import pandas as pd
 
-from tests.conftest import TINY_FIT_ARGS, run_tlbench
+from tests.conftest import TINY_FIT_ARGS, run_cli, run_tlbench
 
 RUN = ("lightning_logs", "tiny_cnn1", "version_0")
 
 
-def fit(data, cwd, *extra):
+def fit(data, cwd, *extra, run=run_cli):
+    """A tiny fit, in this process unless ``run`` is ``run_tlbench`` (a fit that gets killed)."""
     cwd.mkdir(parents=True, exist_ok=True)
-    return run_tlbench("fit", "--data.root", str(data), *TINY_FIT_ARGS, *extra, cwd=cwd)
+    return run("fit", "--data.root", str(data), *TINY_FIT_ARGS, *extra, cwd=cwd)
 
 
 def test_fit_with_every_optimisation_control(tiny_dataset, tmp_path):
@@ -44,7 +45,7 @@ def test_head_patience_ends_the_head_phase_and_a_run_killed_at_the_new_boundary_
     starts at epoch 2 (not 6) and the fit has 2 + finetune_epochs epochs. Killed as epoch 2 starts, the resumed run
     must fine-tune from epoch 2 on: the boundary and the patience counts come back from last.ckpt."""
     args = (*FROZEN_HEAD, "--model.head_patience", "1", "--model.finetune_epochs", "2")
-    killed = fit(tiny_dataset, tmp_path, *args, KILL, "--trainer.callbacks.epoch=2")
+    killed = fit(tiny_dataset, tmp_path, *args, KILL, "--trainer.callbacks.epoch=2", run=run_tlbench)
     assert killed.returncode == -9
     assert phases(tmp_path) == ["head", "head"]
     resumed = fit(tiny_dataset, tmp_path, *args, "--ckpt_path", "last")
@@ -60,7 +61,7 @@ def test_patience_survives_a_kill_inside_the_head_phase_and_finetune_patience_en
         *("--model.cache_features", "false", "--model.head_patience", "2"),
         *("--model.finetune_epochs", "5", "--model.finetune_lr", "0", "--model.finetune_patience", "1"),
     )
-    assert fit(tiny_dataset, tmp_path, *args, KILL, "--trainer.callbacks.epoch=2").returncode == -9
+    assert fit(tiny_dataset, tmp_path, *args, KILL, "--trainer.callbacks.epoch=2", run=run_tlbench).returncode == -9
     resumed = fit(tiny_dataset, tmp_path, *args, "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert phases(tmp_path) == ["head", "head", "head", "finetune", "finetune"]
