@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import run_tlbench
+from tests.conftest import run_cli
 from tests.models.test_feature_cache import head_only
 from tlbench.data.datamodule import ImageFolderDataModule
 from tlbench.data.transforms import Preprocessing, loader_transform
@@ -53,7 +53,7 @@ def test_policy_touches_only_the_training_split(tiny_dataset):
 
 
 def test_policy_without_augment_is_refused_in_one_line(tiny_dataset, tmp_path):
-    result = run_tlbench(
+    result = run_cli(
         "fit", "--data.root", str(tiny_dataset), "--data.augment", "false", "--data.augment_policy", "randaugment",
         cwd=tmp_path,
     )  # fmt: skip
