@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import TensorDataset
 
-from tests.conftest import COLOURS, TINY_FIT_ARGS, make_image, run_tlbench
+from tests.conftest import COLOURS, TINY_FIT_ARGS, make_image, run_cli
 from tlbench.data.datamodule import EpochOrder, ImageFolderDataModule
 from tlbench.models.module import TransferLearningModule
 
@@ -96,7 +96,7 @@ def test_balanced_class_weights_follow_sklearn_and_stay_out_of_checkpoints():
 
 
 def test_fit_with_balanced_weights_and_sampler_through_the_cli(imbalanced, tmp_path):
-    result = run_tlbench(
+    result = run_cli(
         "fit",
         "--data.root",
         str(imbalanced),
