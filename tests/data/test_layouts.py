@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY_FIT_ARGS, make_dataset, make_image, run_tlbench
+from tests.conftest import TINY_FIT_ARGS, make_dataset, make_image, run_cli
 from tlbench.__main__ import main
 from tlbench.data.datamodule import ImageFolderDataModule
 from tlbench.data.split import make_split, split_dataset
@@ -264,7 +264,7 @@ def test_links_out_of_the_root_are_refused_in_one_line_naming_the_flag(tmp_path,
 def test_data_info_on_a_non_image_jpg_names_the_file_without_a_traceback(tmp_path):
     root = make_dataset(tmp_path / "d", classes=2, per_class=3)
     (root / "class_1" / "notes.jpg").write_text("not a picture")
-    result = run_tlbench("data", "info", str(root), cwd=tmp_path)
+    result = run_cli("data", "info", str(root), cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.splitlines()) == 1
     assert "class_1/notes.jpg (not an image (unrecognised format)); remove or replace them" in result.stderr
@@ -272,7 +272,7 @@ def test_data_info_on_a_non_image_jpg_names_the_file_without_a_traceback(tmp_pat
 
 def test_fit_on_a_train_test_layout_reports_its_layout_and_tests_on_the_given_test(tmp_path):
     root = split_folders(tmp_path / "official", train=10, test=3)
-    result = run_tlbench("fit", "--data.root", str(root), *TINY_FIT_ARGS, cwd=tmp_path)
+    result = run_cli("fit", "--data.root", str(root), *TINY_FIT_ARGS, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"{root}: layout: train/test (val carved from train: 10% stratified, seed 0)" in result.stdout
     metrics = json.loads((tmp_path / "lightning_logs" / "official_cnn1" / "version_0" / "metrics.json").read_text())
