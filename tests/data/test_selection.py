@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 
-from tests.conftest import TINY_FIT_ARGS, run_tlbench
+from tests.conftest import TINY_FIT_ARGS, run_cli
 from tests.data.test_split import presplit
 from tlbench.data.datamodule import ImageFolderDataModule
 from tlbench.data.split import make_split
@@ -21,7 +21,7 @@ from tlbench.models.module import TransferLearningModule
 def presplit_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("presplit")
     data = presplit(root / "official", train=10, val=4, classes=3)
-    result = run_tlbench("fit", "--data.root", str(data), *TINY_FIT_ARGS, "--data.split_seed", "3", cwd=root)
+    result = run_cli("fit", "--data.root", str(data), *TINY_FIT_ARGS, "--data.split_seed", "3", cwd=root)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "the 'test' numbers below are the official val split, untouched by selection" in result.stdout
     return root / "lightning_logs" / "official_cnn1" / "version_0"
