@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import TINY_FIT_ARGS, make_dataset, run_tlbench, tlbench_env
+from tests.conftest import TINY_FIT_ARGS, make_dataset, run_cli, run_tlbench, tlbench_env
 from tlbench.data.datamodule import ImageFolderDataModule
 from tlbench.data.transforms import Preprocessing
 
@@ -35,8 +35,9 @@ TOTAL_STEPS = 12
 VOLATILE = {"seconds", "val_seconds", "train_seconds", "best_ckpt", "run_dir", "checkpoint_dir"}
 
 
-def fit(data: Path, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
-    return run_tlbench("fit", "--data.root", str(data), *ARGS, *extra, cwd=cwd)
+def fit(data: Path, cwd: Path, *extra: str, run=run_cli) -> subprocess.CompletedProcess:
+    """A fit of ``ARGS``, in this process unless ``run`` is ``run_tlbench`` (a fit that gets killed)."""
+    return run("fit", "--data.root", str(data), *ARGS, *extra, cwd=cwd)
 
 
 def without_volatile(value):
@@ -82,7 +83,11 @@ def test_killed_while_writing_a_checkpoint_then_at_a_random_step_resumes_to_the_
     data, reference = uninterrupted
     checkpoints = tmp_path.joinpath(*CHECKPOINTS)
     killed = fit(
-        data, tmp_path, "--trainer.callbacks+=tests.helpers.KillDuringCheckpointWrite", "--trainer.callbacks.nth=2"
+        data,
+        tmp_path,
+        "--trainer.callbacks+=tests.helpers.KillDuringCheckpointWrite",
+        "--trainer.callbacks.nth=2",
+        run=run_tlbench,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert len(list(checkpoints.glob("last.ckpt.*.partial"))) == 1, "the kill must land inside the write"
@@ -98,6 +103,7 @@ def test_killed_while_writing_a_checkpoint_then_at_a_random_step_resumes_to_the_
         "last",
         "--trainer.callbacks+=tests.helpers.KillAtStep",
         f"--trainer.callbacks.step={step}",
+        run=run_tlbench,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
 
