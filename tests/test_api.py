@@ -11,7 +11,7 @@ import pytest
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import CSVLogger
 
-from tests.conftest import REPO, TINY_FIT_ARGS, make_dataset, run_tlbench
+from tests.conftest import REPO, TINY_FIT_ARGS, make_dataset, run_cli
 from tests.helpers import InterruptAtSetup, NoDirLogger
 from tlbench.errors import TLBenchError
 
@@ -124,7 +124,7 @@ def test_unknown_option_is_one_line_with_close_matches(tiny_dataset):
 
 
 def test_cli_with_csv_logger(tiny_dataset, tmp_path):
-    result = run_tlbench(
+    result = run_cli(
         "fit",
         "--data.root",
         str(tiny_dataset),
@@ -144,7 +144,7 @@ def test_cli_with_csv_logger(tiny_dataset, tmp_path):
 def test_cli_with_mlflow_file_store(tiny_dataset, tmp_path):
     pytest.importorskip("mlflow")
     store = tmp_path / "mlruns"
-    result = run_tlbench(
+    result = run_cli(
         "fit",
         "--data.root",
         str(tiny_dataset),
