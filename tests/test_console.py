@@ -13,7 +13,7 @@ import warnings
 
 import pytest
 
-from tests.conftest import make_dataset, run_tlbench
+from tests.conftest import make_dataset, run_cli
 from tlbench.console import TLBenchWarning, quiet_console
 
 PROGRESS = re.compile(r"━|\d+/\d+ \[|it/s\]|s/it\]")  # Rich's and tqdm's bars, whatever the terminal
@@ -28,7 +28,7 @@ def default_fit(tmp_path_factory) -> list[str]:
     for label in range(3):
         for index in range(4):
             shutil.copy(data / f"class_{label}" / f"img_{index:03d}.png", data / f"class_{label}" / f"copy_{index}.png")
-    result = run_tlbench(
+    result = run_cli(
         "fit",
         *("--data.root", "dups", "--data.dedupe", "true", "--model.backbone", "efficientnet_lite0"),
         *("--model.input_size", "64", "--model.head_epochs", "1", "--model.finetune_epochs", "1"),
