@@ -6,7 +6,7 @@ import re
 
 import pytorch_lightning as pl
 
-from tests.conftest import run_tlbench
+from tests.conftest import run_cli
 from tlbench.data.datamodule import ImageFolderDataModule
 from tlbench.models.module import TransferLearningModule
 from tlbench.tuning import phase_for_search
@@ -21,7 +21,7 @@ ARGS = [
 def test_lr_find_prints_and_plots_a_suggestion_per_phase_and_leaves_no_run(tiny_dataset, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
-    result = run_tlbench("lr_find", "--data.root", str(tiny_dataset), *ARGS, cwd=work)
+    result = run_cli("lr_find", "--data.root", str(tiny_dataset), *ARGS, cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
     defaults = inspect.signature(TransferLearningModule).parameters
     for name in ("head_lr", "finetune_lr"):
@@ -38,7 +38,7 @@ def test_lr_find_prints_and_plots_a_suggestion_per_phase_and_leaves_no_run(tiny_
 
 def test_lr_find_searches_only_the_phases_the_run_has(tiny_dataset, tmp_path):
     head_only = ("--model.finetune_epochs", "0")
-    result = run_tlbench("lr_find", "--data.root", str(tiny_dataset), *ARGS, *head_only, cwd=tmp_path)
+    result = run_cli("lr_find", "--data.root", str(tiny_dataset), *ARGS, *head_only, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "head_lr: suggested" in result.stdout and "finetune_lr" not in result.stdout
 

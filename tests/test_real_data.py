@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from tests.conftest import run_tlbench
+from tests.conftest import run_cli
 
 
 @pytest.mark.slow
 def test_leaves3_efficientnet_lite0_is_far_above_chance(shared_data, tmp_path):
-    result = run_tlbench(
+    result = run_cli(
         "fit",
         "--config",
         "leaves_efficientnet_lite0.yaml",
