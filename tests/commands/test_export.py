@@ -16,7 +16,7 @@ import tlbench
 import tlbench.export
 import tlbench.hub
 import tlbench.quantize
-from tests.conftest import REPO, make_dataset, run_tlbench
+from tests.conftest import REPO, make_dataset, run_cli
 from tlbench.__main__ import main
 from tlbench.data.images import load_rgb
 from tlbench.errors import TLBenchError
@@ -29,7 +29,7 @@ from tlbench.quantize import INT8_ONNX, int8_verdict
 
 def test_cli_writes_a_bundle_whose_every_format_matches_pytorch(tiny_run, tmp_path):
     bundle = tmp_path / "bundle"
-    result = run_tlbench("export", str(tiny_run), "--format", "onnx,torchscript", "--output", str(bundle), cwd=tmp_path)
+    result = run_cli("export", str(tiny_run), "--format", "onnx,torchscript", "--output", str(bundle), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "parity on 3 test images" in result.stdout
     assert sorted(p.name for p in bundle.iterdir()) == [
@@ -87,7 +87,7 @@ def test_failed_parity_check_leaves_no_bundle(tiny_run, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_efficientnet_lite0_run_exports_with_parity(shared_data, tmp_path):
     """A real pretrained network: depthwise convolutions, BatchNorm and SiLU through ONNX and TorchScript."""
-    fit = run_tlbench(
+    fit = run_cli(
         "fit",
         "--config",
         "leaves_efficientnet_lite0.yaml",
@@ -177,7 +177,7 @@ def test_standalone_onnx_classifies_with_onnxruntime_pillow_numpy_alone(tiny_run
 
 def test_cli_quantize_int8_writes_a_checked_int8_graph(tiny_run, tmp_path):
     bundle = tmp_path / "bundle"
-    result = run_tlbench("export", str(tiny_run), "--quantize", "int8", "--output", str(bundle), cwd=tmp_path)
+    result = run_cli("export", str(tiny_run), "--quantize", "int8", "--output", str(bundle), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "int8: agrees with fp32 on 100.0% of 3 test images" in result.stdout
     assert "calibrated on 21 training images" in result.stdout
@@ -248,7 +248,7 @@ def test_cli_format_hf_round_trips_through_timm_and_tlbench(linear_timm_run, tmp
     import timm
 
     folder = tmp_path / "hf"
-    result = run_tlbench("export", str(linear_timm_run), "--format", "hf", "--output", str(folder), cwd=tmp_path)
+    result = run_cli("export", str(linear_timm_run), "--format", "hf", "--output", str(folder), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     config = json.loads((folder / "config.json").read_text())
