@@ -109,11 +109,10 @@ def server(served) -> str:
 
 @pytest.fixture(scope="module")
 def captumless_server(bundle, tmp_path_factory):
-    """Base URL of a server that cannot import Captum: a ``captum`` package that raises ImportError comes first on
-    its PYTHONPATH, as if the explain extra were not installed."""
+    """Base URL of a server that cannot find Captum, as if the explain extra were not installed: the
+    ``sitecustomize`` first on its PYTHONPATH blocks the package before tlbench starts."""
     root = tmp_path_factory.mktemp("no-captum")
-    (root / "captum").mkdir()
-    (root / "captum" / "__init__.py").write_text("raise ImportError('captum is hidden from this test server')\n")
+    (root / "sitecustomize.py").write_text("import sys\n\nsys.modules['captum'] = None  # hidden from this server\n")
     url, process = launch(bundle, root / "server.log", env={"PYTHONPATH": f"{root}{os.pathsep}{REPO}"})
     yield url
     process.terminate()

@@ -49,8 +49,10 @@ def serve(
     open: bool = False,
     allowed_hosts: str = "",
 ) -> None:
-    """Serve MODEL at http://HOST:PORT/ (page), POST /predict and POST /explain (multipart field "file"), GET /model,
-    GET /health. /explain (the page's "why?") returns the Grad-CAM overlay and needs tlbench[explain] (else 501).
+    """Serve MODEL at http://HOST:PORT/: the page, POST /predict, POST /explain, GET /model and GET /health.
+
+    Uploads go in the multipart field "file". /explain (the page's "why?") returns the Grad-CAM overlay and needs
+    tlbench[explain] (else 501).
 
     Args:
         model: a bundle (tlbench export), a run directory or a .ckpt file.

@@ -55,7 +55,7 @@ from tlbench.models.inference import Predictor
 from tlbench.models.loading import TrainedModel
 from tlbench.serve.access import AccessControl
 from tlbench.serve.batching import MicroBatcher
-from tlbench.serve.explaining import UploadExplainer
+from tlbench.serve.explaining import ExplanationUnavailable, UploadExplainer
 from tlbench.serve.limits import BodyLimits, Busy, ConcurrencyLimit
 
 UPLOAD_FIELD = "file"
@@ -240,7 +240,10 @@ def create_app(trained: TrainedModel, settings: ServeSettings = ServeSettings())
             upload = await run_in_threadpool(read_upload, body, request.headers.get("content-type", ""))
             async with decoding:
                 image = await run_in_threadpool(open_upload, upload, budget)
-            answer = await run_in_threadpool(explainer.explain, image)
+            try:
+                answer = await run_in_threadpool(explainer.explain, image)
+            except ExplanationUnavailable as error:  # found out on the first request (a vision transformer)
+                raise HTTPException(501, str(error)) from None
         return {**answer, "elapsed_ms": round((time.perf_counter() - started) * 1000, 2)}
 
     app.add_middleware(BodyLimits, max_bytes=int(settings.max_upload_mb * 2**20), timeout_s=settings.body_timeout)

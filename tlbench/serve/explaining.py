@@ -9,48 +9,70 @@ this module only keeps it safe to run inside the server:
 - One explanation runs at a time (a lock, taken on the worker thread): the hooks are per module, so two at once
   on the copy would catch each other's maps; a forward and a backward pass are also the heaviest work the server
   does, and requests waiting for the lock still hold their concurrency slot, so the queue stays bounded.
-- Without Captum, or for a backbone Grad-CAM cannot explain (a vision transformer), ``unavailable`` says why in
-  one line; the server answers 501 with it and ``GET /model`` says ``"explain": false`` so the page hides the
-  toggle.
+- Nothing of it is loaded until the first explanation: Captum (which imports matplotlib), the Grad-CAM module
+  and the network's copy add about 60 MiB to a server that may never be asked "why?", and the memory budget
+  under attack is the server's.
+- Without Captum, ``unavailable`` says why in one line from the start; for a backbone Grad-CAM cannot explain
+  (a vision transformer), from the first request on. The server answers 501 with it and ``GET /model`` says
+  ``"explain": false`` so the page hides the toggle.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import importlib.util
 import io
 import threading
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from tlbench.errors import TLBenchError
-from tlbench.models.gradcam import Explainer, require_captum
 from tlbench.models.loading import TrainedModel
+
+if TYPE_CHECKING:
+    from tlbench.models.gradcam import Explainer
+
+
+class ExplanationUnavailable(TLBenchError):
+    """This server cannot explain (its message says why and what to install); the server answers 501."""
 
 
 class UploadExplainer:
-    """Grad-CAM of uploaded images with a private copy of ``trained``'s network, one image at a time."""
+    """Grad-CAM of uploaded images with a private copy of ``trained``'s network, one image at a time, set up on
+    the first request."""
 
     def __init__(self, trained: TrainedModel) -> None:
         self.unavailable: str | None = None
+        self._trained = trained
         self._explainer: Explainer | None = None
         self._lock = threading.Lock()
-        try:
-            require_captum()
-            self._explainer = Explainer.of(copy.deepcopy(trained.model))
-        except TLBenchError as error:
-            self.unavailable = str(error)
+        if importlib.util.find_spec("captum") is None:
+            self._set_up()  # only to word the reason
 
     @property
     def available(self) -> bool:
-        return self._explainer is not None
+        return self.unavailable is None
+
+    def _set_up(self) -> None:
+        from tlbench.models.gradcam import Explainer
+
+        try:
+            self._explainer = Explainer.of(copy.deepcopy(self._trained.model))
+        except TLBenchError as error:
+            self.unavailable = str(error)
 
     def explain(self, image: Image.Image) -> dict:
         """The predicted class, its probability, the heatmap's peak and the overlay as a base64 PNG, all over
-        ``image`` as decoded (uploads are reduced to twice the model's resize size before they get here)."""
-        if self._explainer is None:  # the server answers 501 before it gets here
-            raise RuntimeError(f"no explanations here: {self.unavailable}")
+        ``image`` as decoded (uploads are reduced to twice the model's resize size before they get here).
+
+        Raises ``ExplanationUnavailable`` when this model or server cannot explain."""
         with self._lock:
+            if self._explainer is None and self.unavailable is None:
+                self._set_up()
+            if self._explainer is None:
+                raise ExplanationUnavailable(self.unavailable)
             item = self._explainer.explain([image], ["upload"])[0]
         buffer = io.BytesIO()
         Image.fromarray(item.overlay()).save(buffer, "PNG")
