@@ -35,8 +35,9 @@ if TYPE_CHECKING:
     from tlbench.models.gradcam import Explainer
 
 
-class ExplanationUnavailable(TLBenchError):
-    """This server cannot explain (its message says why and what to install); the server answers 501."""
+class ExplanationUnavailable(Exception):
+    """This server cannot explain; the message is the ``TLBenchError`` that said why (and what to install), and
+    the server answers 501 with it."""
 
 
 class UploadExplainer:
