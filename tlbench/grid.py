@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 
 import pandas as pd
 
@@ -78,6 +79,7 @@ ECHO_SECONDS = 10.0
 TAIL_BYTES = 8192
 # submitit's job files (pickled tasks, each task's stdout and stderr), under the grid's status folder.
 SUBMITIT_DIR = "submitit"
+SUBMITIT_LOG_LEVEL = "SUBMITIT_LOG_LEVEL"  # submitit reads it once, on import
 # Set by a launcher for the grid process it starts: where it runs (recorded in its claims), and the pid of the
 # launcher's process, which that grid process must not outlive (see ``die_with_parent``).
 WORKER_ENV = "TLBENCH_GRID_WORKER"
@@ -791,6 +793,24 @@ def cell_args(grid_args: list[str], cell: Cell, fit_args: list[str]) -> list[str
     return ["grid", *grid_args, "--cell", str(cell.index), "--", *fit_args]
 
 
+def _import_submitit() -> ModuleType:
+    """submitit configures logging as it is imported (``logging.config.dictConfig``), which shuts down every handler
+    the process already has: a notebook's or host application's log file stops being written, and a handler that owns
+    its stream closes it. Imported with its own ``SUBMITIT_LOG_LEVEL=NOCONFIG`` switch (unless the user set a level),
+    its logger adds no handlers and its records reach the host's; the array tasks, fresh processes, configure it as
+    usual."""
+    user_level = os.environ.get(SUBMITIT_LOG_LEVEL)
+    os.environ[SUBMITIT_LOG_LEVEL] = user_level or "NOCONFIG"
+    try:
+        import submitit
+    except ImportError:
+        raise TLBenchError("the submitit launcher needs submitit: pip install 'tlbench[slurm]'") from None
+    finally:
+        if user_level is None:
+            del os.environ[SUBMITIT_LOG_LEVEL]
+    return submitit
+
+
 def submit_grid(
     spec: GridSpec,
     grid_args: list[str],
@@ -810,10 +830,7 @@ def submit_grid(
     ``grid status`` can share one grid. ``cluster`` is submitit's: None picks SLURM where ``sbatch`` exists, else runs
     the tasks as local processes; ``"local"`` always does. submitit's files go to ``<status>/submitit/``.
     """
-    try:
-        import submitit
-    except ImportError:
-        raise TLBenchError("the submitit launcher needs submitit: pip install 'tlbench[slurm]'") from None
+    submitit = _import_submitit()
     output = Path(output)
     status = status_dir(output, name or grid_name(spec))
     cells = plan_cells(spec)

@@ -8,6 +8,9 @@ exactly what the serial run learned (cnn1 on one thread is deterministic).
 
 from __future__ import annotations
 
+import io
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -61,3 +64,30 @@ def test_the_submitit_launcher_without_submitit_names_the_extra(tmp_path, monkey
     monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit raises ImportError
     assert main(["grid", "--launcher", "submitit", *GRID_ARGS]) == 2
     assert capsys.readouterr().err == "error: the submitit launcher needs submitit: pip install 'tlbench[slurm]'\n"
+
+
+class HostHandler(logging.StreamHandler):
+    """A handler of the process that runs the grid; ``close`` is what ``logging.shutdown`` calls to shut it down
+    (absl's handler closes its stream there)."""
+
+    def close(self) -> None:
+        self.stream.close()
+        super().close()
+
+
+def test_the_submitit_launcher_leaves_the_host_processs_log_handlers_open(tmp_path_factory, monkeypatch, capsys):
+    """submitit's import-time ``dictConfig`` shut down every handler of the process that imported it (absl's closed
+    pytest's capture file and ended the test run)."""
+    for name in [name for name in sys.modules if name.partition(".")[0] == "submitit"]:
+        monkeypatch.delitem(sys.modules, name)  # imported afresh, as by a process that never had it
+    host_log = HostHandler(io.StringIO())
+    logging.getLogger("host").addHandler(host_log)
+    monkeypatch.chdir(grid_root(tmp_path_factory, "host"))
+    try:
+        assert main(["grid", "--launcher", "submitit_local", *GRID_ARGS, "--cell", "9"]) == 2  # submits nothing
+        assert "--cell 9" in capsys.readouterr().err and "submitit" in sys.modules
+        logging.getLogger("host").warning("still logging")
+        assert host_log.stream.getvalue() == "still logging\n"
+    finally:
+        logging.getLogger("host").removeHandler(host_log)
+    assert "SUBMITIT_LOG_LEVEL" not in os.environ
