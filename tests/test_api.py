@@ -119,7 +119,7 @@ def test_any_logger_keeps_the_run_directory(tiny_dataset, tmp_path, make_loggers
 def test_unknown_option_is_one_line_with_close_matches(tiny_dataset):
     import tlbench
 
-    with pytest.raises(TLBenchError, match=r"unknown option 'head_epoch'; did you mean head_epochs"):
+    with pytest.raises(TLBenchError, match=r"unknown option 'head_epoch' \(did you mean head_epochs"):
         tlbench.fit(tiny_dataset, head_epoch=3)
 
 

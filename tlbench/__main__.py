@@ -71,9 +71,8 @@ def _resolve(argv: Sequence[str]) -> tuple[Callable, list[str], str] | None:
         if (not rest or rest[0] not in target) and "" in target:
             rest = ["", *rest]
         if not rest or rest[0] not in target:
-            raise TLBenchError(
-                f"'{argv[0]}' needs one of: {', '.join(target)} (e.g. tlbench {argv[0]} {next(iter(target))} --help)"
-            )
+            example = f"tlbench {argv[0]} {next(iter(target))} --help"
+            raise TLBenchError(f"'{argv[0]}' needs one of: {', '.join(target)}; run e.g. '{example}'")
         words += [rest[0]] if rest[0] else []
         target, rest = target[rest[0]], rest[1:]
     if target is None:

@@ -77,10 +77,10 @@ def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     unknown = sorted(set(options) - model_names - data_names)
     if unknown:
         close = difflib.get_close_matches(unknown[0], sorted(model_names | data_names), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise TLBenchError(
-            f"tlbench.fit: unknown option {unknown[0]!r}{hint} (options are the arguments of "
-            "TransferLearningModule and ImageFolderDataModule)"
+            f"tlbench.fit: unknown option {unknown[0]!r}{hint}; use an argument of TransferLearningModule or"
+            " ImageFolderDataModule"
         )
     return (
         {k: v for k, v in options.items() if k in model_names},
