@@ -75,7 +75,10 @@ def imagenet_predictor(backbone: str, engine: EngineName = "auto") -> Predictor:
     """The backbone with its ImageNet head, wrapped like a trained model so classify's batching is reused."""
     model, source = create_classifier(backbone)
     if source == "random" or getattr(model, "num_classes", 1000) != 1000:
-        raise TLBenchError(f"check needs a backbone with ImageNet-1k weights; '{backbone}' has none ({source})")
+        raise TLBenchError(
+            f"check needs a backbone with ImageNet-1k weights; '{backbone}' has none ({source});"
+            " pass --backbone with ImageNet weights (e.g. efficientnet_lite0)"
+        )
     preprocessing = Preprocessing.from_timm_config(model.pretrained_cfg)
     trained = TrainedModel(model.eval(), imagenet_labels(), preprocessing, backbone, "imagenet", Path(source))
     return Predictor(trained, engine=engine)
@@ -128,7 +131,9 @@ def check_dataset(
         named = f"{config} names no data.root" if config else "no data folder"
         raise TLBenchError(f"{named}: pass --data.root DIR or a --config that names one")
     if per_class < 1 or not 1 <= top_k <= 1000:
-        raise TLBenchError(f"--per_class must be at least 1 and --top_k in 1..1000 (got {per_class} and {top_k})")
+        raise TLBenchError(
+            f"--per_class {per_class} and --top_k {top_k}: pass --per_class 1 or more and --top_k from 1 to 1000"
+        )
     table = make_split(root)
     backbone = backbone or config_backbone or DEFAULT_BACKBONE
     predictor = imagenet_predictor(backbone, engine)

@@ -56,7 +56,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         paths += images_under(path) if path.is_dir() else [path]
     if not paths:
         raise TLBenchError(
-            f"no image files in {', '.join(inputs)} (looked for .jpg, .jpeg, .png, .bmp, .webp, .tif, any case)"
+            f"no image files in {', '.join(inputs)} (looked for .jpg, .jpeg, .png, .bmp, .webp, .tif, any case);"
+            " pass image files or folders that hold them"
         )
     return paths
 
@@ -132,7 +133,7 @@ def classify_files(
         engine: auto (ONNX Runtime on a CPU, torch on a GPU), torch or onnxruntime (see ``Predictor``).
     """
     if top_k < 1 or batch_size < 1:
-        raise TLBenchError(f"--top_k and --batch_size must be at least 1 (got {top_k} and {batch_size})")
+        raise TLBenchError(f"--top_k {top_k} and --batch_size {batch_size}: pass 1 or more for each")
     paths = expand_inputs(inputs)
     trained = load_trained(model, phase)
     table = classify_paths(Predictor(trained, batch_size, engine), paths, top_k, progress)

@@ -464,7 +464,7 @@ def export_bundle(
     quantize = check_quantization(quantize)
     hf = wanted == ["hf"]
     if hf and quantize:
-        raise TLBenchError("--quantize int8 makes an ONNX graph; it does not apply to --format hf")
+        raise TLBenchError("--quantize int8 makes an ONNX graph; leave out --quantize for --format hf")
     if push and not hf:
         raise TLBenchError("--push uploads a timm folder; add --format hf")
     if quantize and "onnx" not in wanted:  # the fp32 graph is what int8 is quantised from and checked against

@@ -291,7 +291,7 @@ def test_format_hf_refuses_models_timm_cannot_represent(tiny_run, linear_timm_ru
         export_bundle(linear_timm_run, formats="hf", output=tmp_path / "hidden")
     for formats, quantize, push, message in [
         ("hf,onnx", None, None, "export it alone"),
-        ("hf", "int8", None, "does not apply to --format hf"),
+        ("hf", "int8", None, "leave out --quantize for --format hf"),
         ("onnx", None, "org/name", "add --format hf"),
     ]:
         with pytest.raises(TLBenchError, match=message):

@@ -586,6 +586,24 @@ def test_network_bind_without_token_refuses_to_start(tmp_path):
     ]
 
 
+@pytest.mark.parametrize(
+    "limits, message",
+    [
+        ({"max_batch": 0}, "--max_batch 0 is out of range; pass --max_batch 1 or more"),
+        ({"body_timeout": 0.0}, "--body_timeout 0.0 is out of range; pass --body_timeout more than 0"),
+        ({"top_k": 0, "decode_workers": -1}, "--decode_workers -1 is out of range; pass --decode_workers 0 or more"),
+    ],
+)
+def test_a_limit_out_of_range_names_its_flag(tmp_path, limits, message):
+    """Checked before the model is read: the first flag out of range, in the order of --help, and what it takes."""
+    from tlbench.commands.serve import serve
+    from tlbench.errors import TLBenchError
+
+    with pytest.raises(TLBenchError) as refused:
+        serve(str(tmp_path / "no_model"), **limits)
+    assert str(refused.value) == message
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="resets and reads peak memory in /proc")
 def test_a_burst_of_in_limit_bombs_decodes_two_at_a_time_within_the_memory_budget(token_served):
     """Eight of the largest images the default decoding budget accepts, sent at once to a server with the default

@@ -28,6 +28,15 @@ def return_freed_memory() -> None:
             pass
 
 
+def check_ranges(*limits: tuple[str, float, float, bool]) -> None:
+    """``(flag, value, lowest, lowest allowed)`` in order; the first value out of range is one line naming its flag
+    and the values it takes, so a user fixes the flag they got wrong rather than reading every rule."""
+    for flag, value, lowest, inclusive in limits:
+        if value < lowest or (value == lowest and not inclusive):
+            rule = f"{lowest} or more" if inclusive else f"more than {lowest}"
+            raise TLBenchError(f"--{flag} {value} is out of range; pass --{flag} {rule}")
+
+
 def serve(
     model: str,
     phase: str | None = None,
@@ -88,20 +97,19 @@ def serve(
     missing = [name for name in ("fastapi", "uvicorn", "python_multipart") if importlib.util.find_spec(name) is None]
     if missing:
         raise TLBenchError(f"serve needs {', '.join(missing)}; install them with: pip install 'tlbench[serve]'")
-    if (
-        min(max_concurrency, max_batch, top_k) < 1
-        or min(max_upload_mb, max_decode_mb) <= 0
-        or queue_timeout < 0
-        or batch_window_ms < 0
-        or min(header_timeout, body_timeout) <= 0
-        or max_connections < 1
-        or decode_workers < 0
-    ):
-        raise TLBenchError(
-            "max_concurrency, max_batch and top_k must be >= 1, max_upload_mb and max_decode_mb > 0,"
-            " queue_timeout and batch_window_ms >= 0, header_timeout and body_timeout > 0, max_connections >= 1,"
-            " decode_workers >= 0"
-        )
+    check_ranges(
+        ("max_upload_mb", max_upload_mb, 0, False),
+        ("max_decode_mb", max_decode_mb, 0, False),
+        ("max_concurrency", max_concurrency, 1, True),
+        ("decode_workers", decode_workers, 0, True),
+        ("queue_timeout", queue_timeout, 0, True),
+        ("top_k", top_k, 1, True),
+        ("max_batch", max_batch, 1, True),
+        ("batch_window_ms", batch_window_ms, 0, True),
+        ("header_timeout", header_timeout, 0, False),
+        ("body_timeout", body_timeout, 0, False),
+        ("max_connections", max_connections, 1, True),
+    )
     from tlbench.serve.access import LOOPBACK_HOSTS, is_loopback
 
     token = token or os.environ.get(TOKEN_VARIABLE) or None
