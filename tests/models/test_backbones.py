@@ -48,8 +48,8 @@ def test_tagged_names_build_their_architecture_with_the_tag_preprocessing():
     "name, hint",
     [
         ("resnt18", "did you mean resnet18"),
-        ("resnet18.no_such_tag", "its tags: a1_in1k"),
-        ("cnn1.in1k", "no pretrained tags"),
+        ("resnet18.no_such_tag", "use one of its tags: a1_in1k"),
+        ("cnn1.in1k", "no pretrained tags: use cnn1 without one"),
         ("timm/resnet18", "hf-hub:timm/resnet18"),
         ("ftp:resnet18", "valid sources: hf-hub, local-dir"),
         ("local-dir:/no/such/folder", "config.json"),

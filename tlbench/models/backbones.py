@@ -37,7 +37,7 @@ def resolve_name(name: str) -> str:
     try:
         source, model_id = parse_model_name(name)
     except ValueError as error:
-        raise TLBenchError(f"backbone '{name}': {error}") from None
+        raise TLBenchError(f"backbone '{name}': {error}; use {NAME_FORMS}") from None
     if source == "local-dir":
         if not (Path(model_id).expanduser() / "config.json").is_file():
             raise TLBenchError(
@@ -55,7 +55,9 @@ def resolve_name(name: str) -> str:
         raise TLBenchError(f"unknown backbone '{name}'; {hint}use {NAME_FORMS}")
     tags = [known.split(".", 1)[1] for known in get_arch_pretrained_cfgs(arch) if "." in known]
     if tag and tag not in tags:
-        known = f"its tags: {', '.join(tags)}" if tags else "it has no pretrained tags"
+        known = (
+            f"use one of its tags: {', '.join(tags)}" if tags else f"it has no pretrained tags: use {arch} without one"
+        )
         raise TLBenchError(f"backbone '{name}': {arch} has no pretrained tag '{tag}'; {known}")
     return f"{arch}.{tag}" if tag else arch
 
@@ -108,20 +110,21 @@ def _fetch_failure(name: str, error: Exception) -> str:
         reason = f"{type(error).__name__}: {str(error).splitlines()[0]}" if str(error) else type(error).__name__
         return (
             f"cannot build backbone '{name}' from its folder ({reason}); it needs timm's config.json and, for"
-            " pretrained weights, model.safetensors or pytorch_model.bin (timm.models.save_for_hf writes both)"
+            " pretrained weights, model.safetensors or pytorch_model.bin; write the folder with"
+            " timm.models.save_for_hf(model, FOLDER)"
         )
     fetch = f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\" (it caches them)"
     if name.startswith("hf-hub:"):  # its config too comes from the hub, so no offline alternative applies
         return (
-            f"could not download '{name}' from the Hugging Face hub ({type(error).__name__}); on a machine with"
-            f" network run once: {fetch}"
+            f"could not download '{name}' from the Hugging Face hub ({type(error).__name__}); run once on a machine"
+            f" with network: {fetch}"
         )
     arch = split_model_name_tag(name)[0]
     offline = arch in EMBEDDED_WEIGHTS and arch != name
     embedded = f", or --model.backbone {arch} (embedded weights, offline)" if offline else ""
     return (
-        f"could not download ImageNet weights for '{name}' from the timm hub ({type(error).__name__}); on a machine"
-        f" with network run once: {fetch}, or save them and pass --model.weights PATH (.pth/.safetensors), or"
+        f"could not download ImageNet weights for '{name}' from the timm hub ({type(error).__name__}); run once on"
+        f" a machine with network: {fetch}, or save them and pass --model.weights PATH (.pth/.safetensors), or"
         f" --model.pretrained false{embedded}"
     )
 

@@ -73,18 +73,19 @@ def checkpoint_for_run(run_dir: Path, phase: str | None) -> Path:
     phase with the better validation loss, ``metrics.json["final"]``)."""
     metrics = read_metrics(run_dir)
     phases = metrics.get("phases", {})
-    if not phases:
+    trained = [name for name, phase_metrics in phases.items() if phase_metrics.get("best_ckpt")]
+    if not trained:
         raise TLBenchError(f"{run_dir}/metrics.json lists no trained phase; finish the run or pass a .ckpt file")
     chosen = phase or final_phase(metrics)
-    if chosen not in phases or not phases[chosen].get("best_ckpt"):
-        raise TLBenchError(f"{run_dir} has no '{chosen}' phase; available: {', '.join(phases)}")
+    if chosen not in trained:
+        raise TLBenchError(f"{run_dir} has no '{chosen}' phase; pass --phase with one of: {', '.join(trained)}")
     return Path(phases[chosen]["best_ckpt"])
 
 
 def model_from_checkpoint(checkpoint: dict, source: Path) -> TrainedModel:
     settings = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
     if not settings.get("classes"):
-        raise TLBenchError(f"{source} has no class names; it was not written by tlbench fit")
+        raise TLBenchError(f"{source} has no class names; pass a checkpoint or run directory written by tlbench fit")
     model = build_model(settings, checkpoint.get("tlbench_preprocessing"))
     model.load_state_dict(checkpoint["state_dict"])
     model.weights_source = checkpoint.get("tlbench_weights", model.weights_source)
@@ -113,7 +114,8 @@ def load_bundle(bundle: Path, phase: str | None = None) -> TrainedModel:
         manifest = read_json(bundle / BUNDLE_MANIFEST)
         if manifest.get("format_version") != BUNDLE_FORMAT:
             raise TLBenchError(
-                f"{bundle} is bundle format {manifest.get('format_version')}; this tlbench reads format {BUNDLE_FORMAT}"
+                f"{bundle} is bundle format {manifest.get('format_version')}; this tlbench reads format"
+                f" {BUNDLE_FORMAT}: re-export it with this tlbench (tlbench export RUN)"
             )
         if phase is not None and phase != manifest["phase"]:
             raise TLBenchError(

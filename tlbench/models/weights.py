@@ -71,13 +71,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as error:  # torch/safetensors raise many types for truncated or hostile files
         raise TLBenchError(
             f"cannot read weights file {path} ({type(error).__name__});"
-            " it is truncated, not a weights file, or contains code"
+            " it is truncated, not a weights file, or contains code; write it again with"
+            " torch.save(model.state_dict(), PATH) or as .safetensors"
         ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
-        raise TLBenchError(f"{path} holds no state dict of tensors")
+        raise TLBenchError(
+            f"{path} holds no state dict of tensors; write one with torch.save(model.state_dict(), PATH)"
+        )
     return state
 
 
@@ -105,7 +108,7 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> 
     if non_classifier:
         raise TLBenchError(
             f"{origin} does not fit this backbone: {len(non_classifier)} tensors missing or of another shape"
-            f" (first: {non_classifier[0]})"
+            f" (first: {non_classifier[0]}); check that --model.backbone is the weights' architecture"
         )
     model.load_state_dict(usable, strict=False)
 
