@@ -154,48 +154,19 @@ NO_FIX = {
     "export parity check failed on {described}: max abs probability difference {detail} > {PARITY_TOLERANCE};"
     " nothing was written",
 }
-# Messages of modules being restructured elsewhere that still name no fix; each is to be reworded there, then
-# dropped from here (the test fails on an entry no message has any more).
-PENDING = {
-    "'{argv[0]}' needs one of: {...} (e.g. tlbench {argv[0]} {...} --help)",
-    "tlbench.fit: unknown option {unknown[0]} (options are the arguments of TransferLearningModule and"
-    " ImageFolderDataModule)",
-    "tlbench.fit: unknown option {unknown[0]}; did you mean {...}? (options are the arguments of"
-    " TransferLearningModule and ImageFolderDataModule)",
-    "--per_class must be at least 1 and --top_k in 1..1000 (got {per_class} and {top_k})",
-    "check needs a backbone with ImageNet-1k weights; '{backbone}' has none ({source})",
-    "--top_k and --batch_size must be at least 1 (got {top_k} and {batch_size})",
-    "no image files in {...} (looked for .jpg, .jpeg, .png, .bmp, .webp, .tif, any case)",
-    "max_concurrency, max_batch and top_k must be >= 1, max_upload_mb and max_decode_mb > 0, queue_timeout and"
-    " batch_window_ms >= 0, header_timeout and body_timeout > 0, max_connections >= 1, decode_workers >= 0",
-    "--quantize int8 makes an ONNX graph; it does not apply to --format hf",
-    "cannot build backbone '{name}' from its folder ({reason}); it needs timm's config.json and, for pretrained"
-    " weights, model.safetensors or pytorch_model.bin (timm.models.save_for_hf writes both)",
-    "could not download '{name}' from the Hugging Face hub ({...}); on a machine with network run once: python -c"
-    " \"import timm; timm.create_model('{name}', pretrained=True)\" (it caches them)",
-    "backbone '{name}': {arch} has no pretrained tag '{tag}'; it has no pretrained tags",
-    "backbone '{name}': {arch} has no pretrained tag '{tag}'; its tags: {...}",
-    "backbone '{name}': {error}",
-    "{run_dir} has no '{chosen}' phase; available: {...}",
-    "{bundle} is bundle format {...}; this tlbench reads format {BUNDLE_FORMAT}",
-    "{source} has no class names; it was not written by tlbench fit",
-    "{origin} does not fit this backbone: {...} tensors missing or of another shape (first: {non_classifier[0]})",
-    "cannot read weights file {path} ({...}); it is truncated, not a weights file, or contains code",
-    "{path} holds no state dict of tensors",
-}
 
 
 def test_every_error_message_names_a_fix():
     """Bad input gets one line naming the file and the fix: a message must tell the user what to do ("...; pass
     --data.root DIR"), not only what is wrong ("{runs_dir} is not a folder"). ``names_an_action`` looks for an
-    action word opening a clause; ``NO_FIX`` and ``PENDING`` are the exceptions, and must stay real messages."""
+    action word opening a clause; ``NO_FIX`` holds the exceptions, which must stay real messages."""
     from tests.error_messages import names_an_action, package_messages
 
     texts = {m.text for m in package_messages()}
-    silent = sorted(text for text in texts - NO_FIX - PENDING if not names_an_action(text))
+    silent = sorted(text for text in texts - NO_FIX if not names_an_action(text))
     assert silent == [], "messages that name no fix; add one (the flag, the command, the file to check)"
-    assert sorted((NO_FIX | PENDING) - texts) == [], "allow-listed messages the code no longer has; drop them"
-    assert [text for text in NO_FIX | PENDING if names_an_action(text)] == [], "allow-listed messages with a fix"
+    assert sorted(NO_FIX - texts) == [], "allow-listed messages the code no longer has; drop them"
+    assert [text for text in NO_FIX if names_an_action(text)] == [], "allow-listed messages with a fix"
 
 
 def test_names_an_action_tells_a_fix_from_a_statement():
