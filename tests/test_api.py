@@ -55,6 +55,7 @@ def test_readme_snippet_in_a_fresh_process(tmp_path):
         },
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "site-packages" not in result.stderr, f"a dependency's warning reached the user: {result.stderr[-3000:]}"
     run_dir = tmp_path / "lightning_logs" / "images_efficientnet_lite0" / "version_0"
     assert f" {run_dir}\n" in result.stdout
     assert (run_dir / "metrics.json").is_file() and (

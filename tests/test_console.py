@@ -7,6 +7,7 @@ deprecation warning, Lightning's tips, a warning about the backbone tlbench free
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import warnings
@@ -14,7 +15,7 @@ import warnings
 import pytest
 
 from tests.conftest import make_dataset, run_cli
-from tlbench.console import TLBenchWarning, quiet_console
+from tlbench.console import TLBenchWarning, quiet, quiet_console
 
 PROGRESS = re.compile(r"━|\d+/\d+ \[|it/s\]|s/it\]")  # Rich's and tqdm's bars, whatever the terminal
 
@@ -78,3 +79,22 @@ def test_dependency_filters_name_their_module_so_other_warnings_still_show():
         warnings.warn_explicit(epochs, UserWarning, "utilities.py", 73, module="pytorch_lightning.loops.utilities")
         warnings.warn_explicit("data note", TLBenchWarning, "datamodule.py", 1, module="tlbench.data.datamodule")
     assert [(str(w.message), w.filename) for w in caught] == [(leaf, "mine.py"), ("data note", "datamodule.py")]
+
+
+def test_quiet_filters_one_library_call_and_gives_the_caller_its_settings_back():
+    leaf = "`isinstance(treespec, LeafSpec)` is deprecated"
+    lightning_info = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    filters_before = list(lightning_info.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        format_before = warnings.formatwarning
+        with quiet():
+            warnings.warn_explicit(leaf, FutureWarning, "inside.py", 21, module="pytorch_lightning.utilities._pytree")
+            one_line = warnings.formatwarning("12 of 40 images are small", TLBenchWarning, "datamodule.py", 9)
+            tip = logging.makeLogRecord({"msg": "💡 Tip: try our cloud"})
+            added = [noise.filter(tip) for noise in lightning_info.filters[len(filters_before) :]]
+        warnings.warn_explicit(leaf, FutureWarning, "after.py", 21, module="pytorch_lightning.utilities._pytree")
+        assert warnings.formatwarning is format_before
+    assert [w.filename for w in caught] == ["after.py"]
+    assert one_line == "warning: 12 of 40 images are small\n" and added == [False]
+    assert lightning_info.filters == filters_before

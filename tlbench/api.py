@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from tlbench.console import quiet
 from tlbench.data.images import ImageLoadError, load_rgb
 from tlbench.errors import TLBenchError
 from tlbench.models.backbones import DEFAULT_BACKBONE
@@ -125,7 +126,8 @@ def fit(
     lightning = pl.Trainer(**settings)
     install_run_logger(lightning, experiment or experiment_name(datamodule.dataset_name, backbone))
     try:
-        lightning.fit(module, datamodule)
+        with quiet():  # the CLI's console: no dependency deprecations, no tips, tlbench's warnings in one line
+            lightning.fit(module, datamodule)
     except SystemExit:  # Lightning's exit(1) after a Ctrl-C would end a notebook's kernel: raise the interrupt instead
         if lightning.interrupted:
             raise KeyboardInterrupt from None

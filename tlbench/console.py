@@ -11,6 +11,8 @@ import logging
 import re
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class TLBenchWarning(UserWarning):
@@ -28,6 +30,7 @@ DEPENDENCY_WARNINGS = [
     (r"`max_epochs` was not set\. Setting it to 1000 epochs", Warning, r"pytorch_lightning\.loops\.utilities"),
 ]
 # Lightning INFO lines (logger pytorch_lightning.utilities.rank_zero) that say nothing about the run.
+LIGHTNING_INFO_LOGGER = "pytorch_lightning.utilities.rank_zero"
 LIGHTNING_INFO_NOISE = re.compile(
     r"💡 Tip: "  # advertising for Lightning's cloud products
     # tlbench's module brings its own checkpointing and phase callbacks on purpose
@@ -62,9 +65,30 @@ def _formatwarning(message, category, filename, lineno, line=None) -> str:
 
 def quiet_console() -> None:
     """Install the filters above; a command's entry point calls it once (calling it again changes nothing)."""
-    for message, category, module in DEPENDENCY_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category, module=module)
-    logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    _ignore_dependency_warnings()
+    logger = logging.getLogger(LIGHTNING_INFO_LOGGER)
     if not any(isinstance(existing, _DropNoise) for existing in logger.filters):
         logger.addFilter(_DropNoise())
     warnings.formatwarning = _formatwarning
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """The same filters for the duration of one library call (``tlbench.fit`` from Python): the caller's process
+    gets its own warning filters, warning format and Lightning logging back afterwards."""
+    logger = logging.getLogger(LIGHTNING_INFO_LOGGER)
+    noise, saved_format = _DropNoise(), warnings.formatwarning
+    with warnings.catch_warnings():
+        _ignore_dependency_warnings()
+        logger.addFilter(noise)
+        warnings.formatwarning = _formatwarning
+        try:
+            yield
+        finally:
+            logger.removeFilter(noise)
+            warnings.formatwarning = saved_format
+
+
+def _ignore_dependency_warnings() -> None:
+    for message, category, module in DEPENDENCY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
