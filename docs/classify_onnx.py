@@ -11,10 +11,8 @@ meta = session.get_modelmeta().custom_metadata_map
 short, crop, classes = int(meta["resize_size"]), int(meta["input_size"]), json.loads(meta["classes"])
 for path in sys.argv[2:]:
     image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
-    w, h = image.size
-    size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
-    image = image.resize(size, Image.Resampling[meta["interpolation"].upper()])
-    left, top = round((image.width - crop) / 2), round((image.height - crop) / 2)
-    crops = np.asarray(image.crop((left, top, left + crop, top + crop)))[None]
-    probabilities = session.run(None, {"images": crops})[0][0]
+    size = [short if side == min(image.size) else int(short * side / min(image.size)) for side in image.size]
+    pixels = np.asarray(image.resize(size, Image.Resampling[meta["interpolation"].upper()]))
+    top, left = np.round((np.array(pixels.shape[:2]) - crop) / 2).astype(int)  # half to even, as round()
+    probabilities = session.run(None, {"images": pixels[None, top : top + crop, left : left + crop]})[0][0]
     print(f"{path}\t{classes[probabilities.argmax()]}\t{probabilities.max():.6f}")

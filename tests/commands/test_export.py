@@ -153,9 +153,10 @@ def test_standalone_onnx_classifies_with_onnxruntime_pillow_numpy_alone(tiny_run
     for module in ("tlbench", "torch"):
         probe = subprocess.run([python, "-c", f"import {module}"], cwd=tmp_path, env=env, capture_output=True)
         assert probe.returncode != 0, f"{module} is importable in the isolated venv"
-    # Square, wide and tall images, so the resize's rounding and the crop's offsets are exercised.
+    # Square, wide and tall images, so the resize's rounding and the crop's offsets are exercised: 40x90 resizes to
+    # 36x81, a crop offset of 24.5 that rounds half to even (24), where rounding up or down would differ.
     images = sorted((tiny_run.parents[2] / "tiny").glob("*/*.png"))[::3]
-    for i, (width, height) in enumerate([(57, 41), (41, 63), (90, 37)]):
+    for i, (width, height) in enumerate([(57, 41), (41, 63), (90, 37), (40, 90)]):
         Image.open(images[i]).resize((width, height)).save(tmp_path / f"odd_{i}.png")
     images += sorted(tmp_path.glob("odd_*.png"))
     result = subprocess.run(
