@@ -1,7 +1,7 @@
 """Inference starts without Lightning: classify, serve, export, check and ``tlbench.load(...).predict`` run a plain
 ``Network`` (models/network.py), so none of them imports pytorch_lightning, torchmetrics or TensorBoard
-(docs/speed.md "Start-up"). Only a fresh interpreter can tell what a command imports, so one child process runs
-them all, in turn, and reports what each step brought in."""
+(docs/speed.md "Start-up"); their ``--help`` imports not even torch. Only a fresh interpreter can tell what a
+command imports, so one child process runs them all, in turn, and reports what each step brought in."""
 
 import json
 import subprocess
@@ -32,6 +32,15 @@ import tlbench
 from tlbench.__main__ import main
 
 step("import tlbench", lambda: None)
+torch_for_help = []
+for command in ("classify", "serve", "export", "check", "explain"):
+    try:
+        main([command, "--help"])
+    except SystemExit as exit:
+        assert exit.code in (0, None), f"{command} --help exited {exit.code}"
+    if "torch" in sys.modules and not torch_for_help:
+        torch_for_help.append(command)
+steps["--help imports torch"] = torch_for_help
 def predict(model):
     assert tlbench.load(model).predict([image])[0].label.startswith("class_")
 
@@ -46,12 +55,13 @@ step("tlbench.load(bundle).predict", lambda: predict(bundle))
 def serve():
     from starlette.testclient import TestClient
 
-    import tlbench.commands.serve  # what the command imports before uvicorn runs the app it builds
+    import tlbench.commands.serve  # noqa: F401  (what the command imports before uvicorn runs the app it builds)
     import uvicorn  # noqa: F401
+    from tlbench.models.loading import load_trained
     from tlbench.serve.app import ServeSettings, create_app
     from tlbench.serve.connections import uvicorn_config  # noqa: F401
 
-    app = create_app(tlbench.commands.serve.load_trained(str(bundle)), ServeSettings())
+    app = create_app(load_trained(str(bundle)), ServeSettings())
     with TestClient(app) as client:
         assert client.get("/health").status_code == 200
         with open(image, "rb") as upload:
@@ -80,6 +90,7 @@ def test_inference_commands_never_import_lightning(tiny_run, tmp_path):
     steps = json.loads(result.stdout.strip().splitlines()[-1])
     assert list(steps) == [
         "import tlbench",
+        "--help imports torch",
         "tlbench.load().predict",
         "classify",
         "export",

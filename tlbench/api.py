@@ -31,7 +31,7 @@ from tlbench.console import quiet
 from tlbench.data.images import ImageLoadError, load_rgb
 from tlbench.errors import TLBenchError
 from tlbench.models.backbones import DEFAULT_BACKBONE
-from tlbench.models.engine import EngineName
+from tlbench.models.engine_name import EngineName
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import TrainedModel, load_trained
 from tlbench.rundir import experiment_name, install_run_logger, read_metrics, run_dir

@@ -25,7 +25,7 @@ from tlbench.evaluation.domain import Recommendation, class_summary, recommend
 from tlbench.evaluation.plots import plot_contact_sheet
 from tlbench.io import write_csv
 from tlbench.models.backbones import DEFAULT_BACKBONE, create_classifier
-from tlbench.models.engine import EngineName
+from tlbench.models.engine_name import EngineName
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import TrainedModel
 from tlbench.outputs import dataset_name, default_output

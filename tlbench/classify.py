@@ -24,7 +24,7 @@ from tlbench.data.images import ImageLoadError, load_rgb
 from tlbench.errors import TLBenchError
 from tlbench.io import write_csv
 from tlbench.machine import usable_cores
-from tlbench.models.engine import EngineName
+from tlbench.models.engine_name import EngineName
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import TrainedModel, load_trained
 

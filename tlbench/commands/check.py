@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tlbench.check import check_dataset, format_labels
 from tlbench.commands import show_progress
-from tlbench.models.engine import EngineName
+from tlbench.models.engine_name import EngineName
 
 
 def check(
@@ -38,6 +37,8 @@ def check(
         progress: progress bar on stderr (default: only when stderr is a terminal).
         engine: auto (ONNX Runtime on a CPU, torch on a GPU), torch or onnxruntime.
     """
+    from tlbench.check import check_dataset, format_labels  # torch: imported once the arguments parsed
+
     result = check_dataset(
         fit_config, data_root, backbone, per_class, top_k, output, seed, show_progress(progress), engine
     )

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tlbench.classify import classify_files
 from tlbench.commands import show_progress
-from tlbench.models.engine import EngineName
+from tlbench.models.engine_name import EngineName
 
 
 def format_table(table: pd.DataFrame) -> str:
@@ -48,6 +47,8 @@ def classify(
         progress: progress bar on stderr (default: only when stderr is a terminal).
         engine: auto (ONNX Runtime on a CPU, torch on a GPU), torch or onnxruntime.
     """
+    from tlbench.classify import classify_files  # torch: imported once the arguments parsed
+
     result = classify_files(model, inputs, top_k, phase, batch_size, output, show_progress(progress), engine)
     trained = result.trained
     print(f"{trained.backbone} ({trained.phase}) from {trained.source}: {len(result.table)} image(s)")

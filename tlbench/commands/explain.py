@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from tlbench.explain import INDEX, explain_files
-
 
 def explain(
     model: str, inputs: list[str], output: str = "explanations", phase: str | None = None, batch_size: int = 16
@@ -20,6 +18,8 @@ def explain(
         phase: with a run directory, the phase whose best checkpoint is used (default: the final model).
         batch_size: images per forward and backward pass.
     """
+    from tlbench.explain import INDEX, explain_files  # torch: imported once the arguments parsed
+
     result = explain_files(model, inputs, output, phase, batch_size)
     print(f"{result.backbone} ({result.phase}), Grad-CAM on layer '{result.layer}': {len(result.table)} image(s)")
     width = max(len(str(path)) for path in result.table.path)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from tlbench.export import export_bundle
-
 
 def export(
     run: str,
@@ -30,6 +28,8 @@ def export(
             finds no significant difference.
         push: with --format hf, upload the folder to this Hugging Face Hub repository (ORG/NAME; untested here).
     """
+    from tlbench.export import export_bundle  # torch: imported once the arguments parsed
+
     bundle, parity = export_bundle(run, phase, format, output, quantize, push)
     differences = ", ".join(f"{name} {diff:.1e}" for name, diff in parity["max_abs_diff"].items())
     print(f"wrote {bundle}")

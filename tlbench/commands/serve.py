@@ -8,8 +8,7 @@ import os
 import sys
 
 from tlbench.errors import TLBenchError
-from tlbench.models.engine import EngineName
-from tlbench.models.loading import load_trained
+from tlbench.models.engine_name import EngineName
 
 TOKEN_VARIABLE = "TLBENCH_TOKEN"
 
@@ -121,6 +120,7 @@ def serve(
     hosts = (*LOOPBACK_HOSTS, host, *(name.strip() for name in allowed_hosts.split(",") if name.strip()))
     import uvicorn
 
+    from tlbench.models.loading import load_trained
     from tlbench.serve.app import ServeSettings, create_app
     from tlbench.serve.connections import reserve_file_handles, uvicorn_config
 

@@ -27,7 +27,6 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
@@ -36,10 +35,9 @@ from tlbench.cache import Cache
 from tlbench.console import warn
 from tlbench.errors import TLBenchError
 from tlbench.models.backbones import evaluating
+from tlbench.models.engine_name import ENGINES, EngineName
 from tlbench.models.feature_cache import weights_digest
 
-EngineName = Literal["auto", "torch", "onnxruntime"]
-ENGINES = ("auto", "torch", "onnxruntime")
 # float32 outputs of the same graph agree to ~1e-6 (8e-6 measured on Lite0's pooled features); 1e-4 leaves room
 # for kernel differences (onnxruntime's fused convolutions) while catching any real mismatch. It is absolute for
 # outputs within [-1, 1] (probabilities, pooled features) and relative to the largest magnitude beyond: float

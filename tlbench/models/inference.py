@@ -10,7 +10,8 @@ from PIL import Image
 from torch import nn
 
 from tlbench.data.transforms import eval_transform
-from tlbench.models.engine import Engine, EngineName
+from tlbench.models.engine import Engine
+from tlbench.models.engine_name import EngineName
 from tlbench.models.loading import BUNDLE_ONNX, TrainedModel
 from tlbench.models.network import Network
 

@@ -24,7 +24,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from tlbench.errors import TLBenchError
 from tlbench.models.backbones import DEFAULT_BACKBONE
-from tlbench.models.engine import Engine, EngineName, resolve_engine
+from tlbench.models.engine import Engine, resolve_engine
+from tlbench.models.engine_name import EngineName
 from tlbench.models.network import Network
 
 Phase = Literal["head", "finetune"]

@@ -50,7 +50,7 @@ from starlette.responses import Response
 
 from tlbench.data.images import DecodeBudget, ImageLoadError, ImageTooLargeError, NotAnImageError, load_rgb
 from tlbench.machine import usable_cores
-from tlbench.models.engine import EngineName
+from tlbench.models.engine_name import EngineName
 from tlbench.models.inference import Predictor
 from tlbench.models.loading import TrainedModel
 from tlbench.serve.access import AccessControl
