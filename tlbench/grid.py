@@ -84,6 +84,8 @@ SUBMITIT_LOG_LEVEL = "SUBMITIT_LOG_LEVEL"  # submitit reads it once, on import
 # launcher's process, which that grid process must not outlive (see ``die_with_parent``).
 WORKER_ENV = "TLBENCH_GRID_WORKER"
 PARENT_ENV = "TLBENCH_GRID_PARENT"
+# The fields of a stale claim that the claim taking it over keeps (as ``taken_over``): whose it was, how it ended.
+TAKEN_OVER_FIELDS = ("host", "pid", "worker", "token", "status", "returncode")
 
 
 @dataclass
@@ -427,7 +429,8 @@ class Claims:
     def acquire(self, experiment: str, record: dict) -> tuple[bool, dict | None]:
         """Claim ``experiment`` with ``record``: ``(True, the stale claim taken over or None)``, or ``(False, the
         claim of its live owner)``. A taker first links the stale claim to ``<experiment>.<its token>.stale``, which
-        only one taker of that claim can create, then removes it: two takers never both win."""
+        only one taker of that claim can create, then removes it: two takers never both win. The new claim keeps
+        whose the old one was and how it ended, as ``taken_over``."""
         token = uuid.uuid4().hex
         path = self.path(experiment)
         staged = self.folder / f".{path.name}.{token}"
@@ -460,6 +463,10 @@ class Claims:
             if self._beat is None:
                 self._beat = threading.Thread(target=self._keep_alive, name="grid-heartbeat", daemon=True)
                 self._beat.start()
+        if taken is not None:
+            # The new claim says what it took over: a launcher that never read that claim (a Ray worker killed
+            # between two of its polls) still learns that this run is a retry, and of what.
+            self.update(experiment, {"taken_over": {key: taken.get(key) for key in TAKEN_OVER_FIELDS}})
         return True, taken
 
     def update(self, experiment: str, record: dict) -> None:

@@ -156,9 +156,9 @@ class Watch:
 
     def __init__(self, output: Path, status: Path, cells: list[Cell], claims: Claims, echo: Callable[[str], None]):
         self.output, self.status, self.cells, self.claims, self.echo = output, status, cells, claims, echo
-        # experiment -> the token of its claim when submitted (an earlier grid's), then the last claim reported
+        # experiment -> the token of its claim when submitted (an earlier grid's)
         self.before = {cell.experiment: (claims.read(cell.experiment) or {}).get("token") for cell in cells}
-        self.seen: dict[str, dict] = {}
+        self.seen: dict[str, str] = {}  # experiment -> the token of its claim last reported
         self.ended = 0
         self.start = time.monotonic()
 
@@ -166,20 +166,20 @@ class Watch:
         """Report each of ``cells`` whose claim is new since the last poll."""
         for cell in cells:
             claim = self.claims.read(cell.experiment) or {}
-            last = self.seen.get(cell.experiment)
             if not claim.get("command") or claim.get("token") in (
                 self.before[cell.experiment],
-                (last or {}).get("token"),
+                self.seen.get(cell.experiment),
             ):
                 continue  # not claimed by a task yet (the command, which says whether it resumes, comes second)
             resume = ", resuming from last.ckpt" if "--ckpt_path last" in claim["command"] else ""
             retried = ""
-            if last:
-                killed = last.get("status") == "failed" and (last.get("returncode") or 0) < 0
-                why = f"its cell was killed by signal {-last['returncode']}" if killed else "its worker died"
-                retried = f"retried by Ray ({why} on {_owner(last)}), "
+            previous = claim.get("taken_over") or {}
+            if previous and previous.get("token") != self.before[cell.experiment]:  # not an earlier grid's claim
+                killed = previous.get("status") == "failed" and (previous.get("returncode") or 0) < 0
+                why = f"its cell was killed by signal {-previous['returncode']}" if killed else "its worker died"
+                retried = f"retried by Ray ({why} on {_owner(previous)}), "
             self.echo(f"{cell.label}: {retried}running on {_owner(claim)}{resume}")
-            self.seen[cell.experiment] = claim
+            self.seen[cell.experiment] = claim.get("token")
 
     def ended_with(self, cell: Cell, total: int, lost: str = "") -> None:
         """Report ``cell``, whose task ended (``lost``: why Ray gave up on it), as the folder now says."""

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,8 +30,8 @@ from tests.commands.conftest import CELL_OVERRIDES
 from tests.commands.test_grid_pool import EXPERIMENTS, GRID_ARGS, ONE_THREAD, STATUS, grid_root, results
 from tests.conftest import run_cli, run_tlbench, tlbench_env
 from tlbench.__main__ import main
-from tlbench.grid import PARENT_ENV
-from tlbench.grid_ray import free_port, local_cluster, stop_nodes
+from tlbench.grid import PARENT_ENV, Cell, Claims
+from tlbench.grid_ray import Watch, free_port, local_cluster, stop_nodes
 
 T = TypeVar("T")
 NO_STATS = {"RAY_USAGE_STATS_ENABLED": "0"}
@@ -177,6 +178,32 @@ def test_a_ray_grid_runs_on_both_nodes_survives_killed_workers_and_learns_what_t
         assert status.worker.str.startswith(worker_name).any(), f"no cell ran on the {name} node: {list(status.worker)}"
     shown = run_cli("grid", "status", "runs", cwd=root)
     assert "4 cells, 4 done" in shown.stdout and "(ray node " in shown.stdout, shown.stdout + shown.stderr
+
+
+@pytest.mark.parametrize(
+    ("first_end", "said"),
+    [({}, "its worker died"), ({"status": "failed", "returncode": -9}, "its cell was killed by signal 9")],
+)
+def test_a_retry_is_reported_even_when_the_watch_never_saw_the_first_attempt(first_end, said, tmp_path):
+    """A worker killed within a poll of its start (the CI failure of stop 29): the retry's own claim tells."""
+    cell = Cell(index=0, dataset="alpha", data_root="alpha", backbone="cnn1", seed=0, recipe=[])
+    said_lines: list[str] = []
+    with Claims(tmp_path) as claims:
+        watch = Watch(tmp_path, tmp_path, [cell], claims, said_lines.append)
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        with Claims(tmp_path) as first, Claims(tmp_path) as retry:
+            first.pid, first.worker, retry.worker = int(gone.stdout), "ray node aaaa", "ray node bbbb"
+            first.acquire(cell.experiment, {"status": "running"})
+            first.update(cell.experiment, {"command": "tlbench fit", **first_end})
+            assert retry.acquire(cell.experiment, {"status": "running"})[0]  # its owner is gone: taken over
+            retry.update(cell.experiment, {"command": "tlbench fit"})
+            watch.poll([cell])
+            watch.poll([cell])  # the same claim is reported once
+    host = socket.gethostname()
+    assert said_lines == [
+        f"alpha x cnn1 x seed 0: retried by Ray ({said} on {host} pid {gone.stdout.strip()} (ray node aaaa)),"
+        f" running on {host} pid {os.getpid()} (ray node bbbb)"
+    ]
 
 
 def test_a_grid_process_dies_with_the_launcher_process_that_started_it(tmp_path_factory):
