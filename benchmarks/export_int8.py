@@ -33,8 +33,8 @@ from tlbench.export import (
     split_crops,
     tflite_interpreter,
 )
-from tlbench.models.engine import INPUT, ort_session
 from tlbench.models.loading import BUNDLE_ONNX, load_trained
+from tlbench.models.ort import INPUT, ort_session
 from tlbench.quantize import INT8_ONNX
 from tlbench.rundir import read_metrics
 

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import make_dataset, tlbench_env
+from tests.conftest import make_dataset, run_cli, tlbench_env
 
 # Modules only training needs; an inference path that imports one of them has regressed.
 TRAINING_ONLY = ("pytorch_lightning", "lightning", "torchmetrics", "tensorboard")
@@ -101,3 +101,25 @@ def test_inference_commands_never_import_lightning(tiny_run, tmp_path):
     imported = {name: modules for name, modules in steps.items() if modules}
     assert not imported, f"imported by (first at): {imported}"
     assert (tmp_path / "bundle" / "model.onnx").is_file() and (tmp_path / "check" / "check.csv").is_file()
+
+
+def test_classify_of_a_checkpoint_classified_before_imports_no_torch(tiny_run, tmp_path, monkeypatch):
+    """The first classify of a checkpoint checks its ONNX graph against torch and keeps it; the next, in a fresh
+    interpreter as a user runs it, must answer the same without importing torch, torchvision or timm."""
+    monkeypatch.setenv("TLBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    image = str(next(iter(sorted((tiny_run.parents[2] / "tiny").rglob("*.png")))))
+    first = run_cli("classify", str(tiny_run), image, cwd=tmp_path)
+    child = (
+        "import sys; from tlbench.__main__ import main; code = main(sys.argv[1:]);"
+        "print(sorted(name for name in ('torch', 'torchvision', 'timm') if name in sys.modules)); sys.exit(code)"
+    )
+    second = subprocess.run(
+        [sys.executable, "-c", child, "classify", str(tiny_run), image],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=tlbench_env({"TLBENCH_CACHE_DIR": str(tmp_path / "cache")}),
+    )
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert second.stdout == first.stdout + "[]\n", second.stdout

@@ -10,6 +10,7 @@ features   a frozen backbone's features of a split             4 GiB    callback
 decoded    images decoded and shrunk to the eval resize        4 GiB    data/decode_cache.py
 audit      a data root's per-file scans                        256 MiB  data/audit.py
 onnx       exported graphs of frozen networks                  2 GiB    models/engine.py
+           and checked classifiers of checkpoints                       models/graph_classifier.py
 =========  ==================================================  =======  ==========================
 
 An entry is one file, ``<kind>/<key>.entry``: a header line ``tlbench-cache-1 <key> <sha256 of the payload>``,

@@ -52,8 +52,8 @@ from tlbench.errors import TLBenchError
 from tlbench.hub import push as push_folder
 from tlbench.hub import write_hf_folder
 from tlbench.io import fsync_file, fsync_folder, read_csv, umask_mode, write_json
-from tlbench.models.engine import INPUT, PARITY_TOLERANCE, export_onnx, ort_session, ort_threads
-from tlbench.models.inference import PROBABILITIES, Predictor, ProbabilityNetwork
+from tlbench.models.engine import PARITY_TOLERANCE, export_onnx
+from tlbench.models.inference import Predictor, ProbabilityNetwork
 from tlbench.models.loading import (
     ARCHITECTURE_SETTINGS,
     BUNDLE_FORMAT,
@@ -64,6 +64,7 @@ from tlbench.models.loading import (
     load_bundle,
     load_trained,
 )
+from tlbench.models.ort import INPUT, PROBABILITIES, ort_session, ort_threads
 from tlbench.quantize import CALIBRATION_IMAGES, INT8_ONNX, check_int8, check_quantization, quantize_int8
 from tlbench.rundir import read_metrics
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tlbench.errors import TLBenchError
+from tlbench.evaluation.final import final_phase
 from tlbench.io import read_json, write_json
 from tlbench.outputs import LOGS
 
@@ -227,3 +228,17 @@ def write_metrics(folder: str | Path, metrics: dict) -> Path:
     """Replace the run's ``metrics.json`` (the end of training starts it afresh, so a resumed run keeps no stale
     test results)."""
     return write_json(Path(folder) / METRICS, metrics)
+
+
+def checkpoint_for_run(run_dir: Path, phase: str | None) -> Path:
+    """The best checkpoint of ``phase`` recorded in a run's metrics.json; by default the run's final model (the
+    phase with the better validation loss, ``metrics.json["final"]``)."""
+    metrics = read_metrics(run_dir)
+    phases = metrics.get("phases", {})
+    trained = [name for name, phase_metrics in phases.items() if phase_metrics.get("best_ckpt")]
+    if not trained:
+        raise TLBenchError(f"{run_dir}/metrics.json lists no trained phase; finish the run or pass a .ckpt file")
+    chosen = phase or final_phase(metrics)
+    if chosen not in trained:
+        raise TLBenchError(f"{run_dir} has no '{chosen}' phase; pass --phase with one of: {', '.join(trained)}")
+    return Path(phases[chosen]["best_ckpt"])

@@ -1,8 +1,10 @@
 import numpy as np
+import pytest
 import timm
 import torch
 from PIL import Image
 
+from tlbench.data.preprocessing import eval_array
 from tlbench.data.transforms import Preprocessing, RandomWarp, eval_transform, loader_transform
 from tlbench.models.backbones import create_backbone
 
@@ -72,3 +74,15 @@ def test_random_warp_shrinks_large_photos_before_warping():
     torch.manual_seed(0)
     out = np.asarray(RandomWarp(64, 73, "bilinear", degrees=0, translate=0)(image)).astype(float)
     assert abs(out[16:48, 16:48].mean() - 127.5) < 10 and out[16:48, 16:48].std() < 10
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
+def test_the_numpy_eval_preprocessing_is_bit_identical_to_the_eval_transform(interpolation):
+    """What classify runs without torch (models/graph_classifier.py) must be exactly what it runs with torch:
+    odd margins (the crop offsets round half to even), portrait and landscape, an image already at the size."""
+    rng = np.random.default_rng(0)
+    for width, height in [(40, 90), (257, 301), (224, 224), (256, 256), (1000, 333), (260, 259), (299, 150)]:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        for size, crop_pct in [(224, 0.875), (260, 1.0), (299, 0.9), (192, 0.95)]:
+            pre = Preprocessing(input_size=size, interpolation=interpolation, crop_pct=crop_pct)
+            assert np.array_equal(eval_array(image, pre), eval_transform(pre)(image).numpy()), (width, height, size)

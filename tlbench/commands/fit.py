@@ -25,11 +25,12 @@ from tlbench.configs import resolve_config_args
 from tlbench.data.datamodule import ImageFolderDataModule
 from tlbench.data.split import read_split
 from tlbench.errors import TLBenchError, one_line
-from tlbench.models.loading import checkpoint_for_run, read_checkpoint
+from tlbench.models.loading import read_checkpoint
 from tlbench.models.module import TransferLearningModule
 from tlbench.rundir import (
     METRICS,
     VERSION,
+    checkpoint_for_run,
     experiment_name,
     install_run_logger,
     latest_checkpoint,

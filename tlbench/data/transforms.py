@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
@@ -25,60 +24,12 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
-INTERPOLATIONS = {
-    "bilinear": InterpolationMode.BILINEAR,
-    "bicubic": InterpolationMode.BICUBIC,
-    "nearest": InterpolationMode.NEAREST,
-}
+from tlbench.data.preprocessing import INTERPOLATION_NAMES, Preprocessing
+
+INTERPOLATIONS = {name: InterpolationMode(name) for name in INTERPOLATION_NAMES}
 AugmentPolicy = Literal["none", "randaugment", "trivialaugment"]
 # timm's RandAugment: 2 ops per image at magnitude 9 of 10, the magnitude jittered with std 0.5 (timm's recipes).
 RANDAUGMENT_CONFIG = "rand-m9-mstd0.5"
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Everything needed to turn an RGB image into the network's input; saved with runs and exports."""
-
-    input_size: int = 224
-    interpolation: str = "bilinear"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    crop_pct: float = 0.875
-
-    @property
-    def resize_size(self) -> int:
-        return int(math.floor(self.input_size / self.crop_pct))
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """``uint8`` images (``[..., 3, H, W]``) as the network's float input, on their own device and in their
-        memory layout (convert a uint8 batch to channels-last first: a quarter of the bytes to move)."""
-        mean = torch.tensor(self.mean, device=images.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(-1, 1, 1)
-        return images.float().div_(255).sub_(mean).div_(std)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "mean": list(self.mean), "std": list(self.std), "resize_size": self.resize_size}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "Preprocessing":
-        return cls(
-            input_size=int(values["input_size"]),
-            interpolation=str(values["interpolation"]),
-            mean=tuple(float(v) for v in values["mean"]),
-            std=tuple(float(v) for v in values["std"]),
-            crop_pct=float(values["crop_pct"]),
-        )
-
-    @classmethod
-    def from_timm_config(cls, config: dict) -> "Preprocessing":
-        interpolation = config.get("interpolation", "bilinear")
-        return cls(
-            input_size=int(config["input_size"][-1]),
-            interpolation=interpolation if interpolation in INTERPOLATIONS else "bilinear",
-            mean=tuple(float(v) for v in config["mean"]),
-            std=tuple(float(v) for v in config["std"]),
-            crop_pct=float(config.get("crop_pct") or 0.875),
-        )
 
 
 def _to_tensor(pre: Preprocessing) -> list:

@@ -37,6 +37,7 @@ from tlbench.errors import TLBenchError
 from tlbench.models.backbones import evaluating
 from tlbench.models.engine_name import ENGINES, EngineName
 from tlbench.models.feature_cache import weights_digest
+from tlbench.models.ort import INPUT, ort_session
 
 # float32 outputs of the same graph agree to ~1e-6 (8e-6 measured on Lite0's pooled features); 1e-4 leaves room
 # for kernel differences (onnxruntime's fused convolutions) while catching any real mismatch. It is absolute for
@@ -53,7 +54,7 @@ PARITY_IMAGES = 2
 OPSET = 17
 # Version of the export recipe in the graph cache key: entries of another recipe are not reused.
 GRAPH_VERSION = 1
-INPUT, OUTPUT = "images", "output"
+OUTPUT = "output"
 
 
 def resolve_engine(choice: EngineName, device: torch.device, distributed: bool = False) -> str:
@@ -63,11 +64,6 @@ def resolve_engine(choice: EngineName, device: torch.device, distributed: bool =
     if choice == "torch" or device.type != "cpu" or distributed:
         return "torch"
     return "onnxruntime"
-
-
-def ort_threads() -> int:
-    """Intra-op threads for ONNX Runtime: the cores torch may use here (``OMP_NUM_THREADS``, the CPU affinity)."""
-    return max(1, torch.get_num_threads())
 
 
 def export_onnx(network: nn.Module, example: torch.Tensor, path: Path, output_name: str = OUTPUT) -> None:
@@ -85,21 +81,6 @@ def export_onnx(network: nn.Module, example: torch.Tensor, path: Path, output_na
             dynamic_axes={INPUT: {0: "batch"}, output_name: {0: "batch"}},
             opset_version=OPSET,
         )
-
-
-def ort_session(graph: Path | bytes, threads: int | None = None):
-    """An ``onnxruntime.InferenceSession`` of ``graph`` (a file, or the graph itself) on the CPU with ``threads``
-    intra-op threads (default ``ort_threads``), one inter-op thread and no spinning."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads or ort_threads()
-    options.inter_op_num_threads = 1
-    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    source = graph if isinstance(graph, bytes) else str(graph)
-    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def graph_key(network: nn.Module, example: torch.Tensor, split: str) -> str:
@@ -163,6 +144,7 @@ class Engine:
         self.fallback_reason: str | None = None
         self.max_abs_diff: float | None = None
         self._session = None
+        self.graph_bytes: bytes | None = None  # the exported or cached graph in use
         self._session_weights: tuple | None = None
         self._checked_weights: tuple | None = None
         self._checked_modes: set[tuple] = set()
@@ -230,7 +212,7 @@ class Engine:
             return ort_session(self.graph)
         graphs = Cache("onnx")
         key = graph_key(self.network, inputs, self.split)
-        session = graphs.get(key, ort_session)
+        graph, session = graphs.get(key, lambda graph: (graph, ort_session(graph))) or (None, None)
         if session is None:
             with tempfile.TemporaryDirectory(prefix="tlbench-onnx-") as scratch:
                 path = Path(scratch) / "graph.onnx"
@@ -238,6 +220,7 @@ class Engine:
                 graph = path.read_bytes()
             graphs.put(key, graph)
             session = ort_session(graph)
+        self.graph_bytes = graph
         return session
 
     def _fall_back(self, reason: str) -> None:

@@ -14,8 +14,7 @@ from tlbench.models.engine import Engine
 from tlbench.models.engine_name import EngineName
 from tlbench.models.loading import BUNDLE_ONNX, TrainedModel
 from tlbench.models.network import Network
-
-PROBABILITIES = "probabilities"
+from tlbench.models.ort import PROBABILITIES
 
 
 class ProbabilityNetwork(nn.Module):
@@ -60,7 +59,11 @@ class Predictor:
         )
 
     def tensor(self, images: Iterable[Image.Image]) -> torch.Tensor:
-        return torch.stack([self.transform(image) for image in images])
+        return self.batch([self.transform(image) for image in images])
+
+    @staticmethod
+    def batch(items: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(items)
 
     def _torch_forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.trained.model(batch).softmax(dim=1)

@@ -21,10 +21,9 @@ from torch import nn
 
 from tlbench.data.transforms import Preprocessing
 from tlbench.errors import TLBenchError
-from tlbench.evaluation.final import final_phase
 from tlbench.io import read_json
 from tlbench.models.network import ARCHITECTURE_SETTINGS, Network
-from tlbench.rundir import METRICS, read_metrics
+from tlbench.rundir import METRICS, checkpoint_for_run
 
 # A timm folder (``export --format hf``, tlbench.hub writes it): what timm.models.save_for_hf writes.
 HF_CONFIG = "config.json"
@@ -66,20 +65,6 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
             else "it is truncated or not a checkpoint"
         )
         raise TLBenchError(f"cannot load checkpoint {path}: {reason}; use a checkpoint written by tlbench") from None
-
-
-def checkpoint_for_run(run_dir: Path, phase: str | None) -> Path:
-    """The best checkpoint of ``phase`` recorded in a run's metrics.json; by default the run's final model (the
-    phase with the better validation loss, ``metrics.json["final"]``)."""
-    metrics = read_metrics(run_dir)
-    phases = metrics.get("phases", {})
-    trained = [name for name, phase_metrics in phases.items() if phase_metrics.get("best_ckpt")]
-    if not trained:
-        raise TLBenchError(f"{run_dir}/metrics.json lists no trained phase; finish the run or pass a .ckpt file")
-    chosen = phase or final_phase(metrics)
-    if chosen not in trained:
-        raise TLBenchError(f"{run_dir} has no '{chosen}' phase; pass --phase with one of: {', '.join(trained)}")
-    return Path(phases[chosen]["best_ckpt"])
 
 
 def model_from_checkpoint(checkpoint: dict, source: Path) -> TrainedModel:
