@@ -84,7 +84,9 @@ def grid_study(tmp_path_factory) -> GridStudy:
         process.wait()
     killed_after = finished_cells(runs)
     assert 0 < len(killed_after) < len(EXPERIMENTS), "the kill must land mid-grid"
-    return GridStudy(root, runs, killed_after, run_cli(*args, cwd=root, env={"OMP_NUM_THREADS": "1"}))
+    # The rerun works through the rest two cells at a time, one thread each (the serial path: test_grid_pool.py).
+    rerun = [*args[: args.index("--")], "--jobs", "2", *args[args.index("--") :]]
+    return GridStudy(root, runs, killed_after, run_cli(*rerun, cwd=root, env={"OMP_NUM_THREADS": "2"}))
 
 
 def cell_metrics(study: GridStudy) -> pd.Series:
