@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import shutil
@@ -12,13 +13,17 @@ import sys
 import tempfile
 import traceback
 import warnings
+from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
+from filelock import FileLock
 from PIL import Image
 
+T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
 # The study data beside the checkout; TLBENCH_SHARED_DATA points elsewhere (a git worktree, a CI cache).
 SHARED_DATA = Path(os.environ.get("TLBENCH_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -203,15 +208,46 @@ def run_cli(
     return subprocess.CompletedProcess(["tlbench", *args], status, output, errors)
 
 
+def once_per_test_run(
+    tmp_path_factory: pytest.TempPathFactory,
+    worker_id: str,
+    name: str,
+    produce: Callable[[], T],
+    encode: Callable[[T], object],
+    decode: Callable[[object], T],
+) -> T:
+    """``produce()`` for the whole test run, also when pytest-xdist splits it over workers: the first worker to get
+    here runs it and records ``encode(value)`` as JSON in the run's shared temporary folder; the others wait for
+    that record and ``decode`` it. What it produces must be read-only for its users (a run folder, a path)."""
+    if worker_id == "master":  # not under xdist
+        return produce()
+    record = tmp_path_factory.getbasetemp().parent / f"{name}.json"
+    with FileLock(f"{record}.lock"):
+        if not record.is_file():
+            record.write_text(json.dumps(encode(produce())))
+        return decode(json.loads(record.read_text()))
+
+
 @pytest.fixture(scope="session")
-def tiny_fit(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def tiny_fit(tmp_path_factory, worker_id) -> tuple[Path, subprocess.CompletedProcess]:
     """``lightning_logs/tiny_cnn1/version_0`` of a cnn1 fit on generated data through the real CLI, and what the
     fit printed: the one trained run the command and reliability tests share (through ``tiny_run``)."""
-    root = tmp_path_factory.mktemp("tiny_run")
-    data = make_dataset(root / "tiny")
-    result = run_cli("fit", "--data.root", str(data), *TINY_FIT_ARGS, cwd=root)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return root / "lightning_logs" / "tiny_cnn1" / "version_0", result
+
+    def fit() -> tuple[Path, subprocess.CompletedProcess]:
+        root = tmp_path_factory.mktemp("tiny_run")
+        data = make_dataset(root / "tiny")
+        result = run_cli("fit", "--data.root", str(data), *TINY_FIT_ARGS, cwd=root)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return root / "lightning_logs" / "tiny_cnn1" / "version_0", result
+
+    def encode(value: tuple[Path, subprocess.CompletedProcess]) -> list:
+        run, result = value
+        return [str(run), result.args, result.returncode, result.stdout, result.stderr]
+
+    def decode(value: list) -> tuple[Path, subprocess.CompletedProcess]:
+        return Path(value[0]), subprocess.CompletedProcess(*value[1:])
+
+    return once_per_test_run(tmp_path_factory, worker_id, "tiny_fit", fit, encode, decode)
 
 
 @pytest.fixture(scope="session")

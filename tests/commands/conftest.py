@@ -8,12 +8,13 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, TINY_FIT_ARGS, make_dataset, run_cli
+from tests.conftest import REPO, TINY_FIT_ARGS, make_dataset, once_per_test_run, run_cli
 from tlbench.rundir import is_finished
 
 # TINY_FIT_ARGS for every cell, minus the backbone the grid sets per cell.
@@ -47,8 +48,30 @@ def finished_cells(runs: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="session")
-def grid_study(tmp_path_factory) -> GridStudy:
+def grid_study(tmp_path_factory, worker_id) -> GridStudy:
     """Start the grid, SIGKILL its process group once the first cell finished, then rerun it to the end."""
+
+    def encode(study: GridStudy) -> list:
+        result = study.rerun
+        return [
+            str(study.root),
+            str(study.runs),
+            study.killed_after,
+            result.args,
+            result.returncode,
+            result.stdout,
+            result.stderr,
+        ]
+
+    def decode(value: list) -> GridStudy:
+        return GridStudy(Path(value[0]), Path(value[1]), value[2], subprocess.CompletedProcess(*value[3:]))
+
+    return once_per_test_run(
+        tmp_path_factory, worker_id, "grid_study", partial(_grid_study, tmp_path_factory), encode, decode
+    )
+
+
+def _grid_study(tmp_path_factory) -> GridStudy:
     root = tmp_path_factory.mktemp("grid")
     make_dataset(root / "data" / "alpha")
     make_dataset(root / "data" / "beta", classes=2)
@@ -95,12 +118,15 @@ def cell_metrics(study: GridStudy) -> pd.Series:
 
 
 @pytest.fixture(scope="session")
-def serial(tmp_path_factory) -> Path:
+def serial(tmp_path_factory, worker_id) -> Path:
     """The four tiny cells of test_grid_pool's grid run by one plain grid process: the reference every other way of
     running them (``--jobs``, two processes, Ray) must reproduce. Tests read it; one that changes it copies it."""
     from tests.commands.test_grid_pool import grid, grid_root  # that module's grid helpers, which import this one
 
-    root = grid_root(tmp_path_factory, "serial")
-    result = grid(root)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return root
+    def run() -> Path:
+        root = grid_root(tmp_path_factory, "serial")
+        result = grid(root)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return root
+
+    return once_per_test_run(tmp_path_factory, worker_id, "serial", run, str, Path)
