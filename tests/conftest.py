@@ -35,6 +35,15 @@ def pytest_configure(config: pytest.Config) -> None:
     starts but never with the user's ``~/.cache/tlbench`` or an earlier run: results cannot depend on what ran
     before. A test about the cache itself points ``TLBENCH_CACHE_DIR`` elsewhere."""
     os.environ["TLBENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="tlbench-test-cache-")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        # Each pytest-xdist worker gets its share of the cores, for torch here (ONNX Runtime follows it) and for the
+        # processes it starts (tlbench_env): two workers of two threads each on two cores lose time to contention.
+        threads = str(max(1, len(os.sched_getaffinity(0)) // workers))
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = threads
+        import torch
+
+        torch.set_num_threads(int(threads))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
