@@ -155,14 +155,7 @@ def classify_files(
     trained = load_trained(model, phase)
     predictor = Predictor(trained, batch_size, engine)
     table = classify_paths(predictor, paths, top_k, progress)
-    checked = predictor.engine.name == "onnxruntime" and predictor.engine.max_abs_diff is not None
-    if checked and predictor.engine.graph_bytes is not None and trained.source.suffix == ".ckpt":
-        remember_classifier(
-            trained.source,
-            predictor.engine.graph_bytes,
-            trained.classes,
-            trained.preprocessing,
-            trained.backbone,
-            trained.phase,
-        )
+    engine_used = predictor.engine
+    if engine_used.name == "onnxruntime" and engine_used.max_abs_diff is not None and engine_used.graph_key:
+        remember_classifier(trained, engine_used.graph_key)  # the graph that just passed its check
     return Classification(trained, table, write_csv(output, table) if output else None)

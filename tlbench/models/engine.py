@@ -144,7 +144,7 @@ class Engine:
         self.fallback_reason: str | None = None
         self.max_abs_diff: float | None = None
         self._session = None
-        self.graph_bytes: bytes | None = None  # the exported or cached graph in use
+        self.graph_key: str | None = None  # the graph cache entry in use, when it came from the cache
         self._session_weights: tuple | None = None
         self._checked_weights: tuple | None = None
         self._checked_modes: set[tuple] = set()
@@ -212,7 +212,7 @@ class Engine:
             return ort_session(self.graph)
         graphs = Cache("onnx")
         key = graph_key(self.network, inputs, self.split)
-        graph, session = graphs.get(key, lambda graph: (graph, ort_session(graph))) or (None, None)
+        session = graphs.get(key, ort_session)
         if session is None:
             with tempfile.TemporaryDirectory(prefix="tlbench-onnx-") as scratch:
                 path = Path(scratch) / "graph.onnx"
@@ -220,7 +220,7 @@ class Engine:
                 graph = path.read_bytes()
             graphs.put(key, graph)
             session = ort_session(graph)
-        self.graph_bytes = graph
+        self.graph_key = key
         return session
 
     def _fall_back(self, reason: str) -> None:

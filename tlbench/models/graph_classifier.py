@@ -20,7 +20,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -29,6 +29,9 @@ from tlbench.cache import Cache
 from tlbench.data.preprocessing import Preprocessing, eval_array
 from tlbench.models.ort import INPUT, PROBABILITIES, ort_session
 from tlbench.rundir import METRICS, checkpoint_for_run
+
+if TYPE_CHECKING:
+    from tlbench.models.loading import TrainedModel  # imports torch
 
 # Version of the entry's layout (a JSON manifest line, then the graph) and of what produced it; part of the key.
 CLASSIFIER_VERSION = 1
@@ -70,19 +73,23 @@ def checkpoint_of(model: str | Path, phase: str | None) -> Path | None:
     return path if path.is_file() and path.suffix == ".ckpt" else None
 
 
-def remember_classifier(
-    checkpoint: Path, graph: bytes, classes: list[str], preprocessing: Preprocessing, backbone: str, phase: str
-) -> bool:
-    """Keep ``graph``, checked against torch for ``checkpoint``, as that checkpoint's classifier entry."""
-    if preprocessing.crop_pct > 1:  # torchvision pads such crops; eval_array does not
+def remember_classifier(trained: TrainedModel, graph_key: str) -> bool:
+    """Keep the graph under ``graph_key`` in the graph cache, checked against torch for ``trained``, as the
+    classifier entry of the checkpoint ``trained`` was loaded from (bundles and timm folders get none)."""
+    checkpoint, pre = trained.source, trained.preprocessing
+    if checkpoint.suffix != ".ckpt" or not checkpoint.is_file() or pre.crop_pct > 1:  # eval_array does not pad
+        return False
+    graphs = Cache(GRAPH_KIND)
+    graph = graphs.get(graph_key)
+    if graph is None:  # the cache could not keep it (unwritable, or a limit of 0)
         return False
     manifest = {
-        "classes": classes,
-        "preprocessing": preprocessing.to_dict(),
-        "backbone": backbone,
-        "phase": phase,
+        "classes": trained.classes,
+        "preprocessing": pre.to_dict(),
+        "backbone": trained.backbone,
+        "phase": trained.phase,
     }
-    return Cache(GRAPH_KIND).put(classifier_key(checkpoint), json.dumps(manifest).encode() + b"\n" + graph)
+    return graphs.put(classifier_key(checkpoint), json.dumps(manifest).encode() + b"\n" + graph)
 
 
 def cached_classifier(model: str | Path, phase: str | None = None) -> GraphModel | None:
