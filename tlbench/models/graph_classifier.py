@@ -70,14 +70,18 @@ def checkpoint_of(model: str | Path, phase: str | None) -> Path | None:
     path = Path(model).expanduser()
     if path.is_dir() and (path / METRICS).is_file():
         path = checkpoint_for_run(path, phase)
-    return path if path.is_file() and path.suffix == ".ckpt" else None
+    return path if _is_checkpoint(path) else None
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return path.suffix == ".ckpt" and path.is_file()
 
 
 def remember_classifier(trained: TrainedModel, graph_key: str) -> bool:
     """Keep the graph under ``graph_key`` in the graph cache, checked against torch for ``trained``, as the
     classifier entry of the checkpoint ``trained`` was loaded from (bundles and timm folders get none)."""
     checkpoint, pre = trained.source, trained.preprocessing
-    if checkpoint.suffix != ".ckpt" or not checkpoint.is_file() or pre.crop_pct > 1:  # eval_array does not pad
+    if not _is_checkpoint(checkpoint) or pre.crop_pct > 1:  # eval_array does not pad
         return False
     graphs = Cache(GRAPH_KIND)
     graph = graphs.get(graph_key)
@@ -136,6 +140,11 @@ class GraphPredictor:
         return self.trained.session.run([PROBABILITIES], {INPUT: batch})[0]
 
     def label_top_k(self, probs: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
-        """The ``k`` most probable ``(class, probability)`` pairs of each row of ``probs``, best first."""
-        best = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        return [[(self.trained.classes[i], float(row[i])) for i in order] for row, order in zip(probs, best)]
+        return top_k_labels(probs, self.trained.classes, k)
+
+
+def top_k_labels(probs: np.ndarray, classes: list[str], k: int) -> list[list[tuple[str, float]]]:
+    """The ``k`` most probable ``(class, probability)`` pairs of each row of ``probs``, best first (ties: the
+    class listed first); ``Predictor`` and ``GraphPredictor`` both answer with it."""
+    best = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[(classes[i], float(row[i])) for i in order] for row, order in zip(probs, best)]

@@ -12,6 +12,7 @@ from torch import nn
 from tlbench.data.transforms import eval_transform
 from tlbench.models.engine import Engine
 from tlbench.models.engine_name import EngineName
+from tlbench.models.graph_classifier import top_k_labels
 from tlbench.models.loading import BUNDLE_ONNX, TrainedModel
 from tlbench.models.network import Network
 from tlbench.models.ort import PROBABILITIES
@@ -85,8 +86,4 @@ class Predictor:
 
     def label_top_k(self, probs: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
         """The ``k`` most probable ``(class, probability)`` pairs of each row of ``probs``, best first."""
-        values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
-        return [
-            [(self.trained.classes[i], float(v)) for v, i in zip(row_v, row_i)]
-            for row_v, row_i in zip(values.tolist(), indices.tolist())
-        ]
+        return top_k_labels(probs.detach().float().cpu().numpy(), self.trained.classes, k)
